@@ -1,0 +1,118 @@
+/* backend.h -- the one small interface every compute backend implements.
+ *
+ * A backend owns device memory and runs the model's ops on it: GEMM and the
+ * handful of fused element-wise / reduction kernels the context-vector model
+ * needs. kernels/model.c is written only against this table; the CPU backend
+ * (kernels/cpu/) and the CUDA backend (kernels/cuda/) fill it. All matrices
+ * are float32, row-major; pointers are device pointers of the backend.
+ * Ops are fire-and-forget: a backend that fails records a sticky error that
+ * nllm_be_status() returns (the CUDA backend checks at sync points).
+ * Every op result is deterministic for a fixed backend and thread count.
+ */
+#ifndef NLLM_BACKEND_H
+#define NLLM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nllm_err.h"
+
+typedef struct nllm_backend nllm_backend_t;
+
+/* Parameters of the fused context step (gates, LayerNorm, clamp). */
+typedef struct {
+    int B, Dc;
+    const float *bias3;  /* (3*Dc) biases of update, forget, input gate   */
+    const float *gamma;  /* (Dc)                                           */
+    const float *beta;   /* (Dc)                                           */
+} nllm_ctx_args_t;
+
+struct nllm_backend {
+    const char *name; /* "cpu", "cuda:0" */
+    void *impl;
+
+    /* --- memory --- */
+    void *(*alloc)(nllm_backend_t *be, size_t bytes); /* zeroed; NULL on failure */
+    void (*free)(nllm_backend_t *be, void *p);
+    void (*upload)(nllm_backend_t *be, void *dst, const void *src, size_t bytes);
+    void (*download)(nllm_backend_t *be, void *dst, const void *src, size_t bytes);
+    void (*copy)(nllm_backend_t *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(nllm_backend_t *be, void *dst, size_t bytes);
+    /* Zeroes `width` floats of each of `rows` rows at stride ld. */
+    void (*zero_rows)(nllm_backend_t *be, float *dst, int ld, int width, int rows);
+    /* Waits for queued work; returns 0 or the sticky error (and fills err). */
+    int (*sync)(nllm_backend_t *be, nllm_err_t *err);
+    void (*destroy)(nllm_backend_t *be);
+
+    /* --- ops --- */
+
+    /* C(M,N) = alpha * op(A) op(B) + beta * C; op(X) = X^T when transX. */
+    void (*gemm)(nllm_backend_t *be, int transA, int transB, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                 int ldc);
+
+    /* out[r, 0:D] = table[ids[r], 0:D] for r < N (row stride ldo). */
+    void (*embedding_forward)(nllm_backend_t *be, float *out, int ldo, const float *table,
+                              const int32_t *ids, int N, int D);
+    /* dtable[ids[r], :] += dout[r, :], in increasing r for every row of dtable. */
+    void (*embedding_backward)(nllm_backend_t *be, float *dtable, const float *dout, int ldd,
+                               const int32_t *ids, int N, int D);
+
+    /* One time step t of T, B rows, H units, rows of x at stride ldx:
+     * x = relu(x + bias) * dropout mask * 1/(1-p) (mask from nllm_math.h,
+     * element (b, t, j) with index (b*T + t)*H + j; p == 0: no dropout). */
+    void (*bias_relu_dropout_forward)(nllm_backend_t *be, float *x, const float *bias, int B,
+                                      int H, int t, int T, uint64_t seed, uint32_t stream,
+                                      uint32_t step, float p);
+    /* dx[i] = a[i] > 0 ? dx[i] * 1/(1-p) : 0, n elements (a = forward output). */
+    void (*relu_dropout_backward)(nllm_backend_t *be, float *dx, const float *a, int64_t n,
+                                  float p);
+
+    /* Context step forward. g (B, 3Dc) holds W_{u,f,i} h on entry and
+     * (d, f, gate) after bias and sigmoids on exit; cprev (B, Dc, stride
+     * ldc) is c(t-1) or NULL for zeros; writes xhat (B, Dc), rstd (B) and
+     * c(t) = clamp(LayerNorm(f*cprev + gate*d)) to cout (stride ldo). */
+    void (*context_forward)(nllm_backend_t *be, const nllm_ctx_args_t *a, float *g,
+                            const float *cprev, int ldc, float *xhat, float *rstd, float *cout,
+                            int ldo);
+    /* Context step backward. dc (B, Dc): gradient w.r.t. c(t) on entry and
+     * w.r.t. c(t-1) through the f*c(t-1) term on exit (the caller adds the
+     * layer-1 path). g: (d, f, gate) on entry, pre-activation gradients of the
+     * three heads on exit. On exit xhat holds dn*xhat and dn holds dn, where
+     * dn is the gradient at the LayerNorm output (clamp applied), for the
+     * later gamma/beta column sums. */
+    void (*context_backward)(nllm_backend_t *be, const nllm_ctx_args_t *a, float *dc,
+                             float *g, const float *cprev, int ldc, float *xhat,
+                             const float *rstd, float *dn);
+
+    /* Softmax cross-entropy over N rows of V logits (row stride V), after
+     * adding bias to every row. Rows with target 0 (pad) are ignored.
+     * row_loss[r] = -log softmax(y_r)[target] (0 for pad), row_hit[r] = 1 when
+     * argmax (first maximum) == target. With want_grad, y is replaced by
+     * grad_scale * (softmax - onehot) (zero rows for pad); else y keeps the
+     * biased logits. */
+    void (*softmax_xent)(nllm_backend_t *be, float *y, const float *bias,
+                         const int32_t *targets, int N, int V, int want_grad,
+                         float grad_scale, float *row_loss, float *row_hit);
+
+    /* out[j] = sum_r x[r, j] over N rows (row stride ld), r ascending. */
+    void (*col_sum)(nllm_backend_t *be, float *out, const float *x, int N, int D, int ld);
+
+    /* Sum of squares of x[0:n] in double, into *out (host pointer). */
+    void (*sq_norm)(nllm_backend_t *be, const float *x, int64_t n, double *out);
+
+    /* Fused Adam over n parameters (nllm_adam_update for every element). */
+    void (*adam)(nllm_backend_t *be, float *p, float *m, float *v, const float *g, int64_t n,
+                 const void *consts /* nllm_adam_consts_t */);
+};
+
+/* Backend constructors. threads <= 0: the library default. */
+int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err);
+/* CUDA backend (only where built with CUDA; else returns NLLM_EDEVICE). */
+int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_err_t *err);
+int nllm_cuda_available(void);
+
+/* Create by device name: "cpu" or "cuda:N". */
+int nllm_backend_create(const char *device, int threads, nllm_backend_t **out, nllm_err_t *err);
+
+#endif /* NLLM_BACKEND_H */

@@ -1,0 +1,22 @@
+/* cpu_pool.h -- a tiny fork-join thread pool for the CPU backend's
+ * element-wise kernels. Workers sleep on a condition variable between jobs
+ * (no spinning, so they do not compete with OpenBLAS's threads). A job
+ * splits [0, n) into one contiguous range per thread; callers make every
+ * element independent of the split, so results never depend on it.
+ */
+#ifndef NLLM_CPU_POOL_H
+#define NLLM_CPU_POOL_H
+
+#include <stdint.h>
+
+#include "nllm_err.h"
+
+typedef struct nllm_pool nllm_pool_t;
+typedef void (*nllm_pool_fn)(void *arg, int64_t begin, int64_t end);
+
+int nllm_pool_create(int threads, nllm_pool_t **out, nllm_err_t *err);
+void nllm_pool_destroy(nllm_pool_t *pool);
+/* Runs fn over [0, n); inline when work (a rough cost) is small. */
+void nllm_pool_for(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n, int64_t work);
+
+#endif /* NLLM_CPU_POOL_H */

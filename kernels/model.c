@@ -1,0 +1,670 @@
+/* model.c -- forward and back-propagation of the context-vector model on a
+ * backend (see model.h and shared/docs/model.md).
+ *
+ * Layout: activations are time-major, row r = t*B + b for position t of
+ * window b, so each time step is one contiguous block of B rows. Only the
+ * chain through c(t-1) runs step by step; the embedding half of layer 1,
+ * the output head and every weight gradient are one GEMM over all T*B rows.
+ * The block for step t of A0 holds [e_t | c(t-1)], so layer 1's input needs
+ * no copies and dW_1 is a single GEMM over A0.
+ */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { P_EMB = 0 }; /* index of token_embedding.weight in params[] */
+
+struct nllm_model {
+    nllm_model_config_t cfg;
+    nllm_backend_t *be;
+    int max_batch;
+
+    int nparams;
+    nllm_param_info_t *params;
+    int64_t nfloats;
+    /* offsets of the blocks the kernels address directly */
+    int64_t off_emb, *off_w, *off_b, off_wo, off_bo, off_wg, off_bg, off_gamma, off_beta;
+
+    float *w, *g, *m1, *m2; /* device: parameters, gradients, Adam moments */
+
+    /* activations (device) for up to max_batch windows */
+    float *a0;   /* (N, De+Dc): [e_t | c(t-1)]        */
+    float *act;  /* L x (N, H): layer outputs a_l      */
+    float *dz;   /* L x (N, H): pre-activation grads   */
+    float *gts;  /* (N, 3Dc): gates / their gradients  */
+    float *xhat; /* (N, Dc)                             */
+    float *rstd; /* (N)                                 */
+    float *dn;   /* (N, Dc)                             */
+    float *y;    /* (N, V): logits / their gradient     */
+    float *dx;   /* (N, De)                             */
+    float *dc;   /* (Bm, Dc)                            */
+    float *clast;/* (Bm, Dc)                            */
+    float *row_loss, *row_hit; /* (N)                   */
+    int32_t *ids_in, *ids_tgt; /* (N)                   */
+
+    /* host scratch */
+    int32_t *h_in, *h_tgt;
+    float *h_loss, *h_hit;
+
+    /* last forward */
+    int last_B, last_grad, last_train;
+    uint64_t last_seed;
+    uint32_t last_step;
+    int64_t last_tokens;
+};
+
+/* ---- configuration ----------------------------------------------------- */
+
+int nllm_model_config_check(const nllm_model_config_t *c, nllm_err_t *err)
+{
+    struct {
+        const char *name;
+        int32_t v, lo, hi;
+    } dims[] = {
+        {"vocab_size", c->vocab_size, 5, 1 << 24},
+        {"embed_dim", c->embed_dim, 1, NLLM_DIM_MAX},
+        {"hidden_dim", c->hidden_dim, 1, NLLM_DIM_MAX},
+        {"context_dim", c->context_dim, 2, NLLM_DIM_MAX},
+        {"num_layers", c->num_layers, 1, 1024},
+        {"max_seq_length", c->max_seq_length, 2, NLLM_DIM_MAX},
+    };
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i].v < dims[i].lo || dims[i].v > dims[i].hi)
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "model config: %s = %d is out of range (allowed %d..%d)",
+                                dims[i].name, dims[i].v, dims[i].lo, dims[i].hi);
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "model config: dropout = %g is out of range (allowed 0 <= p < 1)",
+                            (double)c->dropout);
+    return 0;
+}
+
+double nllm_model_macs_per_token(const nllm_model_config_t *c)
+{
+    double De = c->embed_dim, H = c->hidden_dim, Dc = c->context_dim, V = c->vocab_size,
+           L = c->num_layers;
+    return (De + Dc) * H + (L - 1) * H * H + H * V + 3 * H * Dc;
+}
+
+/* ---- parameter table ------------------------------------------------- */
+
+#define ALIGN_FLOATS 16
+
+static int64_t align_up(int64_t x)
+{
+    return (x + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+}
+
+static void add_param(nllm_model_t *m, const char *name, int ndim, int64_t d0, int64_t d1,
+                      int64_t offset, int is_weight)
+{
+    nllm_param_info_t *p = &m->params[m->nparams++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = ndim == 2 ? d1 : 0;
+    p->numel = ndim == 2 ? d0 * d1 : d0;
+    p->offset = offset;
+    p->is_weight = is_weight;
+}
+
+/* Lays out every tensor. The three gate weights are adjacent (one (3Dc, H)
+ * matrix) and so are their biases; other blocks start 64-byte aligned.
+ * params[] lists the tensors in model.md order (init streams follow it). */
+static int build_params(nllm_model_t *m)
+{
+    const nllm_model_config_t *c = &m->cfg;
+    int64_t V = c->vocab_size, De = c->embed_dim, H = c->hidden_dim, Dc = c->context_dim;
+    int L = c->num_layers;
+    m->params = calloc((size_t)(2 * L + 11), sizeof *m->params);
+    m->off_w = calloc((size_t)L, sizeof(int64_t));
+    m->off_b = calloc((size_t)L, sizeof(int64_t));
+    if (!m->params || !m->off_w || !m->off_b)
+        return NLLM_ENOMEM;
+    int64_t off = 0;
+    m->off_emb = off;
+    off = align_up(off + V * De);
+    for (int l = 0; l < L; l++) {
+        int64_t in = l == 0 ? De + Dc : H;
+        m->off_w[l] = off;
+        off = align_up(off + H * in);
+        m->off_b[l] = off;
+        off = align_up(off + H);
+    }
+    m->off_wo = off;
+    off = align_up(off + V * H);
+    m->off_bo = off;
+    off = align_up(off + V);
+    m->off_wg = off;
+    off = align_up(off + 3 * Dc * H);
+    m->off_bg = off;
+    off = align_up(off + 3 * Dc);
+    m->off_gamma = off;
+    off = align_up(off + Dc);
+    m->off_beta = off;
+    off = align_up(off + Dc);
+    m->nfloats = off;
+
+    char name[48];
+    add_param(m, "token_embedding.weight", 2, V, De, m->off_emb, 1);
+    for (int l = 0; l < L; l++) {
+        int64_t in = l == 0 ? De + Dc : H;
+        snprintf(name, sizeof name, "fnn_layers.%d.weight", 3 * l);
+        add_param(m, name, 2, H, in, m->off_w[l], 1);
+        snprintf(name, sizeof name, "fnn_layers.%d.bias", 3 * l);
+        add_param(m, name, 1, H, 0, m->off_b[l], 0);
+    }
+    add_param(m, "token_output.weight", 2, V, H, m->off_wo, 1);
+    add_param(m, "token_output.bias", 1, V, 0, m->off_bo, 0);
+    static const char *heads[3] = {"context_update", "forget_gate", "input_gate"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(name, sizeof name, "%s.weight", heads[k]);
+        add_param(m, name, 2, Dc, H, m->off_wg + k * Dc * H, 1);
+        snprintf(name, sizeof name, "%s.bias", heads[k]);
+        add_param(m, name, 1, Dc, 0, m->off_bg + k * Dc, 0);
+    }
+    add_param(m, "context_norm.weight", 1, Dc, 0, m->off_gamma, 0);
+    add_param(m, "context_norm.bias", 1, Dc, 0, m->off_beta, 0);
+    return 0;
+}
+
+/* ---- creation ---------------------------------------------------------- */
+
+static size_t activation_floats(const nllm_model_config_t *c, int Bm)
+{
+    size_t T = (size_t)c->max_seq_length - 1, N = T * (size_t)Bm;
+    size_t De = c->embed_dim, H = c->hidden_dim, Dc = c->context_dim, V = c->vocab_size,
+           L = c->num_layers;
+    return N * (De + Dc) + 2 * L * N * H + N * 3 * Dc + 2 * N * Dc + N + N * V + N * De +
+           2 * (size_t)Bm * Dc + 2 * N + 2 * N /* ids */;
+}
+
+size_t nllm_model_bytes_needed(const nllm_model_config_t *c, int max_batch)
+{
+    nllm_model_t tmp = {.cfg = *c};
+    size_t params = 0;
+    if (build_params(&tmp) == 0)
+        params = (size_t)tmp.nfloats * 4 * sizeof(float);
+    free(tmp.params);
+    free(tmp.off_w);
+    free(tmp.off_b);
+    return params + activation_floats(c, max_batch) * sizeof(float);
+}
+
+size_t nllm_model_device_bytes(const nllm_model_t *m)
+{
+    return nllm_model_bytes_needed(&m->cfg, m->max_batch);
+}
+
+#define DEV_ALLOC(ptr, count, type)                                                      \
+    do {                                                                                 \
+        (ptr) = (type *)be->alloc(be, sizeof(type) * (size_t)(count));                   \
+        if (!(ptr))                                                                      \
+            goto oom;                                                                    \
+    } while (0)
+
+int nllm_model_create(const nllm_model_config_t *cfg, nllm_backend_t *be, int max_batch,
+                      nllm_model_t **out, nllm_err_t *err)
+{
+    *out = NULL;
+    int rc = nllm_model_config_check(cfg, err);
+    if (rc < 0)
+        return rc;
+    if (max_batch < 1 || max_batch > (1 << 24))
+        return nllm_err_set(err, NLLM_EINVAL, "batch size %d is out of range (allowed 1..%d)",
+                            max_batch, 1 << 24);
+    size_t T = (size_t)cfg->max_seq_length - 1;
+    if (T * (size_t)max_batch > (size_t)INT32_MAX / 4 ||
+        T * (size_t)max_batch * (size_t)cfg->vocab_size > ((size_t)1 << 40))
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "batch %d x %zu positions x vocab %d is too large for one step: "
+                            "lower batch or max_seq_length",
+                            max_batch, T, cfg->vocab_size);
+    nllm_model_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return nllm_err_set(err, NLLM_ENOMEM, "model: out of host memory");
+    m->cfg = *cfg;
+    m->be = be;
+    m->max_batch = max_batch;
+    if (build_params(m) < 0) {
+        nllm_model_destroy(m);
+        return nllm_err_set(err, NLLM_ENOMEM, "model: out of host memory");
+    }
+    size_t N = T * (size_t)max_batch;
+    size_t De = cfg->embed_dim, H = cfg->hidden_dim, Dc = cfg->context_dim,
+           V = cfg->vocab_size, L = cfg->num_layers;
+    DEV_ALLOC(m->w, m->nfloats, float);
+    DEV_ALLOC(m->g, m->nfloats, float);
+    DEV_ALLOC(m->m1, m->nfloats, float);
+    DEV_ALLOC(m->m2, m->nfloats, float);
+    DEV_ALLOC(m->a0, N * (De + Dc), float);
+    DEV_ALLOC(m->act, L * N * H, float);
+    DEV_ALLOC(m->dz, L * N * H, float);
+    DEV_ALLOC(m->gts, N * 3 * Dc, float);
+    DEV_ALLOC(m->xhat, N * Dc, float);
+    DEV_ALLOC(m->rstd, N, float);
+    DEV_ALLOC(m->dn, N * Dc, float);
+    DEV_ALLOC(m->y, N * V, float);
+    DEV_ALLOC(m->dx, N * De, float);
+    DEV_ALLOC(m->dc, (size_t)max_batch * Dc, float);
+    DEV_ALLOC(m->clast, (size_t)max_batch * Dc, float);
+    DEV_ALLOC(m->row_loss, N, float);
+    DEV_ALLOC(m->row_hit, N, float);
+    DEV_ALLOC(m->ids_in, N, int32_t);
+    DEV_ALLOC(m->ids_tgt, N, int32_t);
+    m->h_in = malloc(sizeof(int32_t) * N);
+    m->h_tgt = malloc(sizeof(int32_t) * N);
+    m->h_loss = malloc(sizeof(float) * N);
+    m->h_hit = malloc(sizeof(float) * N);
+    if (!m->h_in || !m->h_tgt || !m->h_loss || !m->h_hit) {
+        nllm_model_destroy(m);
+        return nllm_err_set(err, NLLM_ENOMEM, "model: out of host memory");
+    }
+    *out = m;
+    return 0;
+oom:
+    nllm_model_destroy(m);
+    {
+        size_t need = nllm_model_bytes_needed(cfg, max_batch);
+        size_t per_window = activation_floats(cfg, 1) * sizeof(float);
+        return nllm_err_set(err, NLLM_ENOMEM,
+                            "%s: out of memory allocating the model: batch %d needs about "
+                            "%.1f MiB (%.2f MiB per window); lower --batch",
+                            be->name, max_batch, (double)need / 1048576.0,
+                            (double)per_window / 1048576.0);
+    }
+}
+
+void nllm_model_destroy(nllm_model_t *m)
+{
+    if (!m)
+        return;
+    nllm_backend_t *be = m->be;
+    void *dev[] = {m->w,    m->g,    m->m1,       m->m2,      m->a0,     m->act,
+                   m->dz,   m->gts,  m->xhat,     m->rstd,    m->dn,     m->y,
+                   m->dx,   m->dc,   m->clast,    m->row_loss, m->row_hit, m->ids_in,
+                   m->ids_tgt};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i])
+            be->free(be, dev[i]);
+    free(m->h_in);
+    free(m->h_tgt);
+    free(m->h_loss);
+    free(m->h_hit);
+    free(m->params);
+    free(m->off_w);
+    free(m->off_b);
+    free(m);
+}
+
+const nllm_model_config_t *nllm_model_config(const nllm_model_t *m) { return &m->cfg; }
+nllm_backend_t *nllm_model_backend(const nllm_model_t *m) { return m->be; }
+int nllm_model_max_batch(const nllm_model_t *m) { return m->max_batch; }
+int nllm_model_num_params(const nllm_model_t *m) { return m->nparams; }
+int64_t nllm_model_num_floats(const nllm_model_t *m) { return m->nfloats; }
+
+const nllm_param_info_t *nllm_model_param(const nllm_model_t *m, int i)
+{
+    return i >= 0 && i < m->nparams ? &m->params[i] : NULL;
+}
+
+const nllm_param_info_t *nllm_model_param_by_name(const nllm_model_t *m, const char *name)
+{
+    for (int i = 0; i < m->nparams; i++)
+        if (strcmp(m->params[i].name, name) == 0)
+            return &m->params[i];
+    return NULL;
+}
+
+int64_t nllm_model_num_weights(const nllm_model_t *m)
+{
+    int64_t n = 0;
+    for (int i = 0; i < m->nparams; i++)
+        n += m->params[i].numel;
+    return n;
+}
+
+/* ---- state ----------------------------------------------------------- */
+
+void nllm_model_init_weights(nllm_model_t *m, uint64_t seed)
+{
+    float *h = calloc((size_t)m->nfloats, sizeof(float));
+    if (!h)
+        abort();
+    for (int i = 0; i < m->nparams; i++) {
+        const nllm_param_info_t *p = &m->params[i];
+        float *dst = h + p->offset;
+        int is_gamma = strcmp(p->name, "context_norm.weight") == 0;
+        for (int64_t k = 0; k < p->numel; k++) {
+            if (p->is_weight)
+                dst[k] = (float)(0.02 * nllm_rng_normal(seed, NLLM_STREAM_INIT0 + (uint32_t)i,
+                                                        (uint64_t)k));
+            else
+                dst[k] = is_gamma ? 1.0f : 0.0f;
+        }
+    }
+    size_t bytes = sizeof(float) * (size_t)m->nfloats;
+    m->be->upload(m->be, m->w, h, bytes);
+    m->be->zero(m->be, m->m1, bytes);
+    m->be->zero(m->be, m->m2, bytes);
+    m->be->zero(m->be, m->g, bytes);
+    free(h);
+}
+
+int nllm_model_get_state(nllm_model_t *m, float *weights, float *exp_avg, float *exp_avg_sq,
+                         nllm_err_t *err)
+{
+    size_t bytes = sizeof(float) * (size_t)m->nfloats;
+    if (weights)
+        m->be->download(m->be, weights, m->w, bytes);
+    if (exp_avg)
+        m->be->download(m->be, exp_avg, m->m1, bytes);
+    if (exp_avg_sq)
+        m->be->download(m->be, exp_avg_sq, m->m2, bytes);
+    return m->be->sync(m->be, err);
+}
+
+int nllm_model_set_state(nllm_model_t *m, const float *weights, const float *exp_avg,
+                         const float *exp_avg_sq, nllm_err_t *err)
+{
+    size_t bytes = sizeof(float) * (size_t)m->nfloats;
+    if (weights)
+        m->be->upload(m->be, m->w, weights, bytes);
+    if (exp_avg)
+        m->be->upload(m->be, m->m1, exp_avg, bytes);
+    if (exp_avg_sq)
+        m->be->upload(m->be, m->m2, exp_avg_sq, bytes);
+    return m->be->sync(m->be, err);
+}
+
+int nllm_model_get_grads(nllm_model_t *m, float *grads, nllm_err_t *err)
+{
+    m->be->download(m->be, grads, m->g, sizeof(float) * (size_t)m->nfloats);
+    return m->be->sync(m->be, err);
+}
+
+/* ---- forward --------------------------------------------------------- */
+
+int nllm_model_forward(nllm_model_t *m, const int32_t *windows, int B, int train, uint64_t seed,
+                       uint32_t step, int want_grad, nllm_batch_stats_t *stats, nllm_err_t *err)
+{
+    const nllm_model_config_t *c = &m->cfg;
+    nllm_backend_t *be = m->be;
+    if (B < 1 || B > m->max_batch)
+        return nllm_err_set(err, NLLM_EINVAL, "forward: batch %d outside 1..%d", B,
+                            m->max_batch);
+    const int S = c->max_seq_length, T = S - 1, V = c->vocab_size, De = c->embed_dim,
+              H = c->hidden_dim, Dc = c->context_dim, L = c->num_layers, Da = De + Dc;
+    const int N = T * B;
+    const float p = train ? c->dropout : 0.0f;
+
+    /* time-major ids; count the non-pad targets */
+    int64_t tokens = 0;
+    for (int b = 0; b < B; b++) {
+        const int32_t *w = windows + (size_t)b * S;
+        for (int t = 0; t < T; t++) {
+            int32_t x = w[t], y = w[t + 1];
+            if (x < 0 || x >= V || y < 0 || y >= V)
+                return nllm_err_set(err, NLLM_EINVAL,
+                                    "forward: token id %d at window %d position %d is outside "
+                                    "the vocabulary 0..%d",
+                                    (x < 0 || x >= V) ? x : y, b, (x < 0 || x >= V) ? t : t + 1,
+                                    V - 1);
+            m->h_in[t * B + b] = x;
+            m->h_tgt[t * B + b] = y;
+            tokens += y != 0;
+        }
+    }
+    be->upload(be, m->ids_in, m->h_in, sizeof(int32_t) * (size_t)N);
+    be->upload(be, m->ids_tgt, m->h_tgt, sizeof(int32_t) * (size_t)N);
+
+    const float *W1 = m->w + m->off_w[0];
+    /* e_t for every position into A0[:, :De]; c(-1) = 0 */
+    be->embedding_forward(be, m->a0, Da, m->w + m->off_emb, m->ids_in, N, De);
+    be->zero_rows(be, m->a0 + De, Da, Dc, B); /* c(-1) of each window: block t = 0 */
+    /* embedding half of layer 1 for all positions: A_1 = E_x W1[:, :De]^T */
+    be->gemm(be, 0, 1, N, H, De, 1.0f, m->a0, Da, W1, Da, 0.0f, m->act, H);
+
+    nllm_ctx_args_t ca = {B, Dc, m->w + m->off_bg, m->w + m->off_gamma, m->w + m->off_beta};
+    const size_t NH = (size_t)N * H;
+    for (int t = 0; t < T; t++) {
+        size_t r0 = (size_t)t * B;
+        float *cprev = t > 0 ? m->a0 + r0 * Da + De : NULL;
+        float *a1 = m->act + r0 * H;
+        if (cprev)
+            be->gemm(be, 0, 1, B, H, Dc, 1.0f, cprev, Da, W1 + De, Da, 1.0f, a1, H);
+        be->bias_relu_dropout_forward(be, a1, m->w + m->off_b[0], B, H, t, T, seed,
+                                      NLLM_STREAM_DROPOUT0, step, p);
+        for (int l = 1; l < L; l++) {
+            float *in = m->act + (size_t)(l - 1) * NH + r0 * H;
+            float *o = m->act + (size_t)l * NH + r0 * H;
+            be->gemm(be, 0, 1, B, H, H, 1.0f, in, H, m->w + m->off_w[l], H, 0.0f, o, H);
+            be->bias_relu_dropout_forward(be, o, m->w + m->off_b[l], B, H, t, T, seed,
+                                          NLLM_STREAM_DROPOUT0 + (uint32_t)l, step, p);
+        }
+        float *h = m->act + (size_t)(L - 1) * NH + r0 * H;
+        float *g = m->gts + r0 * 3 * Dc;
+        be->gemm(be, 0, 1, B, 3 * Dc, H, 1.0f, h, H, m->w + m->off_wg, H, 0.0f, g, 3 * Dc);
+        float *cout = t + 1 < T ? m->a0 + (r0 + (size_t)B) * Da + De : m->clast;
+        int ldo = t + 1 < T ? Da : Dc;
+        be->context_forward(be, &ca, g, cprev, Da, m->xhat + r0 * Dc, m->rstd + r0, cout, ldo);
+    }
+
+    /* output head for all positions */
+    const float *hL = m->act + (size_t)(L - 1) * NH;
+    be->gemm(be, 0, 1, N, V, H, 1.0f, hL, H, m->w + m->off_wo, H, 0.0f, m->y, V);
+    float scale = tokens > 0 ? 1.0f / (float)tokens : 0.0f;
+    be->softmax_xent(be, m->y, m->w + m->off_bo, m->ids_tgt, N, V, want_grad, scale,
+                     m->row_loss, m->row_hit);
+    be->download(be, m->h_loss, m->row_loss, sizeof(float) * (size_t)N);
+    be->download(be, m->h_hit, m->row_hit, sizeof(float) * (size_t)N);
+    int rc = be->sync(be, err);
+    if (rc < 0)
+        return rc;
+    double loss = 0.0;
+    int64_t hits = 0;
+    for (int r = 0; r < N; r++) {
+        loss += m->h_loss[r];
+        hits += m->h_hit[r] != 0.0f;
+    }
+    if (stats) {
+        stats->loss_sum = loss;
+        stats->tokens = tokens;
+        stats->correct = hits;
+    }
+    m->last_B = B;
+    m->last_grad = want_grad;
+    m->last_train = train;
+    m->last_seed = seed;
+    m->last_step = step;
+    m->last_tokens = tokens;
+    return 0;
+}
+
+int nllm_model_get_logits(nllm_model_t *m, float *out, nllm_err_t *err)
+{
+    if (m->last_B == 0 || m->last_grad)
+        return nllm_err_set(err, NLLM_ESTATE, "logits: no forward pass without gradients");
+    const int B = m->last_B, T = m->cfg.max_seq_length - 1, V = m->cfg.vocab_size;
+    float *tmp = malloc(sizeof(float) * (size_t)T * B * V);
+    if (!tmp)
+        return nllm_err_set(err, NLLM_ENOMEM, "logits: out of memory");
+    m->be->download(m->be, tmp, m->y, sizeof(float) * (size_t)T * B * V);
+    int rc = m->be->sync(m->be, err);
+    if (rc == 0)
+        for (int t = 0; t < T; t++)
+            for (int b = 0; b < B; b++)
+                memcpy(out + ((size_t)b * T + t) * V, tmp + ((size_t)t * B + b) * V,
+                       sizeof(float) * V);
+    free(tmp);
+    return rc;
+}
+
+int nllm_model_get_context(nllm_model_t *m, float *out, nllm_err_t *err)
+{
+    if (m->last_B == 0)
+        return nllm_err_set(err, NLLM_ESTATE, "context: no forward pass yet");
+    m->be->download(m->be, out, m->clast,
+                    sizeof(float) * (size_t)m->last_B * (size_t)m->cfg.context_dim);
+    return m->be->sync(m->be, err);
+}
+
+/* ---- backward -------------------------------------------------------- */
+
+int nllm_model_backward(nllm_model_t *m, nllm_err_t *err)
+{
+    if (m->last_B == 0 || !m->last_grad)
+        return nllm_err_set(err, NLLM_ESTATE, "backward: no forward pass with gradients");
+    const nllm_model_config_t *c = &m->cfg;
+    nllm_backend_t *be = m->be;
+    const int B = m->last_B, T = c->max_seq_length - 1, V = c->vocab_size, De = c->embed_dim,
+              H = c->hidden_dim, Dc = c->context_dim, L = c->num_layers, Da = De + Dc;
+    const int N = T * B;
+    const size_t NH = (size_t)N * H;
+    const float p = m->last_train ? c->dropout : 0.0f;
+    const float *W1 = m->w + m->off_w[0];
+    const float *hL = m->act + (size_t)(L - 1) * NH;
+    /* dz of the last layer doubles as dh (gradient at h_t) */
+    float *dh = m->dz + (size_t)(L - 1) * NH;
+
+    /* output head: dWo = dY^T h, dbo = colsum dY, dh = dY Wo */
+    be->gemm(be, 1, 0, V, H, N, 1.0f, m->y, V, hL, H, 0.0f, m->g + m->off_wo, H);
+    be->col_sum(be, m->g + m->off_bo, m->y, N, V, V);
+    be->gemm(be, 0, 0, N, H, V, 1.0f, m->y, V, m->w + m->off_wo, H, 0.0f, dh, H);
+
+    nllm_ctx_args_t ca = {B, Dc, m->w + m->off_bg, m->w + m->off_gamma, m->w + m->off_beta};
+    be->zero(be, m->dc, sizeof(float) * (size_t)B * Dc);
+    for (int t = T - 1; t >= 0; t--) {
+        size_t r0 = (size_t)t * B;
+        float *cprev = t > 0 ? m->a0 + r0 * Da + De : NULL;
+        float *g = m->gts + r0 * 3 * Dc;
+        /* dc: gradient w.r.t. c(t) -> gate grads, and dc = ds * f */
+        be->context_backward(be, &ca, m->dc, g, cprev, Da, m->xhat + r0 * Dc, m->rstd + r0,
+                             m->dn + r0 * Dc);
+        /* dh_t += dG W_g */
+        be->gemm(be, 0, 0, B, H, 3 * Dc, 1.0f, g, 3 * Dc, m->w + m->off_wg, H, 1.0f,
+                 dh + r0 * H, H);
+        for (int l = L - 1; l >= 0; l--) {
+            float *dzl = m->dz + (size_t)l * NH + r0 * H;
+            be->relu_dropout_backward(be, dzl, m->act + (size_t)l * NH + r0 * H,
+                                      (int64_t)B * H, p);
+            if (l > 0)
+                be->gemm(be, 0, 0, B, H, H, 1.0f, dzl, H, m->w + m->off_w[l], H, 0.0f,
+                         m->dz + (size_t)(l - 1) * NH + r0 * H, H);
+        }
+        /* dc(t-1) += dz_1 W1[:, De:] */
+        if (t > 0)
+            be->gemm(be, 0, 0, B, Dc, H, 1.0f, m->dz + r0 * H, H, W1 + De, Da, 1.0f, m->dc,
+                     Dc);
+    }
+
+    /* weight gradients over all positions */
+    for (int l = 1; l < L; l++) {
+        be->gemm(be, 1, 0, H, H, N, 1.0f, m->dz + (size_t)l * NH, H,
+                 m->act + (size_t)(l - 1) * NH, H, 0.0f, m->g + m->off_w[l], H);
+        be->col_sum(be, m->g + m->off_b[l], m->dz + (size_t)l * NH, N, H, H);
+    }
+    be->gemm(be, 1, 0, H, Da, N, 1.0f, m->dz, H, m->a0, Da, 0.0f, m->g + m->off_w[0], Da);
+    be->col_sum(be, m->g + m->off_b[0], m->dz, N, H, H);
+    be->gemm(be, 1, 0, 3 * Dc, H, N, 1.0f, m->gts, 3 * Dc, hL, H, 0.0f, m->g + m->off_wg, H);
+    be->col_sum(be, m->g + m->off_bg, m->gts, N, 3 * Dc, 3 * Dc);
+    be->col_sum(be, m->g + m->off_gamma, m->xhat, N, Dc, Dc);
+    be->col_sum(be, m->g + m->off_beta, m->dn, N, Dc, Dc);
+    /* embedding: dX = dz_1 W1[:, :De], scattered by token id */
+    be->gemm(be, 0, 0, N, De, H, 1.0f, m->dz, H, W1, Da, 0.0f, m->dx, De);
+    be->zero(be, m->g + m->off_emb, sizeof(float) * (size_t)V * De);
+    be->embedding_backward(be, m->g + m->off_emb, m->dx, De, m->ids_in, N, De);
+    m->last_grad = 0; /* activations were consumed */
+    return be->sync(be, err);
+}
+
+double nllm_model_grad_norm(nllm_model_t *m)
+{
+    double s = 0.0;
+    m->be->sq_norm(m->be, m->g, m->nfloats, &s);
+    return sqrt(s);
+}
+
+void nllm_model_adam(nllm_model_t *m, const nllm_adam_consts_t *c)
+{
+    m->be->adam(m->be, m->w, m->m1, m->m2, m->g, m->nfloats, c);
+}
+
+int nllm_model_train_step(nllm_model_t *m, const int32_t *windows, int B, uint64_t seed,
+                          uint32_t rng_step, int64_t adam_t, const nllm_optim_t *opt,
+                          nllm_step_stats_t *st, nllm_err_t *err)
+{
+    nllm_step_stats_t local;
+    if (!st)
+        st = &local;
+    int rc = nllm_model_forward(m, windows, B, 1, seed, rng_step, 1, &st->batch, err);
+    if (rc < 0)
+        return rc;
+    rc = nllm_model_backward(m, err);
+    if (rc < 0)
+        return rc;
+    double norm = nllm_model_grad_norm(m);
+    st->grad_norm = norm;
+    /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), used when < 1 */
+    double scale = 1.0;
+    if (opt->max_norm > 0.0) {
+        double coef = opt->max_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            scale = coef;
+    }
+    st->clip_scale = scale;
+    if (!isfinite(norm))
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "training diverged: gradient norm is %g at step %u; lower --lr or "
+                            "use clipping",
+                            norm, rng_step);
+    nllm_adam_consts_t k = nllm_adam_consts(opt->lr, opt->beta1, opt->beta2, opt->eps,
+                                            opt->weight_decay, adam_t, scale);
+    nllm_model_adam(m, &k);
+    return m->be->sync(m->be, err);
+}
+
+/* ---- generation -------------------------------------------------------- */
+
+int nllm_model_step_logits(nllm_model_t *m, int32_t tok, float *ctx, float *out,
+                           nllm_err_t *err)
+{
+    const nllm_model_config_t *c = &m->cfg;
+    nllm_backend_t *be = m->be;
+    const int V = c->vocab_size, De = c->embed_dim, H = c->hidden_dim, Dc = c->context_dim,
+              L = c->num_layers, Da = De + Dc;
+    if (tok < 0 || tok >= V)
+        return nllm_err_set(err, NLLM_EINVAL, "generate: token id %d outside 0..%d", tok,
+                            V - 1);
+    /* one row through the same kernels: A0 row 0 = [e | ctx] */
+    m->h_in[0] = tok;
+    be->upload(be, m->ids_in, m->h_in, sizeof(int32_t));
+    be->embedding_forward(be, m->a0, Da, m->w + m->off_emb, m->ids_in, 1, De);
+    be->upload(be, m->a0 + De, ctx, sizeof(float) * (size_t)Dc);
+    float *a = m->act, *o = m->act + H;
+    be->gemm(be, 0, 1, 1, H, Da, 1.0f, m->a0, Da, m->w + m->off_w[0], Da, 0.0f, a, H);
+    be->bias_relu_dropout_forward(be, a, m->w + m->off_b[0], 1, H, 0, 1, 0, 0, 0, 0.0f);
+    for (int l = 1; l < L; l++) {
+        be->gemm(be, 0, 1, 1, H, H, 1.0f, a, H, m->w + m->off_w[l], H, 0.0f, o, H);
+        be->bias_relu_dropout_forward(be, o, m->w + m->off_b[l], 1, H, 0, 1, 0, 0, 0, 0.0f);
+        float *tmp = a;
+        a = o;
+        o = tmp;
+    }
+    nllm_ctx_args_t ca = {1, Dc, m->w + m->off_bg, m->w + m->off_gamma, m->w + m->off_beta};
+    be->gemm(be, 0, 1, 1, 3 * Dc, H, 1.0f, a, H, m->w + m->off_wg, H, 0.0f, m->gts, 3 * Dc);
+    be->context_forward(be, &ca, m->gts, m->a0 + De, Da, m->xhat, m->rstd, m->clast, Dc);
+    be->gemm(be, 0, 1, 1, V, H, 1.0f, a, H, m->w + m->off_wo, H, 0.0f, m->y, V);
+    m->h_tgt[0] = 0;
+    be->upload(be, m->ids_tgt, m->h_tgt, sizeof(int32_t));
+    be->softmax_xent(be, m->y, m->w + m->off_bo, m->ids_tgt, 1, V, 0, 0.0f, m->row_loss,
+                     m->row_hit);
+    be->download(be, out, m->y, sizeof(float) * (size_t)V);
+    be->download(be, ctx, m->clast, sizeof(float) * (size_t)Dc);
+    m->last_B = 0; /* activations overwritten */
+    return be->sync(be, err);
+}
