@@ -172,6 +172,27 @@ static int build_params(nllm_model_t *m)
     return 0;
 }
 
+int nllm_model_layout(const nllm_model_config_t *cfg, nllm_param_info_t **params, int *nparams,
+                      int64_t *nfloats, nllm_err_t *err)
+{
+    *params = NULL;
+    int rc = nllm_model_config_check(cfg, err);
+    if (rc < 0)
+        return rc;
+    nllm_model_t tmp = {.cfg = *cfg};
+    rc = build_params(&tmp);
+    free(tmp.off_w);
+    free(tmp.off_b);
+    if (rc < 0) {
+        free(tmp.params);
+        return nllm_err_set(err, NLLM_ENOMEM, "model layout: out of memory");
+    }
+    *params = tmp.params;
+    *nparams = tmp.nparams;
+    *nfloats = tmp.nfloats;
+    return 0;
+}
+
 /* ---- creation ---------------------------------------------------------- */
 
 static size_t activation_floats(const nllm_model_config_t *c, int Bm)

@@ -50,6 +50,11 @@ typedef struct nllm_model nllm_model_t;
 /* Validates every field (names the field, its value and the allowed range). */
 int nllm_model_config_check(const nllm_model_config_t *cfg, nllm_err_t *err);
 
+/* The parameter table of a config without allocating a model: *params is
+ * malloc'd (free() it), in model.md order; *nfloats the buffer length. */
+int nllm_model_layout(const nllm_model_config_t *cfg, nllm_param_info_t **params, int *nparams,
+                      int64_t *nfloats, nllm_err_t *err);
+
 /* Allocates parameters, gradients, moments and the activations of a batch
  * of up to max_batch windows. Weights start at zero: call init_weights or
  * set_state. */

@@ -1,0 +1,213 @@
+/* nllm_bench.c -- trains N steps of the model on random tokens and prints
+ * one JSON line: tokens/s, useful GFLOP/s (model.md's cost formula: 6 FLOP
+ * per multiply-add per token for training), the median step time, and the
+ * config. With --sgemm it also times the backend's own SGEMM on an n^3
+ * product in the same run, so the two rates can be compared side by side.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "model.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nllm-bench [options]\n"
+            "Trains --steps steps of the context-vector model on random tokens and prints\n"
+            "one JSON line with tokens_per_s, gflops and the config.\n\n"
+            "  --batch N        windows per step (default 512)\n"
+            "  --seq-len N      tokens per window S (default 64)\n"
+            "  --vocab N        vocabulary size V (default 1000)\n"
+            "  --embed-dim N    De (default 256)\n"
+            "  --hidden-dim N   H (default 512)\n"
+            "  --context-dim N  Dc (default 512)\n"
+            "  --layers N       L (default 12)\n"
+            "  --dropout X      p (default 0.1)\n"
+            "  --steps N        timed steps (default 5)\n"
+            "  --warmup N       untimed steps first (default 1)\n"
+            "  --threads N      CPU threads (default: all)\n"
+            "  --device D       cpu or cuda:N (default cpu)\n"
+            "  --sgemm N        also time an NxNxN SGEMM on the same backend (0: off)\n"
+            "  --help\n");
+}
+
+static int parse_int(const char *opt, const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "nllm-bench: %s must be an integer in %ld..%ld, not \"%s\"\n", opt, lo,
+                hi, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* Times an n^3 SGEMM: returns GFLOP/s (median of reps). */
+static double time_sgemm(nllm_backend_t *be, int n, int reps)
+{
+    size_t bytes = sizeof(float) * (size_t)n * n;
+    float *a = be->alloc(be, bytes), *b = be->alloc(be, bytes), *c = be->alloc(be, bytes);
+    if (!a || !b || !c)
+        return 0;
+    float *h = malloc(bytes);
+    for (size_t i = 0; i < (size_t)n * n; i++)
+        h[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+    be->upload(be, a, h, bytes);
+    be->upload(be, b, h, bytes);
+    free(h);
+    double *t = malloc(sizeof(double) * (size_t)reps);
+    nllm_err_t err;
+    /* each timed sample runs enough products to last a few milliseconds */
+    int inner = 1;
+    for (;;) {
+        double t0 = now_s();
+        for (int k = 0; k < inner; k++)
+            be->gemm(be, 0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        be->sync(be, &err);
+        if (now_s() - t0 > 0.02 || inner > 1 << 20)
+            break;
+        inner *= 2;
+    }
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+        for (int k = 0; k < inner; k++)
+            be->gemm(be, 0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        be->sync(be, &err);
+        t[r] = (now_s() - t0) / inner;
+    }
+    double med = median(t, reps);
+    free(t);
+    be->free(be, a);
+    be->free(be, b);
+    be->free(be, c);
+    return 2.0 * n * (double)n * n / med / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    nllm_model_config_t cfg = NLLM_MODEL_CONFIG_DEFAULT;
+    int batch = 512, steps = 5, warmup = 1, threads = 0, sgemm = 0;
+    const char *device = "cpu";
+    enum { O_BATCH = 1, O_SEQ, O_VOCAB, O_DE, O_H, O_DC, O_L, O_P, O_STEPS, O_WARM, O_THR,
+           O_DEV, O_SGEMM, O_HELP };
+    static const struct option opts[] = {
+        {"batch", 1, 0, O_BATCH},     {"seq-len", 1, 0, O_SEQ},   {"vocab", 1, 0, O_VOCAB},
+        {"embed-dim", 1, 0, O_DE},    {"hidden-dim", 1, 0, O_H},  {"context-dim", 1, 0, O_DC},
+        {"layers", 1, 0, O_L},        {"dropout", 1, 0, O_P},     {"steps", 1, 0, O_STEPS},
+        {"warmup", 1, 0, O_WARM},     {"threads", 1, 0, O_THR},   {"device", 1, 0, O_DEV},
+        {"sgemm", 1, 0, O_SGEMM},     {"help", 0, 0, O_HELP},     {0, 0, 0, 0}};
+    int c, rc = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_BATCH: rc = parse_int("--batch", optarg, 1, 1 << 24, &batch); break;
+        case O_SEQ: rc = parse_int("--seq-len", optarg, 2, NLLM_DIM_MAX, &cfg.max_seq_length); break;
+        case O_VOCAB: rc = parse_int("--vocab", optarg, 5, 1 << 24, &cfg.vocab_size); break;
+        case O_DE: rc = parse_int("--embed-dim", optarg, 1, NLLM_DIM_MAX, &cfg.embed_dim); break;
+        case O_H: rc = parse_int("--hidden-dim", optarg, 1, NLLM_DIM_MAX, &cfg.hidden_dim); break;
+        case O_DC: rc = parse_int("--context-dim", optarg, 2, NLLM_DIM_MAX, &cfg.context_dim); break;
+        case O_L: rc = parse_int("--layers", optarg, 1, 1024, &cfg.num_layers); break;
+        case O_P: {
+            char *end;
+            cfg.dropout = strtof(optarg, &end);
+            if (end == optarg || *end || !(cfg.dropout >= 0 && cfg.dropout < 1)) {
+                fprintf(stderr, "nllm-bench: --dropout must be in [0, 1), not \"%s\"\n", optarg);
+                rc = -1;
+            }
+            break;
+        }
+        case O_STEPS: rc = parse_int("--steps", optarg, 1, 1000000, &steps); break;
+        case O_WARM: rc = parse_int("--warmup", optarg, 0, 1000000, &warmup); break;
+        case O_THR: rc = parse_int("--threads", optarg, 1, 4096, &threads); break;
+        case O_DEV: device = optarg; break;
+        case O_SGEMM: rc = parse_int("--sgemm", optarg, 0, 65536, &sgemm); break;
+        case O_HELP: usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (rc < 0)
+            return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "nllm-bench: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    nllm_err_t err;
+    nllm_backend_t *be;
+    if (nllm_backend_create(device, threads, &be, &err) < 0) {
+        fprintf(stderr, "nllm-bench: %s\n", err.msg);
+        return 1;
+    }
+    nllm_model_t *m;
+    if (nllm_model_create(&cfg, be, batch, &m, &err) < 0) {
+        fprintf(stderr, "nllm-bench: %s\n", err.msg);
+        be->destroy(be);
+        return 1;
+    }
+    nllm_model_init_weights(m, 42);
+    const int S = cfg.max_seq_length;
+    int32_t *win = malloc(sizeof(int32_t) * (size_t)batch * S);
+    nllm_optim_t opt = {1e-4, 0.9, 0.999, 1e-8, 0.0, 0.5};
+    double *t = malloc(sizeof(double) * (size_t)steps);
+    double loss = 0;
+    for (int s = 0; s < warmup + steps; s++) {
+        for (size_t i = 0; i < (size_t)batch * S; i++)
+            win[i] = 1 + (int32_t)nllm_rng_below(1, 77, (uint32_t)s, i,
+                                                  (uint64_t)cfg.vocab_size - 1);
+        nllm_step_stats_t st;
+        double t0 = now_s();
+        if (nllm_model_train_step(m, win, batch, 42, (uint32_t)s, s + 1, &opt, &st, &err) < 0) {
+            fprintf(stderr, "nllm-bench: step %d: %s\n", s, err.msg);
+            return 1;
+        }
+        double dt = now_s() - t0;
+        if (s >= warmup)
+            t[s - warmup] = dt;
+        loss = st.batch.loss_sum / (double)st.batch.tokens;
+    }
+    double med = median(t, steps);
+    double tokens = (double)batch * (S - 1);
+    double tps = tokens / med;
+    double gflops = tps * 6.0 * nllm_model_macs_per_token(&cfg) / 1e9;
+    double sg = sgemm > 0 ? time_sgemm(be, sgemm, 7) : 0;
+    printf("{\"impl\":\"nllm\",\"device\":\"%s\",\"tokens_per_s\":%.1f,\"gflops\":%.2f,"
+           "\"step_ms_median\":%.3f,\"loss\":%.4f,",
+           be->name, tps, gflops, med * 1e3, loss);
+    if (sgemm > 0)
+        printf("\"sgemm_n\":%d,\"sgemm_gflops\":%.2f,\"ratio_to_sgemm\":%.3f,", sgemm, sg,
+               gflops / sg);
+    printf("\"config\":{\"batch\":%d,\"seq_len\":%d,\"vocab\":%d,\"embed_dim\":%d,"
+           "\"hidden_dim\":%d,\"context_dim\":%d,\"layers\":%d,\"dropout\":%g,\"steps\":%d,"
+           "\"threads\":%d}}\n",
+           batch, S, cfg.vocab_size, cfg.embed_dim, cfg.hidden_dim, cfg.context_dim,
+           cfg.num_layers, (double)cfg.dropout, steps, threads);
+    free(win);
+    free(t);
+    nllm_model_destroy(m);
+    be->destroy(be);
+    return 0;
+}

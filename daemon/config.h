@@ -1,0 +1,76 @@
+/* config.h -- a training job's full configuration: model shape, data,
+ * optimiser, schedule and checkpoint policy, with model.md's defaults.
+ *
+ * One table of fields drives defaults, validation, the JSON form stored in
+ * the catalog and in checkpoints, the job-file parser (INI: `key = value`)
+ * and the command-line overrides, so the names are the same everywhere.
+ * Callers: nllmd (start/resume), nllmctl (flags), the trainer, checkpoints.
+ */
+#ifndef NLLM_CONFIG_H
+#define NLLM_CONFIG_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "data.h"
+#include "model.h"
+#include "nllm_err.h"
+
+#define NLLM_PATH_MAX 4096
+
+typedef enum { NLLM_CLIP_REFERENCE = 0, NLLM_CLIP_FIXED = 1, NLLM_CLIP_NONE = 2 } nllm_clip_mode_t;
+
+typedef struct {
+    nllm_model_config_t model;
+    /* data */
+    char data[NLLM_PATH_MAX]; /* training text (required)                 */
+    char val[NLLM_PATH_MAX];  /* validation text; "" = split off training */
+    nllm_tok_kind_t tokenizer;
+    double val_fraction;
+    /* optimisation */
+    int32_t num_epochs, batch_size;
+    double learning_rate, beta1, beta2, eps, weight_decay;
+    nllm_clip_mode_t clip_mode;
+    double clip_value;        /* NLLM_CLIP_FIXED: max norm */
+    int32_t patience;         /* 0: no early stopping */
+    double min_delta;
+    int32_t reset_patience;   /* 1: counter from zero on resume (research code) */
+    uint64_t seed;
+    /* checkpoints */
+    int32_t save_every;       /* epochs between {name}_epoch_N saves */
+    int32_t keep;             /* newest periodic checkpoints kept; 0 = all */
+    /* placement */
+    char device[32];          /* "cpu", "cuda:0", or "" = any free device */
+    int32_t threads;          /* CPU threads; 0 = all */
+} nllm_job_config_t;
+
+void nllm_job_config_defaults(nllm_job_config_t *c);
+/* Every field in range; data set. Names the field, its value, the range. */
+int nllm_job_config_check(const nllm_job_config_t *c, nllm_err_t *err);
+/* Sets one field from text, by its key (e.g. "hidden_dim", "clip"). */
+int nllm_job_config_set(nllm_job_config_t *c, const char *key, const char *value,
+                        nllm_err_t *err);
+/* A job file: lines `key = value`, `#` or `;` comments, optional [section]
+ * headers (ignored); errors name FILE:LINE. Applies on top of c. */
+int nllm_job_config_parse_file(const char *path, nllm_job_config_t *c, nllm_err_t *err);
+int nllm_job_config_parse_text(const char *text, size_t len, const char *label,
+                               nllm_job_config_t *c, nllm_err_t *err);
+/* JSON object with every key. */
+json_t *nllm_job_config_to_json(const nllm_job_config_t *c);
+/* Applies the keys of a JSON object on top of c; unknown keys are errors. */
+int nllm_job_config_from_json(const json_t *j, nllm_job_config_t *c, nllm_err_t *err);
+/* Model-shape fields that differ, as "context_dim: checkpoint 512, job 1024;
+ * ..." into buf; returns how many differ. `a_label`/`b_label` name the sides. */
+int nllm_job_config_model_diff(const nllm_model_config_t *a, const char *a_label,
+                               const nllm_model_config_t *b, const char *b_label, char *buf,
+                               size_t buflen);
+/* Training-only fields that differ (lr, batch, ...), same format. */
+int nllm_job_config_train_diff(const nllm_job_config_t *a, const nllm_job_config_t *b,
+                               char *buf, size_t buflen);
+/* Max gradient norm for a 0-based epoch (<= 0: no clipping): the reference
+ * schedule is 0.5 for epochs 0-9, 1.0 for 10-29, 2.0 from 30 on. */
+double nllm_job_config_clip_for_epoch(const nllm_job_config_t *c, int64_t epoch);
+/* Names of all keys, NULL-terminated (for --help and docs). */
+const char *const *nllm_job_config_keys(void);
+
+#endif /* NLLM_CONFIG_H */

@@ -1,0 +1,381 @@
+/* trainer.c -- the epoch loop of one job; see trainer.h.
+ *
+ * Data order: epoch e visits the training windows in the permutation
+ * nllm_data_shuffle(seed, e), batch k taking positions [k*B, (k+1)*B) (the
+ * last partial batch is dropped). Dropout masks use the global step, Adam
+ * its 1-based count. Nothing else carries state between steps, so a
+ * restored nllm_progress_t plus model state continues bit-identically.
+ */
+#include "trainer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct nllm_trainer {
+    nllm_job_config_t cfg;
+    nllm_dataset_t data;
+    nllm_model_t *model;
+    nllm_progress_t prog;
+    nllm_trainer_ctl_t ctl;
+    int64_t *perm;     /* (ntrain) order of the running epoch */
+    int64_t perm_epoch; /* epoch perm was made for, -1 none */
+    int32_t *batch;    /* (B, S) host batch */
+};
+
+const char *nllm_ckpt_kind_name(nllm_ckpt_kind_t k)
+{
+    switch (k) {
+    case NLLM_CKPT_BEST:
+        return "best";
+    case NLLM_CKPT_EPOCH:
+        return "epoch";
+    case NLLM_CKPT_FINAL:
+        return "final";
+    case NLLM_CKPT_PAUSED:
+        return "paused";
+    }
+    return "unknown";
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- progress ---------------------------------------------------------- */
+
+void nllm_progress_init(nllm_progress_t *p)
+{
+    memset(p, 0, sizeof *p);
+    p->best_val_loss = INFINITY;
+    p->es_best = INFINITY;
+}
+
+void nllm_progress_free(nllm_progress_t *p)
+{
+    nllm_history_t *h = &p->hist;
+    free(h->train_loss);
+    free(h->val_loss);
+    free(h->train_ppl);
+    free(h->val_ppl);
+    free(h->val_acc);
+    memset(h, 0, sizeof *h);
+}
+
+static int hist_reserve(nllm_history_t *h, int64_t cap)
+{
+    if (cap <= h->cap)
+        return 0;
+    double **cols[5] = {&h->train_loss, &h->val_loss, &h->train_ppl, &h->val_ppl, &h->val_acc};
+    for (int i = 0; i < 5; i++) {
+        double *p = realloc(*cols[i], sizeof(double) * (size_t)cap);
+        if (!p)
+            return NLLM_ENOMEM;
+        *cols[i] = p;
+    }
+    h->cap = cap;
+    return 0;
+}
+
+int nllm_history_push(nllm_history_t *h, double tl, double vl, double tp, double vp, double va)
+{
+    if (h->n == h->cap && hist_reserve(h, h->cap ? 2 * h->cap : 16) < 0)
+        return NLLM_ENOMEM;
+    h->train_loss[h->n] = tl;
+    h->val_loss[h->n] = vl;
+    h->train_ppl[h->n] = tp;
+    h->val_ppl[h->n] = vp;
+    h->val_acc[h->n] = va;
+    h->n++;
+    return 0;
+}
+
+int nllm_progress_copy(nllm_progress_t *dst, const nllm_progress_t *src)
+{
+    nllm_progress_t tmp = *src;
+    memset(&tmp.hist, 0, sizeof tmp.hist);
+    if (hist_reserve(&tmp.hist, src->hist.n > 0 ? src->hist.n : 1) < 0) {
+        nllm_progress_free(&tmp);
+        return NLLM_ENOMEM;
+    }
+    size_t bytes = sizeof(double) * (size_t)src->hist.n;
+    if (bytes) {
+        memcpy(tmp.hist.train_loss, src->hist.train_loss, bytes);
+        memcpy(tmp.hist.val_loss, src->hist.val_loss, bytes);
+        memcpy(tmp.hist.train_ppl, src->hist.train_ppl, bytes);
+        memcpy(tmp.hist.val_ppl, src->hist.val_ppl, bytes);
+        memcpy(tmp.hist.val_acc, src->hist.val_acc, bytes);
+    }
+    tmp.hist.n = src->hist.n;
+    nllm_progress_free(dst);
+    *dst = tmp;
+    return 0;
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
+                        nllm_backend_t *be, nllm_trainer_t **out, nllm_err_t *err)
+{
+    *out = NULL;
+    int rc = nllm_job_config_check(cfg, err);
+    if (rc < 0)
+        return rc;
+    nllm_trainer_t *tr = calloc(1, sizeof *tr);
+    if (!tr)
+        return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
+    tr->cfg = *cfg;
+    tr->perm_epoch = -1;
+    nllm_progress_init(&tr->prog);
+    atomic_init(&tr->ctl.pause, 0);
+    atomic_init(&tr->ctl.pause_epoch_end, 0);
+    atomic_init(&tr->ctl.stop, 0);
+    atomic_init(&tr->ctl.num_epochs, cfg->num_epochs);
+
+    nllm_data_opts_t o;
+    nllm_data_opts_init(&o);
+    o.train_path = cfg->data;
+    o.val_path = cfg->val[0] ? cfg->val : NULL;
+    o.kind = cfg->tokenizer;
+    o.vocab_size = cfg->model.vocab_size;
+    o.seq_len = cfg->model.max_seq_length;
+    o.batch = cfg->batch_size;
+    o.seed = cfg->seed;
+    o.val_fraction = cfg->val_fraction;
+    o.cache_path = cache_path;
+    rc = nllm_data_load(&o, &tr->data, err);
+    if (rc < 0) {
+        free(tr);
+        return rc;
+    }
+    int maxb = cfg->batch_size;
+    rc = nllm_model_create(&cfg->model, be, maxb, &tr->model, err);
+    if (rc < 0) {
+        nllm_trainer_destroy(tr);
+        return rc;
+    }
+    nllm_model_init_weights(tr->model, cfg->seed);
+    tr->perm = malloc(sizeof(int64_t) * (size_t)tr->data.train.n);
+    tr->batch = malloc(sizeof(int32_t) * (size_t)maxb * (size_t)cfg->model.max_seq_length);
+    if (!tr->perm || !tr->batch) {
+        nllm_trainer_destroy(tr);
+        return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory for %lld windows",
+                            (long long)tr->data.train.n);
+    }
+    *out = tr;
+    return 0;
+}
+
+void nllm_trainer_destroy(nllm_trainer_t *tr)
+{
+    if (!tr)
+        return;
+    nllm_model_destroy(tr->model);
+    nllm_data_free(&tr->data);
+    nllm_progress_free(&tr->prog);
+    free(tr->perm);
+    free(tr->batch);
+    free(tr);
+}
+
+nllm_model_t *nllm_trainer_model(nllm_trainer_t *tr) { return tr->model; }
+const nllm_dataset_t *nllm_trainer_data(const nllm_trainer_t *tr) { return &tr->data; }
+nllm_progress_t *nllm_trainer_progress(nllm_trainer_t *tr) { return &tr->prog; }
+const nllm_job_config_t *nllm_trainer_config(const nllm_trainer_t *tr) { return &tr->cfg; }
+nllm_trainer_ctl_t *nllm_trainer_ctl(nllm_trainer_t *tr) { return &tr->ctl; }
+
+int64_t nllm_trainer_steps_per_epoch(const nllm_trainer_t *tr)
+{
+    return tr->data.train.n / tr->cfg.batch_size;
+}
+
+int nllm_trainer_set_config(nllm_trainer_t *tr, const nllm_job_config_t *cfg, nllm_err_t *err)
+{
+    char diff[1024];
+    if (nllm_job_config_model_diff(&tr->cfg.model, "running", &cfg->model, "new", diff,
+                                   sizeof diff) > 0)
+        return nllm_err_set(err, NLLM_EMISMATCH, "model shape cannot change: %s", diff);
+    if (cfg->batch_size > nllm_model_max_batch(tr->model))
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "batch_size %d is larger than the %d this job was set up for",
+                            cfg->batch_size, nllm_model_max_batch(tr->model));
+    if (tr->data.train.n < cfg->batch_size)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "batch_size %d: the training text has only %lld windows",
+                            cfg->batch_size, (long long)tr->data.train.n);
+    tr->cfg = *cfg;
+    atomic_store(&tr->ctl.num_epochs, cfg->num_epochs);
+    return 0;
+}
+
+int nllm_trainer_restore(nllm_trainer_t *tr, const nllm_progress_t *p, nllm_err_t *err)
+{
+    if (p->step_in_epoch < 0 || p->step_in_epoch > nllm_trainer_steps_per_epoch(tr))
+        return nllm_err_set(err, NLLM_EMISMATCH,
+                            "checkpoint is at step %lld of its epoch, but this data gives %lld "
+                            "steps per epoch: resume with the same data and batch_size",
+                            (long long)p->step_in_epoch,
+                            (long long)nllm_trainer_steps_per_epoch(tr));
+    if (nllm_progress_copy(&tr->prog, p) < 0)
+        return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
+    tr->perm_epoch = -1;
+    return 0;
+}
+
+/* ---- validation -------------------------------------------------------- */
+
+int nllm_trainer_validate(nllm_trainer_t *tr, double *loss, double *acc, nllm_err_t *err)
+{
+    const nllm_windows_t *v = &tr->data.val;
+    const int S = tr->cfg.model.max_seq_length, Bm = nllm_model_max_batch(tr->model);
+    double sum = 0;
+    int64_t tokens = 0, correct = 0;
+    for (int64_t i = 0; i < v->n; i += Bm) {
+        int B = (int)(v->n - i < Bm ? v->n - i : Bm);
+        nllm_batch_stats_t st;
+        int rc = nllm_model_forward(tr->model, v->ids + i * S, B, 0, 0, 0, 0, &st, err);
+        if (rc < 0)
+            return rc;
+        sum += st.loss_sum;
+        tokens += st.tokens;
+        correct += st.correct;
+    }
+    *loss = tokens ? sum / (double)tokens : 0.0;
+    *acc = tokens ? (double)correct / (double)tokens : 0.0;
+    return 0;
+}
+
+/* ---- the loop ---------------------------------------------------------- */
+
+static int checkpoint(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_ckpt_kind_t kind,
+                      int64_t epoch, nllm_err_t *err)
+{
+    if (!cbs || !cbs->on_checkpoint)
+        return 0;
+    return cbs->on_checkpoint(cbs->ud, tr, kind, epoch, err);
+}
+
+/* Ends the running epoch: validation, history, best, early stopping. */
+static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double seconds,
+                     nllm_err_t *err)
+{
+    nllm_progress_t *p = &tr->prog;
+    double vl, va;
+    int rc = nllm_trainer_validate(tr, &vl, &va, err);
+    if (rc < 0)
+        return rc;
+    double tl = p->ep_tokens ? p->ep_loss_sum / (double)p->ep_tokens : 0.0;
+    if (nllm_history_push(&p->hist, tl, vl, exp(tl), exp(vl), va) < 0)
+        return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
+    double tokens = (double)p->ep_tokens;
+    p->epoch++;
+    p->step_in_epoch = 0;
+    p->ep_loss_sum = 0;
+    p->ep_tokens = p->ep_correct = 0;
+    p->ep_seconds = 0;
+
+    nllm_epoch_report_t r = {p->epoch, atomic_load(&tr->ctl.num_epochs), tl, vl, exp(tl),
+                             exp(vl), va, seconds, seconds > 0 ? tokens / seconds : 0, 0, 0};
+    if (vl < p->best_val_loss) {
+        p->best_val_loss = vl;
+        p->best_epoch = p->epoch;
+        r.is_best = 1;
+    }
+    if (vl < p->es_best - tr->cfg.min_delta) {
+        p->es_best = vl;
+        p->es_counter = 0;
+    } else {
+        p->es_counter++;
+        if (tr->cfg.patience > 0 && p->es_counter >= tr->cfg.patience) {
+            p->stopped_early = 1;
+            r.early_stop = 1;
+        }
+    }
+    if (cbs && cbs->on_epoch)
+        cbs->on_epoch(cbs->ud, tr, &r);
+    if (r.is_best && (rc = checkpoint(tr, cbs, NLLM_CKPT_BEST, p->epoch, err)) < 0)
+        return rc;
+    if (p->epoch % tr->cfg.save_every == 0 &&
+        (rc = checkpoint(tr, cbs, NLLM_CKPT_EPOCH, p->epoch, err)) < 0)
+        return rc;
+    return 0;
+}
+
+int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_result_t *res,
+                     nllm_err_t *err)
+{
+    nllm_progress_t *p = &tr->prog;
+    const int B = tr->cfg.batch_size, S = tr->cfg.model.max_seq_length;
+    const int64_t spe = nllm_trainer_steps_per_epoch(tr);
+    nllm_optim_t opt = {tr->cfg.learning_rate, tr->cfg.beta1, tr->cfg.beta2, tr->cfg.eps,
+                        tr->cfg.weight_decay, 0};
+    int rc;
+    for (;;) {
+        if (p->stopped_early) {
+            *res = NLLM_RUN_EARLY_STOPPED;
+            return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
+        }
+        if (p->epoch >= atomic_load(&tr->ctl.num_epochs)) {
+            *res = NLLM_RUN_COMPLETED;
+            return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
+        }
+        if (tr->perm_epoch != p->epoch) {
+            nllm_data_shuffle(tr->cfg.seed, (uint64_t)p->epoch, tr->data.train.n, tr->perm);
+            tr->perm_epoch = p->epoch;
+        }
+        opt.max_norm = nllm_job_config_clip_for_epoch(&tr->cfg, p->epoch);
+        double t_epoch = now_s() - p->ep_seconds;
+        while (p->step_in_epoch < spe) {
+            if (atomic_load(&tr->ctl.stop)) {
+                *res = NLLM_RUN_STOPPED;
+                p->ep_seconds = now_s() - t_epoch;
+                return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
+            }
+            if (atomic_load(&tr->ctl.pause)) {
+                *res = NLLM_RUN_PAUSED;
+                p->ep_seconds = now_s() - t_epoch;
+                return checkpoint(tr, cbs, NLLM_CKPT_PAUSED, p->epoch, err);
+            }
+            const int64_t *order = tr->perm + p->step_in_epoch * B;
+            for (int b = 0; b < B; b++)
+                memcpy(tr->batch + (size_t)b * S, tr->data.train.ids + order[b] * S,
+                       sizeof(int32_t) * (size_t)S);
+            nllm_step_stats_t st;
+            double t0 = now_s();
+            rc = nllm_model_train_step(tr->model, tr->batch, B, tr->cfg.seed,
+                                       (uint32_t)p->global_step, p->global_step + 1, &opt, &st,
+                                       err);
+            if (rc < 0)
+                return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
+                                       (long long)p->step_in_epoch + 1);
+            double dt = now_s() - t0;
+            p->global_step++;
+            p->step_in_epoch++;
+            p->ep_loss_sum += st.batch.loss_sum;
+            p->ep_tokens += st.batch.tokens;
+            p->ep_correct += st.batch.correct;
+            if (cbs && cbs->on_step) {
+                nllm_step_report_t r = {p->epoch,
+                                        p->step_in_epoch,
+                                        spe,
+                                        p->global_step,
+                                        p->ep_tokens ? p->ep_loss_sum / (double)p->ep_tokens : 0,
+                                        dt > 0 ? (double)st.batch.tokens / dt : 0,
+                                        now_s() - t_epoch};
+                cbs->on_step(cbs->ud, tr, &r);
+            }
+        }
+        rc = end_epoch(tr, cbs, now_s() - t_epoch, err);
+        if (rc < 0)
+            return rc;
+        if (atomic_load(&tr->ctl.pause_epoch_end) && !p->stopped_early &&
+            p->epoch < atomic_load(&tr->ctl.num_epochs)) {
+            *res = NLLM_RUN_PAUSED;
+            return checkpoint(tr, cbs, NLLM_CKPT_PAUSED, p->epoch, err);
+        }
+    }
+}
