@@ -1,0 +1,332 @@
+/* test_trainer.c -- the trainer and checkpoint files together: every
+ * tensor and metadata field round-trips; exact resume (10 epochs straight
+ * versus 5 + resume from epoch_5, and a pause in the middle of an epoch)
+ * is bit-identical; damaged files and shape mismatches fail clearly.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ckpt.h"
+#include "safetensors.h"
+#include "testutil.h"
+#include "trainer.h"
+
+static nllm_backend_t *be;
+static char dir[256];
+
+static void write_corpus(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away",
+                           "and", "then", "slept", "under", "tree"};
+    for (int line = 0; line < 120; line++) {
+        int n = 5 + (int)nllm_rng_below(1, 2, 0, (uint64_t)line, 9);
+        for (int k = 0; k < n; k++)
+            fprintf(f, "%s%s", k ? " " : "",
+                    words[nllm_rng_below(1, 3, (uint32_t)line, (uint64_t)k, 15)]);
+        fputc('\n', f);
+    }
+    fclose(f);
+}
+
+static void small_config(nllm_job_config_t *c, int epochs)
+{
+    nllm_job_config_defaults(c);
+    snprintf(c->data, sizeof c->data, "%s/train.txt", dir);
+    c->model = (nllm_model_config_t){24, 8, 16, 8, 2, 8, 0.1f};
+    c->num_epochs = epochs;
+    c->batch_size = 8;
+    c->learning_rate = 3e-3;
+    c->save_every = 5;
+    c->seed = 11;
+}
+
+typedef struct {
+    const char *job;
+    int64_t pause_at; /* global step after which to request a pause; 0 = never */
+    int saved[4];
+} run_ctx_t;
+
+static void on_step(void *ud, nllm_trainer_t *tr, const nllm_step_report_t *r)
+{
+    run_ctx_t *rc = ud;
+    if (rc->pause_at && r->global_step == rc->pause_at)
+        atomic_store(&nllm_trainer_ctl(tr)->pause, 1);
+}
+
+static int on_ckpt(void *ud, nllm_trainer_t *tr, nllm_ckpt_kind_t kind, int64_t epoch,
+                   nllm_err_t *err)
+{
+    run_ctx_t *rc = ud;
+    nllm_ckpt_t *c;
+    int r = nllm_ckpt_snapshot(tr, rc->job, kind, &c, err);
+    if (r < 0)
+        return r;
+    char name[256], path[512];
+    nllm_ckpt_filename(rc->job, kind, epoch, name, sizeof name);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    uint64_t h, sz;
+    r = nllm_ckpt_write(c, path, &h, &sz, err);
+    nllm_ckpt_free(c);
+    rc->saved[kind]++;
+    return r;
+}
+
+/* Runs a trainer to its end; returns the final snapshot. */
+static nllm_ckpt_t *run(nllm_trainer_t *tr, run_ctx_t *ctx, nllm_run_result_t *res)
+{
+    nllm_trainer_cbs_t cbs = {ctx, on_step, NULL, on_ckpt};
+    nllm_err_t err;
+    if (nllm_trainer_run(tr, &cbs, res, &err) < 0) {
+        CHECK(0, "run: %s", err.msg);
+        return NULL;
+    }
+    nllm_ckpt_t *c = NULL;
+    nllm_ckpt_snapshot(tr, ctx->job, NLLM_CKPT_FINAL, &c, &err);
+    return c;
+}
+
+static int same_state(const nllm_ckpt_t *a, const nllm_ckpt_t *b, const char *what)
+{
+    int ok = 1;
+    size_t bytes = sizeof(float) * (size_t)a->nfloats;
+    if (a->nfloats != b->nfloats || memcmp(a->weights, b->weights, bytes) != 0) {
+        CHECK(0, "%s: weights differ", what);
+        ok = 0;
+    }
+    if (memcmp(a->exp_avg, b->exp_avg, bytes) || memcmp(a->exp_avg_sq, b->exp_avg_sq, bytes)) {
+        CHECK(0, "%s: Adam moments differ", what);
+        ok = 0;
+    }
+    const nllm_progress_t *p = &a->progress, *q = &b->progress;
+    size_t hb = sizeof(double) * (size_t)p->hist.n;
+    if (p->epoch != q->epoch || p->global_step != q->global_step || p->hist.n != q->hist.n ||
+        memcmp(p->hist.train_loss, q->hist.train_loss, hb) ||
+        memcmp(p->hist.val_loss, q->hist.val_loss, hb) ||
+        memcmp(p->hist.val_acc, q->hist.val_acc, hb) ||
+        memcmp(p->hist.train_ppl, q->hist.train_ppl, hb) ||
+        memcmp(p->hist.val_ppl, q->hist.val_ppl, hb) || p->best_val_loss != q->best_val_loss ||
+        p->es_counter != q->es_counter || p->es_best != q->es_best) {
+        CHECK(0, "%s: progress/history differs (epoch %lld/%lld step %lld/%lld)", what,
+              (long long)p->epoch, (long long)q->epoch, (long long)p->global_step,
+              (long long)q->global_step);
+        ok = 0;
+    }
+    return ok;
+}
+
+static nllm_trainer_t *new_trainer(const nllm_job_config_t *c)
+{
+    nllm_trainer_t *tr;
+    nllm_err_t err;
+    if (nllm_trainer_create(c, NULL, be, &tr, &err) < 0) {
+        fprintf(stderr, "trainer: %s\n", err.msg);
+        exit(1);
+    }
+    return tr;
+}
+
+/* Continue from a checkpoint file in a fresh trainer. */
+static nllm_trainer_t *resume_from(const nllm_job_config_t *c, const char *file)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    nllm_err_t err;
+    nllm_ckpt_t *ck;
+    if (nllm_ckpt_load(path, 0, NULL, &ck, &err) < 0) {
+        CHECK(0, "load %s: %s", file, err.msg);
+        return NULL;
+    }
+    nllm_trainer_t *tr = new_trainer(c);
+    CHECK(nllm_ckpt_apply_model(ck, nllm_trainer_model(tr), 1, &err) == 0, "%s", err.msg);
+    CHECK(nllm_trainer_restore(tr, &ck->progress, &err) == 0, "%s", err.msg);
+    nllm_ckpt_free(ck);
+    return tr;
+}
+
+static nllm_ckpt_t *straight10;
+
+static void test_straight(void)
+{
+    nllm_job_config_t c;
+    small_config(&c, 10);
+    nllm_trainer_t *tr = new_trainer(&c);
+    run_ctx_t ctx = {"s", 0, {0}};
+    nllm_run_result_t res;
+    straight10 = run(tr, &ctx, &res);
+    CHECK(res == NLLM_RUN_COMPLETED, "result %d", res);
+    CHECK(ctx.saved[NLLM_CKPT_EPOCH] == 2, "epoch checkpoints: %d, want 2",
+          ctx.saved[NLLM_CKPT_EPOCH]);
+    CHECK(ctx.saved[NLLM_CKPT_FINAL] == 1, "final checkpoints: %d", ctx.saved[NLLM_CKPT_FINAL]);
+    CHECK(ctx.saved[NLLM_CKPT_BEST] >= 1, "no best checkpoint");
+    const nllm_history_t *h = &straight10->progress.hist;
+    CHECK(h->n == 10, "history has %lld entries", (long long)h->n);
+    CHECK(h->n == 10 && h->train_loss[9] < h->train_loss[0], "train loss did not fall: %g -> %g",
+          h->train_loss[0], h->train_loss[h->n - 1]);
+    printf("     10 epochs: train loss %.4f -> %.4f, val %.4f -> %.4f\n", h->train_loss[0],
+           h->train_loss[9], h->val_loss[0], h->val_loss[9]);
+    nllm_trainer_destroy(tr);
+}
+
+static void test_roundtrip(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/s_final.safetensors", dir);
+    nllm_ckpt_t *ck;
+    nllm_err_t err;
+    CHECK(nllm_ckpt_load(path, 0, NULL, &ck, &err) == 0, "%s", err.msg);
+    if (!ck)
+        return;
+    same_state(ck, straight10, "round trip");
+    CHECK(ck->kind == NLLM_CKPT_FINAL && strcmp(ck->job, "s") == 0, "kind/job lost");
+    CHECK(ck->weights_hash == straight10->weights_hash, "weights hash differs");
+    CHECK(ck->config.model.hidden_dim == 16 && ck->config.learning_rate == 3e-3 &&
+              ck->config.seed == 11 && strcmp(ck->config.data, straight10->config.data) == 0,
+          "config fields lost");
+    CHECK(ck->vocab && json_is_object(ck->vocab), "tokenizer lost");
+    CHECK(ck->progress.best_epoch >= 1 && isfinite(ck->progress.best_val_loss), "best lost");
+    nllm_ckpt_free(ck);
+}
+
+static void test_resume_epoch(void)
+{
+    nllm_job_config_t c;
+    small_config(&c, 10);
+    nllm_trainer_t *tr = resume_from(&c, "s_epoch_5.safetensors");
+    if (!tr)
+        return;
+    CHECK(nllm_trainer_progress(tr)->epoch == 5, "resumed at epoch %lld",
+          (long long)nllm_trainer_progress(tr)->epoch);
+    run_ctx_t ctx = {"r", 0, {0}};
+    nllm_run_result_t res;
+    nllm_ckpt_t *c2 = run(tr, &ctx, &res);
+    if (c2)
+        same_state(c2, straight10, "resume from epoch_5");
+    nllm_ckpt_free(c2);
+    nllm_trainer_destroy(tr);
+}
+
+static void test_resume_mid_epoch(void)
+{
+    nllm_job_config_t c;
+    small_config(&c, 10);
+    nllm_trainer_t *tr = new_trainer(&c);
+    int64_t spe = nllm_trainer_steps_per_epoch(tr);
+    run_ctx_t ctx = {"p", 3 * spe + spe / 2, {0}};
+    nllm_run_result_t res;
+    nllm_ckpt_t *c1 = run(tr, &ctx, &res);
+    CHECK(res == NLLM_RUN_PAUSED, "result %d, want paused", res);
+    CHECK(c1 && c1->progress.step_in_epoch == spe / 2, "paused at step %lld of the epoch",
+          c1 ? (long long)c1->progress.step_in_epoch : -1LL);
+    nllm_ckpt_free(c1);
+    nllm_trainer_destroy(tr);
+    tr = resume_from(&c, "p_paused.safetensors");
+    if (!tr)
+        return;
+    run_ctx_t ctx2 = {"p2", 0, {0}};
+    nllm_ckpt_t *c2 = run(tr, &ctx2, &res);
+    if (c2)
+        same_state(c2, straight10, "pause mid-epoch + resume");
+    nllm_ckpt_free(c2);
+    nllm_trainer_destroy(tr);
+}
+
+static void test_damaged(void)
+{
+    char src[512], bad[512];
+    snprintf(src, sizeof src, "%s/s_final.safetensors", dir);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    uint8_t *buf;
+    size_t len;
+    FILE *f = fopen(src, "rb");
+    fseek(f, 0, SEEK_END);
+    len = (size_t)ftell(f);
+    rewind(f);
+    buf = malloc(len);
+    CHECK(fread(buf, 1, len, f) == len, "read");
+    fclose(f);
+    nllm_ckpt_t *ck;
+    nllm_err_t err;
+    uint64_t good_hash;
+    {
+        nllm_ckpt_t *tmp;
+        nllm_st_file_t *sf;
+        (void)tmp;
+        CHECK(nllm_st_open(src, &sf, &good_hash, &err) == 0, "%s", err.msg);
+        nllm_st_close(sf);
+    }
+    /* a flipped byte in the data: the checksum catches it */
+    buf[len - 5] ^= 0x40;
+    f = fopen(bad, "wb");
+    fwrite(buf, 1, len, f);
+    fclose(f);
+    buf[len - 5] ^= 0x40;
+    int rc = nllm_ckpt_load(bad, good_hash, NULL, &ck, &err);
+    CHECK(rc == NLLM_ECORRUPT && strstr(err.msg, "checksum") && strstr(err.msg, "bad.safetensors"),
+          "flipped byte: rc %d msg %s", rc, err.msg);
+    /* truncated */
+    f = fopen(bad, "wb");
+    fwrite(buf, 1, len / 2, f);
+    fclose(f);
+    rc = nllm_ckpt_load(bad, 0, NULL, &ck, &err);
+    CHECK(rc == NLLM_ECORRUPT && strstr(err.msg, "bad.safetensors"), "truncated: rc %d msg %s",
+          rc, err.msg);
+    /* a plain weights file without shape information */
+    rc = nllm_ckpt_load("/nonexistent/x.safetensors", 0, NULL, &ck, &err);
+    CHECK(rc < 0 && strstr(err.msg, "/nonexistent/x.safetensors"), "missing file: %s", err.msg);
+    free(buf);
+}
+
+static void test_mismatch(void)
+{
+    nllm_job_config_t c;
+    small_config(&c, 10);
+    c.model.context_dim = 12;
+    c.model.hidden_dim = 20;
+    nllm_trainer_t *tr = new_trainer(&c);
+    char path[512];
+    snprintf(path, sizeof path, "%s/s_epoch_5.safetensors", dir);
+    nllm_ckpt_t *ck;
+    nllm_err_t err;
+    CHECK(nllm_ckpt_load(path, 0, NULL, &ck, &err) == 0, "%s", err.msg);
+    int rc = nllm_ckpt_apply_model(ck, nllm_trainer_model(tr), 1, &err);
+    CHECK(rc == NLLM_EMISMATCH, "mismatch rc %d", rc);
+    CHECK(strstr(err.msg, "hidden_dim: checkpoint 16, job 20") &&
+              strstr(err.msg, "context_dim: checkpoint 8, job 12"),
+          "mismatch message: %s", err.msg);
+    nllm_ckpt_free(ck);
+    nllm_trainer_destroy(tr);
+}
+
+int main(void)
+{
+    nllm_err_t err;
+    snprintf(dir, sizeof dir, "/tmp/nllm_test_trainer.XXXXXX");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    char path[512];
+    snprintf(path, sizeof path, "%s/train.txt", dir);
+    write_corpus(path);
+    if (nllm_cpu_backend_create(2, &be, &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    RUN(test_straight);
+    RUN(test_roundtrip);
+    RUN(test_resume_epoch);
+    RUN(test_resume_mid_epoch);
+    RUN(test_damaged);
+    RUN(test_mismatch);
+    nllm_ckpt_free(straight10);
+    be->destroy(be);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    return TEST_REPORT();
+}
