@@ -1255,6 +1255,29 @@ static int tokenize(const nllm_data_opts_t *o, int32_t V, double frac, const tex
     tok_src_t src = {o->kind, NULL, NULL, NULL};
     if (o->kind == NLLM_TOK_BYTE) {
         vocab_init_bytes(&out->vocab);
+    } else if (o->vocab) {
+        /* fixed vocabulary: map every distinct word through it */
+        size_t nt = st.n ? st.n : 1;
+        map = malloc(nt * sizeof *map);
+        if (!map)
+            goto oom;
+        for (uint32_t id = 0; id < st.n; id++) {
+            int32_t w = nllm_vocab_lookup(o->vocab, st.arena + st.off[id], st.len[id]);
+            map[id] = w < 0 ? NLLM_WORD_UNK : w;
+        }
+        for (size_t i = 0; i < tp.n; i++)
+            if (!is_val[i])
+                for (int64_t k = 0; k < tp.p[i].len; k++)
+                    out->train_tokens_unk += map[toks.v[tp.p[i].off + k]] == NLLM_WORD_UNK;
+        json_t *j = NULL;
+        if ((rc = nllm_vocab_to_json(o->vocab, &j, err)) ||
+            (rc = nllm_vocab_from_json(j, &out->vocab, err))) {
+            json_decref(j);
+            goto done;
+        }
+        json_decref(j);
+        src.toks = toks.v;
+        src.map = map;
     } else {
         /* frequencies over the training paragraphs, ties by first position */
         size_t nt = st.n ? st.n : 1;
@@ -1402,6 +1425,12 @@ static int cache_key(const nllm_data_opts_t *o, int32_t V, double frac, const te
         key_u64(s, o->seed);
         key_u64(s, fb);
     }
+    key_u64(s, o->vocab != NULL);
+    if (o->vocab && o->vocab->kind == NLLM_TOK_WORD)
+        for (int32_t i = NLLM_WORD_FIRST; i < NLLM_WORD_FIRST + o->vocab->n_words; i++) {
+            key_u64(s, o->vocab->lens[i]);
+            XXH64_update(s, o->vocab->words[i], o->vocab->lens[i]);
+        }
     key_u64(s, tf->n);
     XXH64_update(s, tf->buf, tf->n);
     if (vf) {
@@ -1754,6 +1783,12 @@ int nllm_data_load(const nllm_data_opts_t *o, nllm_dataset_t *out, nllm_err_t *e
     int rc = check_opts(o, &V, &frac, err);
     if (rc)
         return rc;
+    if (o->vocab && (o->vocab->kind != o->kind || o->vocab->vocab_size != V))
+        return nllm_err_set(err, NLLM_EMISMATCH,
+                            "data options: the given %s vocabulary has %d ids but the job asks "
+                            "for a %s tokenizer with vocab_size %d: use the source's settings",
+                            o->vocab->kind == NLLM_TOK_BYTE ? "byte" : "word",
+                            o->vocab->vocab_size, o->kind == NLLM_TOK_BYTE ? "byte" : "word", V);
     textfile_t tf = {"train file", "--train", o->train_path, NULL, 0};
     textfile_t vf = {"validation file", "--val", o->val_path, NULL, 0};
     const textfile_t *vfp = o->val_path ? &vf : NULL;

@@ -74,6 +74,10 @@ typedef struct {
     uint64_t seed;          /* drives the split when val_path is NULL          */
     double val_fraction;    /* in [0, 1); 0 means the default 0.1               */
     const char *cache_path; /* NULL: no cache; else the binary token cache file */
+    /* Use this vocabulary instead of building one from the training text
+     * (resume and fine-tuning keep the source checkpoint's tokenizer). Its
+     * kind and vocab_size must match kind and vocab_size above. */
+    const nllm_vocab_t *vocab;
 } nllm_data_opts_t;
 
 typedef struct {

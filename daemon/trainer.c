@@ -18,7 +18,8 @@ struct nllm_trainer {
     nllm_dataset_t data;
     nllm_model_t *model;
     nllm_progress_t prog;
-    nllm_trainer_ctl_t ctl;
+    nllm_trainer_ctl_t own_ctl;
+    nllm_trainer_ctl_t *ctl; /* own_ctl or the caller's */
     int64_t *perm;     /* (ntrain) order of the running epoch */
     int64_t perm_epoch; /* epoch perm was made for, -1 none */
     int32_t *batch;    /* (B, S) host batch */
@@ -119,7 +120,8 @@ int nllm_progress_copy(nllm_progress_t *dst, const nllm_progress_t *src)
 /* ---- lifecycle --------------------------------------------------------- */
 
 int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
-                        nllm_backend_t *be, nllm_trainer_t **out, nllm_err_t *err)
+                        const nllm_vocab_t *vocab, nllm_backend_t *be, nllm_trainer_t **out,
+                        nllm_err_t *err)
 {
     *out = NULL;
     int rc = nllm_job_config_check(cfg, err);
@@ -131,10 +133,11 @@ int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
     tr->cfg = *cfg;
     tr->perm_epoch = -1;
     nllm_progress_init(&tr->prog);
-    atomic_init(&tr->ctl.pause, 0);
-    atomic_init(&tr->ctl.pause_epoch_end, 0);
-    atomic_init(&tr->ctl.stop, 0);
-    atomic_init(&tr->ctl.num_epochs, cfg->num_epochs);
+    tr->ctl = &tr->own_ctl;
+    atomic_init(&tr->own_ctl.pause, 0);
+    atomic_init(&tr->own_ctl.pause_epoch_end, 0);
+    atomic_init(&tr->own_ctl.stop, 0);
+    atomic_init(&tr->own_ctl.num_epochs, cfg->num_epochs);
 
     nllm_data_opts_t o;
     nllm_data_opts_init(&o);
@@ -147,6 +150,7 @@ int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
     o.seed = cfg->seed;
     o.val_fraction = cfg->val_fraction;
     o.cache_path = cache_path;
+    o.vocab = vocab;
     rc = nllm_data_load(&o, &tr->data, err);
     if (rc < 0) {
         free(tr);
@@ -186,7 +190,8 @@ nllm_model_t *nllm_trainer_model(nllm_trainer_t *tr) { return tr->model; }
 const nllm_dataset_t *nllm_trainer_data(const nllm_trainer_t *tr) { return &tr->data; }
 nllm_progress_t *nllm_trainer_progress(nllm_trainer_t *tr) { return &tr->prog; }
 const nllm_job_config_t *nllm_trainer_config(const nllm_trainer_t *tr) { return &tr->cfg; }
-nllm_trainer_ctl_t *nllm_trainer_ctl(nllm_trainer_t *tr) { return &tr->ctl; }
+nllm_trainer_ctl_t *nllm_trainer_ctl(nllm_trainer_t *tr) { return tr->ctl; }
+void nllm_trainer_use_ctl(nllm_trainer_t *tr, nllm_trainer_ctl_t *ctl) { tr->ctl = ctl; }
 
 int64_t nllm_trainer_steps_per_epoch(const nllm_trainer_t *tr)
 {
@@ -208,7 +213,7 @@ int nllm_trainer_set_config(nllm_trainer_t *tr, const nllm_job_config_t *cfg, nl
                             "batch_size %d: the training text has only %lld windows",
                             cfg->batch_size, (long long)tr->data.train.n);
     tr->cfg = *cfg;
-    atomic_store(&tr->ctl.num_epochs, cfg->num_epochs);
+    atomic_store(&tr->ctl->num_epochs, cfg->num_epochs);
     return 0;
 }
 
@@ -278,7 +283,7 @@ static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double s
     p->ep_tokens = p->ep_correct = 0;
     p->ep_seconds = 0;
 
-    nllm_epoch_report_t r = {p->epoch, atomic_load(&tr->ctl.num_epochs), tl, vl, exp(tl),
+    nllm_epoch_report_t r = {p->epoch, atomic_load(&tr->ctl->num_epochs), tl, vl, exp(tl),
                              exp(vl), va, seconds, seconds > 0 ? tokens / seconds : 0, 0, 0};
     if (vl < p->best_val_loss) {
         p->best_val_loss = vl;
@@ -319,7 +324,7 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
             *res = NLLM_RUN_EARLY_STOPPED;
             return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
         }
-        if (p->epoch >= atomic_load(&tr->ctl.num_epochs)) {
+        if (p->epoch >= atomic_load(&tr->ctl->num_epochs)) {
             *res = NLLM_RUN_COMPLETED;
             return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
         }
@@ -330,12 +335,12 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
         opt.max_norm = nllm_job_config_clip_for_epoch(&tr->cfg, p->epoch);
         double t_epoch = now_s() - p->ep_seconds;
         while (p->step_in_epoch < spe) {
-            if (atomic_load(&tr->ctl.stop)) {
+            if (atomic_load(&tr->ctl->stop)) {
                 *res = NLLM_RUN_STOPPED;
                 p->ep_seconds = now_s() - t_epoch;
                 return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
             }
-            if (atomic_load(&tr->ctl.pause)) {
+            if (atomic_load(&tr->ctl->pause)) {
                 *res = NLLM_RUN_PAUSED;
                 p->ep_seconds = now_s() - t_epoch;
                 return checkpoint(tr, cbs, NLLM_CKPT_PAUSED, p->epoch, err);
@@ -372,8 +377,8 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
         rc = end_epoch(tr, cbs, now_s() - t_epoch, err);
         if (rc < 0)
             return rc;
-        if (atomic_load(&tr->ctl.pause_epoch_end) && !p->stopped_early &&
-            p->epoch < atomic_load(&tr->ctl.num_epochs)) {
+        if (atomic_load(&tr->ctl->pause_epoch_end) && !p->stopped_early &&
+            p->epoch < atomic_load(&tr->ctl->num_epochs)) {
             *res = NLLM_RUN_PAUSED;
             return checkpoint(tr, cbs, NLLM_CKPT_PAUSED, p->epoch, err);
         }

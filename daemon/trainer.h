@@ -102,11 +102,14 @@ typedef enum {
     NLLM_RUN_STOPPED,        /* stop requested (final written) */
 } nllm_run_result_t;
 
-/* Loads the data (token cache at cache_path, may be NULL) and builds the
- * model on be (the trainer does not own be). Fresh weights from the seed;
- * use nllm_trainer_restore to continue from a checkpoint. */
+/* Loads the data (token cache at cache_path, may be NULL; vocab NULL:
+ * built from the training text, else that vocabulary -- resume and
+ * fine-tuning keep the source's) and builds the model on be (the trainer
+ * does not own be). Fresh weights from the seed; use nllm_trainer_restore
+ * to continue from a checkpoint. */
 int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
-                        nllm_backend_t *be, nllm_trainer_t **out, nllm_err_t *err);
+                        const nllm_vocab_t *vocab, nllm_backend_t *be, nllm_trainer_t **out,
+                        nllm_err_t *err);
 void nllm_trainer_destroy(nllm_trainer_t *tr);
 
 nllm_model_t *nllm_trainer_model(nllm_trainer_t *tr);
@@ -116,6 +119,9 @@ const nllm_job_config_t *nllm_trainer_config(const nllm_trainer_t *tr);
 /* Training-only settings may change between runs (resume with new lr...). */
 int nllm_trainer_set_config(nllm_trainer_t *tr, const nllm_job_config_t *cfg, nllm_err_t *err);
 nllm_trainer_ctl_t *nllm_trainer_ctl(nllm_trainer_t *tr);
+/* Makes the trainer read requests from ctl (owned by the caller, which
+ * must outlive the trainer) instead of its own. */
+void nllm_trainer_use_ctl(nllm_trainer_t *tr, nllm_trainer_ctl_t *ctl);
 int64_t nllm_trainer_steps_per_epoch(const nllm_trainer_t *tr);
 
 /* Replaces the progress (deep copy) -- with the model state set by the

@@ -122,7 +122,7 @@ static nllm_trainer_t *new_trainer(const nllm_job_config_t *c)
 {
     nllm_trainer_t *tr;
     nllm_err_t err;
-    if (nllm_trainer_create(c, NULL, be, &tr, &err) < 0) {
+    if (nllm_trainer_create(c, NULL, NULL, be, &tr, &err) < 0) {
         fprintf(stderr, "trainer: %s\n", err.msg);
         exit(1);
     }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# deps.sh -- installs the Debian packages nllm needs to build and test,
+# only those missing (apt-get, as root or through sudo).
+#   scripts/deps.sh            build + test dependencies
+#   scripts/deps.sh --demo     also a text corpus for the demo (fortunes)
+#   scripts/deps.sh --torch    also python3-torch (benchmarks, parity test)
+set -euo pipefail
+
+pkgs=(meson ninja-build pkg-config gcc libc6-dev
+      libopenblas-dev libuv1-dev libmsgpack-dev libjansson-dev libxxhash-dev
+      libsqlite3-dev sqlite3 python3 python3-msgpack)
+for arg in "$@"; do
+  case "$arg" in
+    --demo) pkgs+=(fortunes-min) ;;
+    --torch) pkgs+=(python3-torch python3-numpy) ;;
+    --extra) pkgs+=(clang llvm libclang-rt-14-dev chromium prometheus systemd) ;;
+    *) echo "deps.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps.sh: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "deps.sh: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q >/dev/null
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
