@@ -1378,6 +1378,23 @@ int nllm_catalog_ckpt_supersede_after(nllm_catalog_t *cat, const char *job, int6
                "ii", job_id, epoch);
 }
 
+int nllm_catalog_ckpt_delete(nllm_catalog_t *cat, const char *job, int64_t ckpt_id,
+                             nllm_err_t *err)
+{
+    if (!cat)
+        return nllm_err_set(err, NLLM_EINVAL, "deleting a checkpoint row: no catalog");
+    int ret;
+    if ((ret = check_job_name(job, err)))
+        return ret;
+    char what[128];
+    snprintf(what, sizeof what, "job '%s': deleting checkpoint #%lld", job, (long long)ckpt_id);
+    int64_t job_id;
+    if ((ret = job_lookup(cat, job, &job_id, NULL, err, what)))
+        return ret;
+    return run(cat, err, what, "DELETE FROM checkpoints WHERE job_id = ? AND id = ?", "ii",
+               job_id, ckpt_id);
+}
+
 /* ---- epochs ------------------------------------------------------------ */
 
 static int epoch_row(sqlite3_stmt *st, void *elem)

@@ -203,6 +203,9 @@ int nllm_catalog_ckpt_mark_ok(nllm_catalog_t *cat, const char *job, int64_t ckpt
 /* Mark the job's checkpoints with epoch > epoch as not current. */
 int nllm_catalog_ckpt_supersede_after(nllm_catalog_t *cat, const char *job, int64_t epoch,
                                       nllm_err_t *err);
+/* Removes a checkpoint's row (retention, after its file was deleted). */
+int nllm_catalog_ckpt_delete(nllm_catalog_t *cat, const char *job, int64_t ckpt_id,
+                             nllm_err_t *err);
 void nllm_catalog_ckpt_free(nllm_catalog_ckpt_t *ck);
 void nllm_catalog_ckpts_free(nllm_catalog_ckpt_t *cks, size_t n);
 

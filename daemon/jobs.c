@@ -1,0 +1,1209 @@
+/* jobs.c -- training jobs in nllmd: the state machine (drawn in nllmd.h),
+ * device scheduling, the job thread that trains, the checkpoint writer
+ * thread beside it, and the loop-side handling of what they report.
+ *
+ * Order of a checkpoint: the training thread copies the state to host
+ * memory (snapshot) and goes on; the writer thread writes the file (temp,
+ * fsync, rename, fsync dir) and only then posts EV_CKPT; the loop adds the
+ * catalog row and only then applies retention. A paused or final
+ * checkpoint is waited for before the job thread ends, so its row exists
+ * before the job is marked paused/completed.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fsutil.h"
+#include "nllmd.h"
+#include "safetensors.h"
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void nllmd_log(nllmd_t *d, const char *job, const char *fmt, ...)
+{
+    (void)d;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (job)
+        fprintf(stderr, "nllmd: job %s: %s\n", job, msg);
+    else
+        fprintf(stderr, "nllmd: %s\n", msg);
+}
+
+void nllmd_job_event(nllm_job_t *j, const char *kind, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    nllmd_log(j->d, j->name, "%s: %s", kind, msg);
+    nllm_err_t err;
+    if (nllm_catalog_event_add(j->d->cat, j->name, kind, msg, &err) < 0)
+        nllmd_log(j->d, j->name, "could not record event: %s", err.msg);
+}
+
+/* ---- events from threads ------------------------------------------------ */
+
+static nllmd_ev_t *ev_new(nllmd_ev_kind_t kind, nllm_job_t *j)
+{
+    nllmd_ev_t *e = calloc(1, sizeof *e);
+    if (!e)
+        abort(); /* a lost event would leave a job's state wrong */
+    e->kind = kind;
+    e->job = j;
+    return e;
+}
+
+static void ev_post(nllmd_t *d, nllmd_ev_t *e)
+{
+    pthread_mutex_lock(&d->evmu);
+    if (d->ev_tail)
+        d->ev_tail->next = e;
+    else
+        d->ev_head = e;
+    d->ev_tail = e;
+    pthread_mutex_unlock(&d->evmu);
+    uv_async_send(&d->async);
+}
+
+/* ---- lookup and status ---------------------------------------------------- */
+
+nllm_job_t *nllmd_job_find(nllmd_t *d, const char *name)
+{
+    for (nllm_job_t *j = d->jobs; j; j = j->next)
+        if (strcmp(j->name, name) == 0 && !j->removing)
+            return j;
+    return NULL;
+}
+
+static int is_active(const nllm_job_t *j)
+{
+    return !strcmp(j->state, "running") || !strcmp(j->state, "pausing");
+}
+
+json_t *nllmd_job_status_json(nllm_job_t *j)
+{
+    json_t *o = json_object();
+    pthread_mutex_lock(&j->mu);
+    nllm_step_report_t st = j->last_step;
+    int have_step = j->have_step && is_active(j);
+    nllm_epoch_report_t ep = j->last_epoch;
+    int have_ep = j->have_epoch;
+    json_object_set_new(o, "name", json_string(j->name));
+    json_object_set_new(o, "state", json_string(j->state));
+    json_object_set_new(o, "epoch", json_integer(j->epoch_done));
+    json_object_set_new(o, "num_epochs", json_integer(j->cfg.num_epochs));
+    json_object_set_new(o, "step", json_integer(have_step ? st.step_in_epoch : 0));
+    json_object_set_new(o, "steps_per_epoch", json_integer(j->steps_per_epoch));
+    json_object_set_new(o, "global_step", json_integer(j->global_step));
+    json_object_set_new(o, "loss", have_step ? nllm_json_num(st.running_loss) : json_null());
+    json_object_set_new(o, "train_loss", have_ep ? nllm_json_num(ep.train_loss) : json_null());
+    json_object_set_new(o, "val_loss", have_ep ? nllm_json_num(ep.val_loss) : json_null());
+    json_object_set_new(o, "val_ppl", have_ep ? nllm_json_num(ep.val_ppl) : json_null());
+    json_object_set_new(o, "val_acc", have_ep ? nllm_json_num(ep.val_acc) : json_null());
+    json_object_set_new(o, "best_val_loss", nllm_json_num(j->best_val_loss));
+    json_object_set_new(o, "best_epoch", json_integer(j->best_epoch));
+    json_object_set_new(o, "tokens_per_s", json_real(have_step ? st.tokens_per_s : 0.0));
+    json_object_set_new(o, "epoch_seconds", json_real(have_step ? st.epoch_seconds : 0.0));
+    json_object_set_new(o, "last_checkpoint_time", nllm_json_num(j->last_ckpt_time));
+    json_object_set_new(o, "checkpoint_bytes", json_integer((json_int_t)j->ckpt_bytes));
+    pthread_mutex_unlock(&j->mu);
+    json_object_set_new(o, "device",
+                        j->device >= 0 ? json_string(j->d->devices[j->device].name)
+                                       : json_null());
+    json_object_set_new(o, "error", j->error[0] ? json_string(j->error) : json_null());
+    json_object_set_new(o, "attempt", json_integer(j->attempt));
+    json_object_set_new(o, "created", json_real(j->created));
+    json_object_set_new(o, "updated", json_real(j->updated));
+    json_object_set_new(o, "config", nllm_job_config_to_json(&j->cfg));
+    return o;
+}
+
+static void notify_state(nllm_job_t *j, json_t *extra)
+{
+    json_t *p = json_pack("{s:s,s:s,s:o}", "name", j->name, "state", j->state, "error",
+                          j->error[0] ? json_string(j->error) : json_null());
+    if (extra)
+        json_object_update(p, extra);
+    nllmd_notify(j->d, j->name, "state", p);
+}
+
+static void job_set_state(nllm_job_t *j, const char *state, const char *error)
+{
+    nllm_err_t err;
+    snprintf(j->state, sizeof j->state, "%s", state);
+    if (error)
+        snprintf(j->error, sizeof j->error, "%s", error);
+    else if (strcmp(state, "failed") != 0)
+        j->error[0] = '\0';
+    j->updated = wall_now();
+    if (nllm_catalog_job_set_state(j->d->cat, j->name, state, j->error[0] ? j->error : NULL,
+                                   &err) < 0)
+        nllmd_log(j->d, j->name, "catalog: %s", err.msg);
+    notify_state(j, NULL);
+}
+
+/* ---- the checkpoint writer (one thread per running job) ------------------ */
+
+typedef struct wjob {
+    struct wjob *next;
+    nllm_ckpt_t *ck;
+    char path[NLLM_PATH_MAX];
+    int64_t epoch;
+    double val_loss;
+} wjob_t;
+
+typedef struct {
+    nllm_job_t *job;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    wjob_t *head, *tail;
+    int queued; /* jobs in the queue or being written */
+    int quit;
+    int failed; /* a write failed during this run */
+    /* timings of the last snapshot and write (seconds) */
+    double snap_s, write_s;
+} writer_t;
+
+static void *writer_main(void *arg)
+{
+    writer_t *w = arg;
+    nllm_job_t *j = w->job;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->head && !w->quit)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->head)
+            break;
+        wjob_t *q = w->head;
+        w->head = q->next;
+        if (!w->head)
+            w->tail = NULL;
+        pthread_mutex_unlock(&w->mu);
+
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        nllmd_ev_t *e = ev_new(EV_CKPT, j);
+        uint64_t h = 0, size = 0;
+        int rc = nllm_ckpt_write(q->ck, q->path, &h, &size, &e->err);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        e->kind = rc < 0 ? EV_CKPT_FAIL : EV_CKPT;
+        e->rc = rc;
+        e->ckind = q->ck->kind;
+        e->ck_epoch = q->epoch;
+        e->ck_step = q->ck->progress.global_step;
+        snprintf(e->path, sizeof e->path, "%s", q->path);
+        e->size = size;
+        e->checksum = h;
+        e->weights_hash = q->ck->weights_hash;
+        e->val_loss = q->val_loss;
+        ev_post(j->d, e);
+        nllm_ckpt_free(q->ck);
+        free(q);
+
+        pthread_mutex_lock(&w->mu);
+        w->write_s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        if (rc < 0)
+            w->failed = 1;
+        w->queued--;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Waits until at most `max` writes are pending. */
+static void writer_wait(writer_t *w, int max)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->queued > max)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- the job thread ------------------------------------------------------ */
+
+typedef struct {
+    nllm_job_t *job;
+    writer_t *w;
+} run_ctx_t;
+
+static void on_step(void *ud, nllm_trainer_t *tr, const nllm_step_report_t *r)
+{
+    (void)tr;
+    nllm_job_t *j = ((run_ctx_t *)ud)->job;
+    pthread_mutex_lock(&j->mu);
+    j->last_step = *r;
+    j->have_step = 1;
+    j->global_step = r->global_step;
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void on_epoch(void *ud, nllm_trainer_t *tr, const nllm_epoch_report_t *r)
+{
+    nllm_job_t *j = ((run_ctx_t *)ud)->job;
+    nllm_progress_t *p = nllm_trainer_progress(tr);
+    pthread_mutex_lock(&j->mu);
+    j->last_epoch = *r;
+    j->have_epoch = 1;
+    j->epoch_done = p->epoch;
+    j->best_val_loss = p->best_val_loss;
+    j->best_epoch = p->best_epoch;
+    pthread_mutex_unlock(&j->mu);
+    nllmd_ev_t *e = ev_new(EV_EPOCH, j);
+    e->epoch = *r;
+    ev_post(j->d, e);
+}
+
+static int on_checkpoint(void *ud, nllm_trainer_t *tr, nllm_ckpt_kind_t kind, int64_t epoch,
+                         nllm_err_t *err)
+{
+    run_ctx_t *rc = ud;
+    nllm_job_t *j = rc->job;
+    writer_t *w = rc->w;
+    /* at most one more snapshot in memory than the one being written */
+    writer_wait(w, 1);
+    char name[256], path[NLLM_PATH_MAX];
+    nllm_ckpt_filename(j->name, kind, epoch, name, sizeof name);
+    snprintf(path, sizeof path, "%s/checkpoints/%s", j->dir, name);
+    nllm_model_t *m = nllm_trainer_model(tr);
+    uint64_t need = (uint64_t)nllm_model_num_floats(m) * 12u + (1u << 20);
+    uint64_t avail = 0;
+    nllm_err_t ferr;
+    char dir[NLLM_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/checkpoints", j->dir);
+    if (nllm_fs_free_bytes(dir, &avail, &ferr) == 0 && avail < need) {
+        nllmd_ev_t *e = ev_new(EV_CKPT_FAIL, j);
+        nllm_err_set(&e->err, NLLM_ENOSPC,
+                     "checkpoint %s not written: it needs about %.1f MB but %s has %.1f MB "
+                     "free; free disk space, then resume the job",
+                     name, (double)need / 1e6, dir, (double)avail / 1e6);
+        e->rc = NLLM_ENOSPC;
+        e->ckind = kind;
+        ev_post(j->d, e);
+        pthread_mutex_lock(&w->mu);
+        w->failed = 1;
+        pthread_mutex_unlock(&w->mu);
+        return 0; /* training goes on; the loop pauses the job with the reason */
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    nllm_ckpt_t *ck;
+    int r = nllm_ckpt_snapshot(tr, j->name, kind, &ck, err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (r < 0)
+        return r;
+    wjob_t *q = calloc(1, sizeof *q);
+    if (!q) {
+        nllm_ckpt_free(ck);
+        return nllm_err_set(err, NLLM_ENOMEM, "checkpoint %s: out of memory", name);
+    }
+    q->ck = ck;
+    q->epoch = epoch;
+    snprintf(q->path, sizeof q->path, "%s", path);
+    const nllm_progress_t *p = &ck->progress;
+    q->val_loss = kind == NLLM_CKPT_BEST ? p->best_val_loss
+                  : p->hist.n > 0       ? p->hist.val_loss[p->hist.n - 1]
+                                        : NAN;
+    pthread_mutex_lock(&w->mu);
+    w->snap_s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    if (w->tail)
+        w->tail->next = q;
+    else
+        w->head = q;
+    w->tail = q;
+    w->queued++;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (kind == NLLM_CKPT_PAUSED || kind == NLLM_CKPT_FINAL)
+        writer_wait(w, 0);
+    return 0;
+}
+
+static void job_main(void *arg)
+{
+    nllm_job_t *j = arg;
+    nllmd_t *d = j->d;
+    nllmd_ev_t *done = ev_new(EV_DONE, j);
+    nllm_err_t *err = &done->err;
+    nllm_backend_t *be = NULL;
+    nllm_trainer_t *tr = NULL;
+    nllm_ckpt_t *ck = NULL;
+    nllm_vocab_t vocab = {0};
+    int have_vocab = 0;
+    int rc = 0;
+    nllm_job_config_t cfg = j->cfg; /* the loop may change j->cfg while we run */
+    const nllm_job_origin_t *o = &j->origin;
+    writer_t w = {.job = j};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    int writer_started = 0;
+
+    int threads = cfg.threads > 0 ? cfg.threads : d->opt.threads;
+    rc = nllm_backend_create(d->devices[j->device].name, threads, &be, err);
+    if (rc == 0 && o->path[0]) {
+        rc = nllm_ckpt_load(o->path, o->checksum, o->weights_only ? &cfg.model : NULL, &ck, err);
+        if (rc == 0 && ck->vocab) {
+            rc = nllm_vocab_from_json(ck->vocab, &vocab, err);
+            have_vocab = rc == 0;
+            if (rc == 0 && (vocab.kind != cfg.tokenizer ||
+                            vocab.vocab_size != cfg.model.vocab_size))
+                rc = nllm_err_set(err, NLLM_EMISMATCH,
+                                  "checkpoint %s has a %s tokenizer of %d ids but the job asks "
+                                  "for %s with vocab_size %d: use the checkpoint's settings",
+                                  o->label, vocab.kind == NLLM_TOK_BYTE ? "byte" : "word",
+                                  vocab.vocab_size,
+                                  cfg.tokenizer == NLLM_TOK_BYTE ? "byte" : "word",
+                                  cfg.model.vocab_size);
+        }
+    }
+    if (rc == 0) {
+        char cache[NLLM_PATH_MAX + 32];
+        snprintf(cache, sizeof cache, "%s/tokens.cache", j->dir);
+        rc = nllm_trainer_create(&cfg, cache, have_vocab ? &vocab : NULL, be, &tr, err);
+        if (rc == 0 && nllm_trainer_data(tr)->cache_err.code)
+            nllmd_log(d, j->name, "%s", nllm_trainer_data(tr)->cache_err.msg);
+    }
+    if (rc == 0) {
+        nllm_trainer_use_ctl(tr, &j->ctl);
+        if (ck) {
+            rc = nllm_ckpt_apply_model(ck, nllm_trainer_model(tr),
+                                       !o->weights_only || o->with_optimizer, err);
+            if (rc == 0 && !o->weights_only) {
+                rc = nllm_trainer_restore(tr, &ck->progress, err);
+                if (rc == 0 && o->reset_patience) {
+                    nllm_progress_t *p = nllm_trainer_progress(tr);
+                    p->es_counter = 0;
+                    p->es_best = INFINITY;
+                    p->stopped_early = 0;
+                }
+            }
+            if (rc < 0)
+                nllm_err_prefix(err, "resuming from %s: ", o->label);
+        }
+    }
+    if (rc == 0) {
+        nllm_progress_t *p = nllm_trainer_progress(tr);
+        /* an explicit resume continues a job that patience had ended */
+        if (o->path[0] && !o->weights_only && p->stopped_early &&
+            p->epoch < atomic_load(&j->ctl.num_epochs))
+            p->stopped_early = 0, p->es_counter = 0;
+        pthread_mutex_lock(&j->mu);
+        j->steps_per_epoch = nllm_trainer_steps_per_epoch(tr);
+        j->epoch_done = p->epoch;
+        j->global_step = p->global_step;
+        j->best_val_loss = p->best_val_loss;
+        j->best_epoch = p->best_epoch;
+        j->have_step = 0;
+        pthread_mutex_unlock(&j->mu);
+        nllmd_ev_t *e = ev_new(EV_STARTED, j);
+        e->ck_epoch = p->epoch;
+        e->val_loss = p->best_val_loss;
+        snprintf(e->path, sizeof e->path, "%s", o->path[0] ? o->label : "");
+        ev_post(d, e);
+        if (pthread_create(&w.thread, NULL, writer_main, &w) != 0)
+            rc = nllm_err_set(err, NLLM_ENOMEM, "cannot start the checkpoint writer thread");
+        else
+            writer_started = 1;
+    }
+    nllm_ckpt_free(ck);
+    ck = NULL;
+    if (rc == 0) {
+        run_ctx_t ctx = {j, &w};
+        nllm_trainer_cbs_t cbs = {&ctx, on_step, on_epoch, on_checkpoint};
+        rc = nllm_trainer_run(tr, &cbs, &done->result, err);
+    }
+    if (writer_started) {
+        writer_wait(&w, 0);
+        pthread_mutex_lock(&w.mu);
+        w.quit = 1;
+        pthread_cond_broadcast(&w.cv);
+        pthread_mutex_unlock(&w.mu);
+        pthread_join(w.thread, NULL);
+        if (w.snap_s > 0)
+            nllmd_log(d, j->name, "last checkpoint: snapshot %.1f ms on the training thread, "
+                      "write %.1f ms on the writer thread", w.snap_s * 1e3, w.write_s * 1e3);
+    }
+    done->rc = rc;
+    done->ck_step = w.failed; /* a checkpoint write failed during the run */
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
+    nllm_trainer_destroy(tr);
+    if (have_vocab)
+        nllm_vocab_free(&vocab);
+    if (be)
+        be->destroy(be);
+    ev_post(d, done);
+}
+
+/* ---- scheduling ------------------------------------------------------------ */
+
+int nllmd_jobs_running(nllmd_t *d)
+{
+    int n = 0;
+    for (nllm_job_t *j = d->jobs; j; j = j->next)
+        n += j->thread_live;
+    return n;
+}
+
+static int device_fits(const nllmd_device_t *dev, const char *want)
+{
+    if (dev->busy)
+        return 0;
+    return !want[0] || strcmp(want, dev->name) == 0 ||
+           (strcmp(want, "cuda") == 0 && strcmp(dev->kind, "cuda") == 0);
+}
+
+static void job_launch(nllm_job_t *j, int dev)
+{
+    nllmd_t *d = j->d;
+    j->device = dev;
+    d->devices[dev].busy = j;
+    atomic_store(&j->ctl.pause, 0);
+    atomic_store(&j->ctl.pause_epoch_end, 0);
+    atomic_store(&j->ctl.stop, 0);
+    atomic_store(&j->ctl.num_epochs, j->cfg.num_epochs);
+    atomic_store(&j->shutdown_pause, 0);
+    j->refs++;
+    j->thread_live = 1;
+    job_set_state(j, "running", NULL);
+    if (uv_thread_create(&j->thread, job_main, j) != 0) {
+        j->thread_live = 0;
+        j->refs--;
+        d->devices[dev].busy = NULL;
+        j->device = -1;
+        job_set_state(j, "failed", "could not start the job's thread");
+        return;
+    }
+    nllmd_job_event(j, "started", "training on %s (attempt %lld)%s%s", d->devices[dev].name,
+                    (long long)j->attempt, j->origin.path[0] ? " from " : "",
+                    j->origin.path[0] ? j->origin.label : "");
+}
+
+void nllmd_schedule(nllmd_t *d)
+{
+    if (d->shutting_down)
+        return;
+    for (nllm_job_t *j = d->jobs; j; j = j->next) {
+        if (strcmp(j->state, "queued") != 0 || j->removing)
+            continue;
+        if (nllmd_jobs_running(d) >= d->opt.max_jobs)
+            return;
+        for (int k = 0; k < d->ndevices; k++)
+            if (device_fits(&d->devices[k], j->cfg.device)) {
+                job_launch(j, k);
+                break;
+            }
+    }
+}
+
+/* ---- loop side of the events ------------------------------------------------ */
+
+static void job_unref(nllm_job_t *j)
+{
+    if (--j->refs > 0)
+        return;
+    nllmd_t *d = j->d;
+    for (nllm_job_t **pp = &d->jobs; *pp; pp = &(*pp)->next)
+        if (*pp == j) {
+            *pp = j->next;
+            break;
+        }
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+static void retention(nllm_job_t *j)
+{
+    if (j->cfg.keep <= 0)
+        return;
+    nllm_catalog_ckpt_t *cks;
+    size_t n;
+    nllm_err_t err;
+    if (nllm_catalog_ckpt_list(j->d->cat, j->name, 1, &cks, &n, &err) < 0)
+        return;
+    size_t periodic = 0;
+    for (size_t i = 0; i < n; i++)
+        periodic += strcmp(cks[i].kind, "epoch") == 0;
+    /* rows come oldest first by step; drop the oldest periodic ones */
+    for (size_t i = 0; i < n && periodic > (size_t)j->cfg.keep; i++) {
+        if (strcmp(cks[i].kind, "epoch") != 0)
+            continue;
+        if (unlink(cks[i].path) != 0 && errno != ENOENT) {
+            nllmd_log(j->d, j->name, "retention: cannot delete %s: %s", cks[i].path,
+                      strerror(errno));
+            continue;
+        }
+        nllm_catalog_ckpt_delete(j->d->cat, j->name, cks[i].id, &err);
+        nllmd_job_event(j, "retention", "deleted %s (keep %d)", cks[i].name, j->cfg.keep);
+        periodic--;
+    }
+    nllm_catalog_ckpts_free(cks, n);
+}
+
+static void handle_event(nllmd_t *d, nllmd_ev_t *e)
+{
+    nllm_job_t *j = e->job;
+    nllm_err_t err;
+    switch (e->kind) {
+    case EV_STARTED: {
+        json_t *extra = NULL;
+        if (e->path[0]) {
+            extra = json_pack("{s:{s:s,s:I,s:o,s:o}}", "resumed_from", "checkpoint", e->path,
+                              "epoch", (json_int_t)e->ck_epoch, "best_val_loss",
+                              nllm_json_num(e->val_loss), "best_val_ppl",
+                              nllm_json_num(exp(e->val_loss)));
+            snprintf(j->resumed_label, sizeof j->resumed_label, "%s", e->path);
+        }
+        notify_state(j, extra);
+        json_decref(extra);
+        break;
+    }
+    case EV_EPOCH: {
+        const nllm_epoch_report_t *r = &e->epoch;
+        nllm_catalog_epoch_t row = {0, r->epoch, r->train_loss, r->val_loss, r->train_ppl,
+                                    r->val_ppl, r->val_acc, r->seconds, r->tokens_per_s, 0, 0};
+        if (nllm_catalog_epoch_add(d->cat, j->name, &row, &err) < 0)
+            nllmd_log(d, j->name, "catalog: %s", err.msg);
+        pthread_mutex_lock(&j->mu);
+        double best = j->best_val_loss;
+        pthread_mutex_unlock(&j->mu);
+        nllm_catalog_job_set_progress(d->cat, j->name, r->epoch, best, &err);
+        nllmd_job_event(j, "epoch",
+                        "epoch %lld/%lld: train loss %.4f, val loss %.4f, val ppl %.2f, "
+                        "val acc %.1f%%%s",
+                        (long long)r->epoch, (long long)r->num_epochs, r->train_loss,
+                        r->val_loss, r->val_ppl, 100 * r->val_acc, r->is_best ? " (best)" : "");
+        if (r->early_stop)
+            nllmd_job_event(j, "early_stopped",
+                            "no improvement of %g in %d epochs: stopping after epoch %lld",
+                            j->cfg.min_delta, j->cfg.patience, (long long)r->epoch);
+        json_t *p = json_pack("{s:s,s:I,s:I,s:o,s:o,s:o,s:o,s:o,s:f,s:f,s:b}", "name", j->name,
+                              "epoch", (json_int_t)r->epoch, "num_epochs",
+                              (json_int_t)r->num_epochs, "train_loss",
+                              nllm_json_num(r->train_loss), "val_loss",
+                              nllm_json_num(r->val_loss), "train_ppl",
+                              nllm_json_num(r->train_ppl), "val_ppl", nllm_json_num(r->val_ppl),
+                              "val_acc", nllm_json_num(r->val_acc), "seconds", r->seconds,
+                              "tokens_per_s", r->tokens_per_s, "is_best", r->is_best);
+        nllmd_notify(d, j->name, "epoch", p);
+        break;
+    }
+    case EV_CKPT: {
+        char sum[17], wh[17], nm[64];
+        snprintf(sum, sizeof sum, "%016llx", (unsigned long long)e->checksum);
+        snprintf(wh, sizeof wh, "%016llx", (unsigned long long)e->weights_hash);
+        if (e->ckind == NLLM_CKPT_EPOCH)
+            snprintf(nm, sizeof nm, "epoch_%lld", (long long)e->ck_epoch);
+        else
+            snprintf(nm, sizeof nm, "%s", nllm_ckpt_kind_name(e->ckind));
+        nllm_catalog_ckpt_spec_t spec = {nllm_ckpt_kind_name(e->ckind), nm,
+                                         e->ck_epoch, e->ck_step,
+                                         e->path, (int64_t)e->size,
+                                         sum, wh,
+                                         e->val_loss};
+        if (nllm_catalog_ckpt_add(d->cat, j->name, &spec, NULL, &err) < 0) {
+            nllmd_job_event(j, "checkpoint_failed", "%s written but not recorded: %s", nm,
+                            err.msg);
+            break;
+        }
+        pthread_mutex_lock(&j->mu);
+        j->last_ckpt_time = wall_now();
+        j->ckpt_bytes = e->size;
+        pthread_mutex_unlock(&j->mu);
+        nllmd_job_event(j, "checkpoint", "saved %s (epoch %lld, step %lld, %.1f MB, xxh64 %s, "
+                        "weights %s)", nm, (long long)e->ck_epoch, (long long)e->ck_step,
+                        (double)e->size / 1e6, sum, wh);
+        json_t *p = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:I}", "name", j->name, "checkpoint", nm,
+                              "kind", nllm_ckpt_kind_name(e->ckind), "epoch",
+                              (json_int_t)e->ck_epoch, "step", (json_int_t)e->ck_step, "path",
+                              e->path, "size", (json_int_t)e->size);
+        nllmd_notify(d, j->name, "checkpoint", p);
+        if (e->ckind == NLLM_CKPT_EPOCH)
+            retention(j);
+        break;
+    }
+    case EV_CKPT_FAIL:
+        nllmd_job_event(j, "checkpoint_failed", "%s", e->err.msg);
+        snprintf(j->error, sizeof j->error, "%s", e->err.msg);
+        if (j->thread_live && !atomic_load(&j->ctl.pause)) {
+            atomic_store(&j->ctl.pause, 1);
+            if (strcmp(j->state, "running") == 0)
+                job_set_state(j, "pausing", e->err.msg);
+        }
+        break;
+    case EV_DONE: {
+        uv_thread_join(&j->thread);
+        j->thread_live = 0;
+        if (j->device >= 0)
+            d->devices[j->device].busy = NULL;
+        j->device = -1;
+        int ckpt_failed = (int)e->ck_step;
+        if (e->rc < 0) {
+            nllmd_job_event(j, "failed", "%s", e->err.msg);
+            job_set_state(j, "failed", e->err.msg);
+        } else if (e->result == NLLM_RUN_PAUSED) {
+            int shut = atomic_load(&j->shutdown_pause);
+            nllmd_job_event(j, shut ? "interrupted" : "paused",
+                            "%s at epoch %lld step %lld",
+                            shut ? "daemon stopping: paused" : "paused",
+                            (long long)j->epoch_done, (long long)j->global_step);
+            job_set_state(j, shut ? "interrupted" : "paused", ckpt_failed ? j->error : NULL);
+        } else if (ckpt_failed) {
+            nllmd_job_event(j, "paused", "a checkpoint could not be written: %s", j->error);
+            job_set_state(j, "paused", j->error);
+        } else if (e->result == NLLM_RUN_STOPPED) {
+            nllmd_job_event(j, "stopped", "stopped at epoch %lld", (long long)j->epoch_done);
+            job_set_state(j, "stopped", NULL);
+        } else {
+            nllmd_job_event(j, "completed", "%s after %lld epochs, best val loss %.4f (epoch "
+                            "%lld)",
+                            e->result == NLLM_RUN_EARLY_STOPPED ? "early stopped" : "completed",
+                            (long long)j->epoch_done, j->best_val_loss,
+                            (long long)j->best_epoch);
+            job_set_state(j, "completed", NULL);
+        }
+        j->origin.path[0] = '\0';
+        job_unref(j);
+        nllmd_schedule(d);
+        break;
+    }
+    }
+}
+
+void nllmd_events_drain(nllmd_t *d)
+{
+    for (;;) {
+        pthread_mutex_lock(&d->evmu);
+        nllmd_ev_t *e = d->ev_head;
+        if (e) {
+            d->ev_head = e->next;
+            if (!d->ev_head)
+                d->ev_tail = NULL;
+        }
+        pthread_mutex_unlock(&d->evmu);
+        if (!e)
+            return;
+        handle_event(d, e);
+        free(e);
+    }
+}
+
+/* ---- creation and loading ------------------------------------------------ */
+
+static nllm_job_t *job_alloc(nllmd_t *d, const char *name)
+{
+    nllm_job_t *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->d = d;
+    snprintf(j->name, sizeof j->name, "%s", name);
+    snprintf(j->dir, sizeof j->dir, "%s/jobs/%s", d->opt.state_dir, name);
+    j->device = -1;
+    j->refs = 1;
+    j->best_val_loss = INFINITY;
+    j->attempt = 1;
+    pthread_mutex_init(&j->mu, NULL);
+    atomic_init(&j->ctl.pause, 0);
+    atomic_init(&j->ctl.pause_epoch_end, 0);
+    atomic_init(&j->ctl.stop, 0);
+    atomic_init(&j->ctl.num_epochs, 0);
+    atomic_init(&j->shutdown_pause, 0);
+    /* append, so scheduling follows creation order */
+    nllm_job_t **pp = &d->jobs;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = j;
+    return j;
+}
+
+static int make_job_dirs(nllm_job_t *j, nllm_err_t *err)
+{
+    char p[NLLM_PATH_MAX + 16];
+    snprintf(p, sizeof p, "%s/checkpoints", j->dir);
+    return nllm_fs_mkdir_p(p, 0750, err);
+}
+
+int nllmd_job_create(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
+                     const nllm_job_origin_t *origin, const char *parent_job,
+                     const char *parent_ckpt, nllm_job_t **out, nllm_err_t *err)
+{
+    *out = NULL;
+    if (!nllm_catalog_valid_name(name))
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "job name \"%.80s\" is not valid: use 1-64 of A-Z a-z 0-9 . _ -, "
+                            "not starting with a dot",
+                            name);
+    if (nllmd_job_find(d, name))
+        return nllm_err_set(err, NLLM_EEXIST,
+                            "job %s already exists: pick another name, or `nllmctl rm %s` first",
+                            name, name);
+    int rc = nllm_job_config_check(cfg, err);
+    if (rc < 0)
+        return nllm_err_prefix(err, "job %s: ", name);
+    if (access(cfg->data, R_OK) != 0)
+        return nllm_err_set(err, NLLM_ENOENT, "job %s: training text %s cannot be read: %s",
+                            name, cfg->data, strerror(errno));
+    if (cfg->val[0] && access(cfg->val, R_OK) != 0)
+        return nllm_err_set(err, NLLM_ENOENT, "job %s: validation text %s cannot be read: %s",
+                            name, cfg->val, strerror(errno));
+    if (cfg->device[0]) {
+        int found = 0;
+        for (int k = 0; k < d->ndevices; k++)
+            found |= strcmp(d->devices[k].name, cfg->device) == 0;
+        if (!found)
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "job %s: device %s is not one of this daemon's devices (see "
+                                "`nllmctl hello`)",
+                                name, cfg->device);
+    }
+    json_t *cj = nllm_job_config_to_json(cfg);
+    char *ctext = json_dumps(cj, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    json_decref(cj);
+    nllm_catalog_job_spec_t spec = {name, ctext, cfg->num_epochs, parent_job, parent_ckpt};
+    rc = nllm_catalog_job_create(d->cat, &spec, NULL, err);
+    free(ctext);
+    if (rc < 0)
+        return rc;
+    nllm_job_t *j = job_alloc(d, name);
+    if (!j)
+        return nllm_err_set(err, NLLM_ENOMEM, "job %s: out of memory", name);
+    j->cfg = *cfg;
+    if (origin)
+        j->origin = *origin;
+    j->created = j->updated = wall_now();
+    if ((rc = make_job_dirs(j, err)) < 0) {
+        nllm_catalog_job_delete(d->cat, name, NULL);
+        j->removing = 1;
+        job_unref(j);
+        return rc;
+    }
+    snprintf(j->state, sizeof j->state, "queued");
+    nllm_catalog_job_set_state(d->cat, name, "queued", NULL, err);
+    nllmd_job_event(j, "created", "%s", origin && origin->path[0] ? origin->label : "fresh");
+    *out = j;
+    nllmd_schedule(d);
+    return 0;
+}
+
+/* Marks rows whose file is missing, short or fails its checksum. */
+static void reconcile_checkpoints(nllm_job_t *j)
+{
+    nllm_catalog_ckpt_t *cks;
+    size_t n;
+    nllm_err_t err;
+    char dir[NLLM_PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/checkpoints", j->dir);
+    int removed = 0;
+    if (nllm_fs_remove_temp_files(dir, &removed, &err) == 0 && removed)
+        nllmd_job_event(j, "recovered", "removed %d unfinished temporary file(s) in %s", removed,
+                        dir);
+    if (nllm_catalog_ckpt_list(j->d->cat, j->name, 0, &cks, &n, &err) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(cks[i].status, "ok") != 0)
+            continue;
+        struct stat st;
+        char reason[512] = "";
+        if (stat(cks[i].path, &st) != 0)
+            snprintf(reason, sizeof reason, "file %s is missing (%s)", cks[i].path,
+                     strerror(errno));
+        else if ((int64_t)st.st_size != cks[i].size)
+            snprintf(reason, sizeof reason, "file %s has %lld bytes, the catalog says %lld",
+                     cks[i].path, (long long)st.st_size, (long long)cks[i].size);
+        if (!reason[0]) {
+            nllm_st_file_t *f;
+            uint64_t h;
+            nllm_err_t e2;
+            if (nllm_st_open(cks[i].path, &f, &h, &e2) < 0)
+                snprintf(reason, sizeof reason, "%s", e2.msg);
+            else {
+                nllm_st_close(f);
+                char sum[17];
+                snprintf(sum, sizeof sum, "%016llx", (unsigned long long)h);
+                if (strcmp(sum, cks[i].checksum) != 0)
+                    snprintf(reason, sizeof reason,
+                             "file %s fails its checksum (file %s, catalog %s)", cks[i].path,
+                             sum, cks[i].checksum);
+            }
+        }
+        if (reason[0]) {
+            nllm_catalog_ckpt_mark_bad(j->d->cat, j->name, cks[i].id, reason, &err);
+            nllmd_job_event(j, "checkpoint_bad", "%s: %s", cks[i].name, reason);
+        }
+    }
+    nllm_catalog_ckpts_free(cks, n);
+}
+
+int nllmd_jobs_load(nllmd_t *d, nllm_err_t *err)
+{
+    nllm_catalog_job_t *rows;
+    size_t n;
+    int rc = nllm_catalog_job_list(d->cat, &rows, &n, err);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        nllm_job_t *j = job_alloc(d, rows[i].name);
+        if (!j) {
+            nllm_catalog_jobs_free(rows, n);
+            return nllm_err_set(err, NLLM_ENOMEM, "out of memory loading jobs");
+        }
+        nllm_job_config_defaults(&j->cfg);
+        json_error_t je;
+        json_t *cj = json_loads(rows[i].config ? rows[i].config : "{}", 0, &je);
+        nllm_err_t cerr;
+        if (!cj || nllm_job_config_from_json(cj, &j->cfg, &cerr) < 0)
+            nllmd_log(d, j->name, "stored config is unreadable; using defaults");
+        json_decref(cj);
+        j->cfg.num_epochs = (int32_t)rows[i].num_epochs;
+        snprintf(j->state, sizeof j->state, "%s", rows[i].state);
+        if (rows[i].error)
+            snprintf(j->error, sizeof j->error, "%s", rows[i].error);
+        j->attempt = rows[i].attempt;
+        j->created = rows[i].created_at;
+        j->updated = rows[i].updated_at;
+        j->epoch_done = rows[i].epochs_done;
+        j->best_val_loss = isnan(rows[i].best_val_loss) ? INFINITY : rows[i].best_val_loss;
+        nllm_catalog_epoch_t *eps;
+        size_t ne;
+        if (nllm_catalog_epoch_list(d->cat, j->name, 0, &eps, &ne, &cerr) == 0) {
+            for (size_t k = 0; k < ne; k++)
+                if (eps[k].val_loss == j->best_val_loss)
+                    j->best_epoch = eps[k].epoch;
+            if (ne) {
+                const nllm_catalog_epoch_t *l = &eps[ne - 1];
+                j->last_epoch = (nllm_epoch_report_t){l->epoch, j->cfg.num_epochs,
+                                                      l->train_loss, l->val_loss, l->train_ppl,
+                                                      l->val_ppl, l->val_acc, l->seconds,
+                                                      l->tokens_per_s, 0, 0};
+                j->have_epoch = 1;
+            }
+            nllm_catalog_epochs_free(eps, ne);
+        }
+        reconcile_checkpoints(j);
+        nllm_catalog_ckpt_t ck;
+        if (nllm_catalog_ckpt_find(d->cat, j->name, "latest", &ck, &cerr) == 0) {
+            j->global_step = ck.step;
+            nllm_catalog_ckpt_free(&ck);
+        }
+        if (!strcmp(j->state, "running") || !strcmp(j->state, "pausing")) {
+            nllmd_job_event(j, "interrupted",
+                            "the daemon stopped while this job was %s; resume it from its "
+                            "latest checkpoint",
+                            j->state);
+            snprintf(j->state, sizeof j->state, "interrupted");
+            nllm_catalog_job_set_state(d->cat, j->name, "interrupted", NULL, &cerr);
+        }
+    }
+    nllm_catalog_jobs_free(rows, n);
+    if (d->opt.auto_resume)
+        for (nllm_job_t *j = d->jobs; j; j = j->next)
+            if (!strcmp(j->state, "interrupted")) {
+                nllm_err_t rerr;
+                if (nllmd_job_resume(j, NULL, NULL, 0, &rerr) < 0)
+                    nllmd_log(d, j->name, "auto-resume failed: %s", rerr.msg);
+            }
+    return 0;
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+int nllmd_job_pause(nllm_job_t *j, int at_epoch_end, nllm_err_t *err)
+{
+    if (!strcmp(j->state, "queued")) {
+        job_set_state(j, "paused", NULL);
+        nllmd_job_event(j, "paused", "paused while queued");
+        return 0;
+    }
+    if (!is_active(j))
+        return nllm_err_set(err, NLLM_ESTATE, "job %s is %s, not running: nothing to pause",
+                            j->name, j->state);
+    if (at_epoch_end)
+        atomic_store(&j->ctl.pause_epoch_end, 1);
+    else
+        atomic_store(&j->ctl.pause, 1);
+    nllmd_job_event(j, "pause_requested", "pause requested %s",
+                    at_epoch_end ? "at the end of the epoch" : "at the next step");
+    if (strcmp(j->state, "pausing") != 0)
+        job_set_state(j, "pausing", NULL);
+    return 0;
+}
+
+int nllmd_job_stop(nllm_job_t *j, nllm_err_t *err)
+{
+    if (is_active(j)) {
+        atomic_store(&j->ctl.stop, 1);
+        nllmd_job_event(j, "stop_requested", "stop requested: final checkpoint at the next step");
+        return 0;
+    }
+    if (!strcmp(j->state, "queued") || !strcmp(j->state, "paused") ||
+        !strcmp(j->state, "interrupted")) {
+        nllmd_job_event(j, "stopped", "stopped while %s", j->state);
+        job_set_state(j, "stopped", NULL);
+        return 0;
+    }
+    return nllm_err_set(err, NLLM_ESTATE, "job %s is already %s", j->name, j->state);
+}
+
+int nllmd_resolve_checkpoint(nllmd_t *d, const char *spec, nllm_job_origin_t *o,
+                             nllm_err_t *err)
+{
+    memset(o, 0, sizeof *o);
+    const char *colon = strchr(spec, ':');
+    if (colon && colon != spec && !strchr(spec, '/')) {
+        char job[NLLM_CATALOG_NAME_MAX + 1];
+        size_t n = (size_t)(colon - spec);
+        if (n > NLLM_CATALOG_NAME_MAX)
+            return nllm_err_set(err, NLLM_EINVAL, "\"%.80s\": job name too long", spec);
+        memcpy(job, spec, n);
+        job[n] = '\0';
+        if (!nllmd_job_find(d, job))
+            return nllm_err_set(err, NLLM_ENOENT, "no job named %s (from \"%s\")", job, spec);
+        nllm_catalog_ckpt_t ck;
+        int rc = nllm_catalog_ckpt_find(d->cat, job, colon + 1, &ck, err);
+        if (rc < 0)
+            return rc;
+        if (strcmp(ck.status, "ok") != 0) {
+            rc = nllm_err_set(err, NLLM_ECORRUPT,
+                              "checkpoint %s of job %s is marked bad (%s): pick another", ck.name,
+                              job, ck.bad_reason ? ck.bad_reason : "unknown reason");
+            nllm_catalog_ckpt_free(&ck);
+            return rc;
+        }
+        snprintf(o->path, sizeof o->path, "%s", ck.path);
+        o->checksum = strtoull(ck.checksum, NULL, 16);
+        snprintf(o->label, sizeof o->label, "%s:%s", job, ck.name);
+        nllm_catalog_ckpt_free(&ck);
+        return 0;
+    }
+    if (spec[0] != '/')
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "\"%.200s\" is neither JOB:CHECKPOINT nor an absolute path to a "
+                            "safetensors file",
+                            spec);
+    if (access(spec, R_OK) != 0)
+        return nllm_err_set(err, NLLM_ENOENT, "cannot read %s: %s", spec, strerror(errno));
+    snprintf(o->path, sizeof o->path, "%s", spec);
+    const char *base = strrchr(spec, '/');
+    snprintf(o->label, sizeof o->label, "%s", base ? base + 1 : spec);
+    return 0;
+}
+
+int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *newcfg,
+                     int reset_patience, nllm_err_t *err)
+{
+    nllmd_t *d = j->d;
+    if (is_active(j) || !strcmp(j->state, "queued"))
+        return nllm_err_set(err, NLLM_ESTATE,
+                            "job %s is %s: only a paused, interrupted, stopped, completed or "
+                            "failed job can be resumed",
+                            j->name, j->state);
+    if (newcfg) {
+        char diff[2048];
+        if (nllm_job_config_model_diff(&j->cfg.model, "job", &newcfg->model, "requested", diff,
+                                       sizeof diff) > 0)
+            return nllm_err_set(err, NLLM_EMISMATCH,
+                                "job %s: the model shape cannot change on resume: %s; start a "
+                                "new job with --init-from %s:latest instead",
+                                j->name, diff, j->name);
+        int rc = nllm_job_config_check(newcfg, err);
+        if (rc < 0)
+            return nllm_err_prefix(err, "job %s: ", j->name);
+    }
+    nllm_job_origin_t o = {0};
+    nllm_catalog_ckpt_t ck;
+    const char *name = ckpt && *ckpt ? ckpt : "latest";
+    int rc = nllm_catalog_ckpt_find(d->cat, j->name, name, &ck, err);
+    int64_t from_epoch = 0;
+    if (rc == 0) {
+        if (strcmp(ck.status, "ok") != 0) {
+            rc = nllm_err_set(err, NLLM_ECORRUPT,
+                              "job %s: checkpoint %s is marked bad (%s); resume from another "
+                              "one (see `nllmctl checkpoints %s`)",
+                              j->name, ck.name, ck.bad_reason ? ck.bad_reason : "?", j->name);
+            nllm_catalog_ckpt_free(&ck);
+            return rc;
+        }
+        snprintf(o.path, sizeof o.path, "%s", ck.path);
+        o.checksum = strtoull(ck.checksum, NULL, 16);
+        snprintf(o.label, sizeof o.label, "%s", ck.name);
+        from_epoch = ck.epoch;
+        nllm_catalog_ckpt_free(&ck);
+    } else if (rc == NLLM_ENOENT && !(ckpt && *ckpt)) {
+        nllm_err_clear(err); /* never checkpointed: start again from the seed */
+    } else {
+        return nllm_err_prefix(err, "job %s: ", j->name);
+    }
+    o.reset_patience = reset_patience || (newcfg ? newcfg->reset_patience : j->cfg.reset_patience);
+    if (newcfg) {
+        char diff[4096];
+        if (nllm_job_config_train_diff(&j->cfg, newcfg, diff, sizeof diff) > 0)
+            nllmd_job_event(j, "config_changed", "%s", diff);
+        j->cfg = *newcfg;
+        json_t *cj = nllm_job_config_to_json(&j->cfg);
+        char *ctext = json_dumps(cj, JSON_COMPACT | JSON_REAL_PRECISION(17));
+        nllm_catalog_job_set_config(d->cat, j->name, ctext, NULL);
+        nllm_catalog_job_set_num_epochs(d->cat, j->name, j->cfg.num_epochs, NULL);
+        free(ctext);
+        json_decref(cj);
+    }
+    int64_t attempt = j->attempt;
+    rc = nllm_catalog_job_resume(d->cat, j->name, from_epoch, &attempt, err);
+    if (rc < 0)
+        return rc;
+    j->attempt = attempt;
+    j->origin = o;
+    j->error[0] = '\0';
+    pthread_mutex_lock(&j->mu);
+    j->epoch_done = from_epoch;
+    pthread_mutex_unlock(&j->mu);
+    nllmd_job_event(j, "resumed", "resume from %s (epoch %lld), attempt %lld",
+                    o.path[0] ? o.label : "the start", (long long)from_epoch,
+                    (long long)attempt);
+    job_set_state(j, "queued", NULL);
+    nllmd_schedule(d);
+    return 0;
+}
+
+int nllmd_job_extend(nllm_job_t *j, int64_t num_epochs, nllm_err_t *err)
+{
+    if (num_epochs < 1 || num_epochs > 1000000)
+        return nllm_err_set(err, NLLM_EINVAL, "num_epochs %lld is out of range 1..1000000",
+                            (long long)num_epochs);
+    if (num_epochs < j->epoch_done)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "job %s has already completed %lld epochs: num_epochs must be at "
+                            "least that",
+                            j->name, (long long)j->epoch_done);
+    int64_t old = j->cfg.num_epochs;
+    int rc = nllm_catalog_job_set_num_epochs(j->d->cat, j->name, num_epochs, err);
+    if (rc < 0)
+        return rc;
+    j->cfg.num_epochs = (int32_t)num_epochs;
+    atomic_store(&j->ctl.num_epochs, (int)num_epochs);
+    json_t *cj = nllm_job_config_to_json(&j->cfg);
+    char *ctext = json_dumps(cj, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    nllm_catalog_job_set_config(j->d->cat, j->name, ctext, NULL);
+    free(ctext);
+    json_decref(cj);
+    nllmd_job_event(j, "extended", "num_epochs %lld -> %lld", (long long)old,
+                    (long long)num_epochs);
+    if (!strcmp(j->state, "completed") && num_epochs > j->epoch_done) {
+        rc = nllmd_job_resume(j, "final", NULL, 0, err);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int remove_tree(const char *path)
+{
+    DIR *dir = opendir(path);
+    if (!dir)
+        return unlink(path) == 0 || errno == ENOENT ? 0 : -1;
+    struct dirent *de;
+    int n = 0;
+    char p[NLLM_PATH_MAX + 300];
+    while ((de = readdir(dir))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        snprintf(p, sizeof p, "%s/%s", path, de->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+            int r = remove_tree(p);
+            if (r > 0)
+                n += r;
+        } else if (unlink(p) == 0) {
+            n++;
+        }
+    }
+    closedir(dir);
+    rmdir(path);
+    return n;
+}
+
+int nllmd_job_remove(nllm_job_t *j, int delete_files, int *deleted, nllm_err_t *err)
+{
+    *deleted = 0;
+    if (is_active(j) || !strcmp(j->state, "queued") || j->thread_live)
+        return nllm_err_set(err, NLLM_ESTATE,
+                            "job %s is %s: pause or stop it before removing it", j->name,
+                            j->state);
+    int rc = nllm_catalog_job_delete(j->d->cat, j->name, err);
+    if (rc < 0)
+        return rc;
+    if (delete_files) {
+        int n = remove_tree(j->dir);
+        *deleted = n > 0 ? n : 0;
+    }
+    nllmd_log(j->d, j->name, "removed%s", delete_files ? " with its files" : "");
+    j->removing = 1;
+    job_unref(j);
+    return 0;
+}
+
+void nllmd_pause_all_for_shutdown(nllmd_t *d)
+{
+    for (nllm_job_t *j = d->jobs; j; j = j->next)
+        if (j->thread_live) {
+            atomic_store(&j->shutdown_pause, 1);
+            atomic_store(&j->ctl.pause, 1);
+        }
+}
+
+int nllmd_verify_job(nllmd_t *d, nllm_job_t *j, json_t *results, int *checked, int *bad,
+                     nllm_err_t *err)
+{
+    nllm_catalog_ckpt_t *cks;
+    size_t n;
+    int rc = nllm_catalog_ckpt_list(d->cat, j->name, 0, &cks, &n, err);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        (*checked)++;
+        char reason[1024] = "";
+        nllm_st_file_t *f;
+        uint64_t h;
+        nllm_err_t e2;
+        if (nllm_st_open(cks[i].path, &f, &h, &e2) < 0) {
+            snprintf(reason, sizeof reason, "%s", e2.msg);
+        } else {
+            nllm_st_close(f);
+            char sum[17];
+            snprintf(sum, sizeof sum, "%016llx", (unsigned long long)h);
+            if (strcmp(sum, cks[i].checksum) != 0)
+                snprintf(reason, sizeof reason, "checksum %s does not match the catalog's %s",
+                         sum, cks[i].checksum);
+        }
+        if (reason[0]) {
+            (*bad)++;
+            nllm_catalog_ckpt_mark_bad(d->cat, j->name, cks[i].id, reason, NULL);
+            nllmd_job_event(j, "verify", "%s is bad: %s", cks[i].name, reason);
+        } else if (strcmp(cks[i].status, "ok") != 0) {
+            nllm_catalog_ckpt_mark_ok(d->cat, j->name, cks[i].id, NULL);
+        }
+        json_array_append_new(results,
+                              json_pack("{s:s,s:s,s:s,s:s}", "job", j->name, "name",
+                                        cks[i].name, "status", reason[0] ? "bad" : "ok",
+                                        "reason", reason));
+    }
+    nllm_catalog_ckpts_free(cks, n);
+    return 0;
+}

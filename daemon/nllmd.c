@@ -1,0 +1,730 @@
+/* nllmd.c -- the daemon's entry point: flags and config file, the state
+ * directory and catalog, devices, the libuv loop with its signals, tick
+ * timer (progress notifications, systemd watchdog) and event wake-up, the
+ * orderly shutdown (pause every job at a step boundary, then exit 0), and
+ * the one-shot mode `nllmd run NAME ...` for batch schedulers.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cuda/cuda_backend.h"
+#include "fsutil.h"
+#include "nllmd.h"
+
+/* ---- systemd notification (the documented datagram protocol) ----------- */
+
+static void sd_notify_msg(const char *msg)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !*path)
+        return;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n = strlen(path);
+    if (n >= sizeof sa.sun_path)
+        return;
+    memcpy(sa.sun_path, path, n);
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0'; /* abstract namespace */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    (void)!sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
+    close(fd);
+}
+
+static uint64_t watchdog_usec(void)
+{
+    const char *w = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+    if (!w || (pid && atoi(pid) != getpid()))
+        return 0;
+    return strtoull(w, NULL, 10);
+}
+
+static void notify_status(nllmd_t *d)
+{
+    char msg[512];
+    int running = nllmd_jobs_running(d), queued = 0;
+    for (nllm_job_t *j = d->jobs; j; j = j->next)
+        queued += !strcmp(j->state, "queued");
+    snprintf(msg, sizeof msg, "STATUS=%d job(s) running, %d queued, %d client(s)", running,
+             queued, d->nconns);
+    sd_notify_msg(msg);
+}
+
+/* ---- shutdown ------------------------------------------------------------ */
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void finish_if_idle(nllmd_t *d)
+{
+    if (!d->shutting_down || nllmd_jobs_running(d) > 0)
+        return;
+    sd_notify_msg("STOPPING=1");
+    nllmd_server_close(d);
+    uv_timer_stop(&d->tick);
+    uv_walk(d->loop, close_walk, NULL);
+}
+
+void nllmd_begin_shutdown(nllmd_t *d, const char *why)
+{
+    if (d->shutting_down)
+        return;
+    d->shutting_down = 1;
+    nllmd_log(d, NULL, "%s: pausing %d running job(s) at a step boundary", why,
+              nllmd_jobs_running(d));
+    sd_notify_msg("STOPPING=1");
+    nllmd_pause_all_for_shutdown(d);
+    /* queued jobs stay queued; they start on the next start */
+    finish_if_idle(d);
+}
+
+static void on_signal(uv_signal_t *h, int sig)
+{
+    nllmd_t *d = h->data;
+    if (sig == SIGHUP) {
+        nllmd_log(d, NULL, "SIGHUP: logs go to stderr; nothing to reopen");
+        return;
+    }
+    if (d->shutting_down) {
+        nllmd_log(d, NULL, "second signal: still waiting for paused checkpoints");
+        return;
+    }
+    nllmd_begin_shutdown(d, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void on_async(uv_async_t *h)
+{
+    nllmd_t *d = h->data;
+    nllmd_events_drain(d);
+    notify_status(d);
+    finish_if_idle(d);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    nllmd_t *d = t->data;
+    static uint64_t last_wd;
+    uint64_t wd = watchdog_usec();
+    uint64_t now = uv_now(d->loop);
+    if (wd && (now - last_wd) * 1000 >= wd / 2) {
+        sd_notify_msg("WATCHDOG=1");
+        last_wd = now;
+    }
+    for (nllm_job_t *j = d->jobs; j; j = j->next) {
+        if (!j->thread_live)
+            continue;
+        pthread_mutex_lock(&j->mu);
+        nllm_step_report_t r = j->last_step;
+        int have = j->have_step;
+        pthread_mutex_unlock(&j->mu);
+        if (!have)
+            continue;
+        double frac = r.steps_per_epoch ? (double)r.step_in_epoch / r.steps_per_epoch : 0;
+        double eta = frac > 0 ? r.epoch_seconds * (1 - frac) / frac : NAN;
+        json_t *p = json_pack("{s:s,s:I,s:i,s:I,s:I,s:I,s:o,s:f,s:f,s:o}", "name", j->name,
+                              "epoch", (json_int_t)r.epoch, "num_epochs", j->cfg.num_epochs,
+                              "step", (json_int_t)r.step_in_epoch, "steps_per_epoch",
+                              (json_int_t)r.steps_per_epoch, "global_step",
+                              (json_int_t)r.global_step, "loss", nllm_json_num(r.running_loss),
+                              "tokens_per_s", r.tokens_per_s, "elapsed", r.epoch_seconds, "eta",
+                              nllm_json_num(eta));
+        nllmd_notify(d, j->name, "progress", p);
+    }
+}
+
+/* ---- options ------------------------------------------------------------- */
+
+static const char usage_text[] =
+    "usage: nllmd [options]\n"
+    "       nllmd run [--state-dir DIR] NAME --data FILE [job options] [--resume [CKPT]]\n"
+    "\n"
+    "The nllm training daemon: owns training jobs of the context-vector language\n"
+    "model, saves and resumes their checkpoints, and serves nllmctl over a socket.\n"
+    "\n"
+    "  --state-dir DIR     catalog and job folders (default $STATE_DIRECTORY, else\n"
+    "                      /var/lib/nllm as root, else $XDG_STATE_HOME/nllm)\n"
+    "  --socket PATH       control socket (default $RUNTIME_DIRECTORY/nllmd.sock, else\n"
+    "                      /run/nllm/nllmd.sock as root, else $XDG_RUNTIME_DIR/nllm/nllmd.sock)\n"
+    "  --listen HOST:PORT  also accept TCP clients (needs --token-file unless loopback)\n"
+    "  --token-file F      token TCP clients must send with `auth` (>= 16 bytes)\n"
+    "  --devices LIST      cpu, or cuda:0,cuda:1,... (default: every GPU, else cpu)\n"
+    "  --max-jobs N        jobs running at once (default: one per device)\n"
+    "  --threads N         CPU threads per job on the cpu device (default: all)\n"
+    "  --auto-resume       resume interrupted jobs at start\n"
+    "  --max-message BYTES largest RPC message accepted (default 1048576)\n"
+    "  --config FILE       daemon settings, `key = value` lines with the names above\n"
+    "                      (default /etc/nllm/nllmd.conf when it exists); flags win\n"
+    "  --version, --help\n"
+    "\n"
+    "Signals: SIGTERM/SIGINT pause every job at a step boundary (paused checkpoint,\n"
+    "state interrupted) and exit 0; SIGHUP is accepted (logs go to stderr).\n";
+
+static void default_paths(nllmd_opts_t *o)
+{
+    const char *sd = getenv("STATE_DIRECTORY"), *rd = getenv("RUNTIME_DIRECTORY");
+    if (!o->state_dir[0]) {
+        if (sd && *sd)
+            snprintf(o->state_dir, sizeof o->state_dir, "%.*s", (int)strcspn(sd, ":"), sd);
+        else if (getuid() == 0)
+            snprintf(o->state_dir, sizeof o->state_dir, "/var/lib/nllm");
+        else if (getenv("XDG_STATE_HOME"))
+            snprintf(o->state_dir, sizeof o->state_dir, "%s/nllm", getenv("XDG_STATE_HOME"));
+        else
+            snprintf(o->state_dir, sizeof o->state_dir, "%s/.local/state/nllm",
+                     getenv("HOME") ? getenv("HOME") : "/tmp");
+    }
+    if (!o->socket_path[0]) {
+        if (rd && *rd)
+            snprintf(o->socket_path, sizeof o->socket_path, "%.*s/nllmd.sock",
+                     (int)strcspn(rd, ":"), rd);
+        else if (getuid() == 0)
+            snprintf(o->socket_path, sizeof o->socket_path, "/run/nllm/nllmd.sock");
+        else if (getenv("XDG_RUNTIME_DIR"))
+            snprintf(o->socket_path, sizeof o->socket_path, "%s/nllm/nllmd.sock",
+                     getenv("XDG_RUNTIME_DIR"));
+        else
+            snprintf(o->socket_path, sizeof o->socket_path, "/tmp/nllm-%u/nllmd.sock",
+                     (unsigned)getuid());
+    }
+}
+
+enum { O_STATE = 1000, O_SOCKET, O_LISTEN, O_TOKEN, O_DEVICES, O_MAXJOBS, O_AUTORESUME,
+       O_CONFIG, O_VERSION, O_HELP, O_MAXMSG, O_THREADS };
+
+static const struct option daemon_opts[] = {
+    {"state-dir", 1, 0, O_STATE}, {"socket", 1, 0, O_SOCKET},    {"listen", 1, 0, O_LISTEN},
+    {"token-file", 1, 0, O_TOKEN}, {"devices", 1, 0, O_DEVICES}, {"max-jobs", 1, 0, O_MAXJOBS},
+    {"auto-resume", 0, 0, O_AUTORESUME}, {"config", 1, 0, O_CONFIG}, {"version", 0, 0, O_VERSION},
+    {"help", 0, 0, O_HELP}, {"max-message", 1, 0, O_MAXMSG}, {"threads", 1, 0, O_THREADS},
+    {0, 0, 0, 0}};
+
+static int set_opt(nllmd_opts_t *o, int code, const char *v, nllm_err_t *err)
+{
+    char *end;
+    long long x;
+    switch (code) {
+    case O_STATE:
+        snprintf(o->state_dir, sizeof o->state_dir, "%s", v);
+        return 0;
+    case O_SOCKET:
+        if (strlen(v) >= 100)
+            return nllm_err_set(err, NLLM_EINVAL, "--socket %s: a socket path must be shorter "
+                                "than 100 bytes", v);
+        snprintf(o->socket_path, sizeof o->socket_path, "%s", v);
+        return 0;
+    case O_LISTEN:
+        snprintf(o->listen, sizeof o->listen, "%s", v);
+        return 0;
+    case O_TOKEN:
+        snprintf(o->token_file, sizeof o->token_file, "%s", v);
+        return 0;
+    case O_DEVICES:
+        snprintf(o->devices, sizeof o->devices, "%s", v);
+        return 0;
+    case O_AUTORESUME:
+        o->auto_resume = !v || strcmp(v, "0") != 0;
+        return 0;
+    case O_MAXJOBS:
+    case O_MAXMSG:
+    case O_THREADS:
+        x = strtoll(v, &end, 10);
+        if (end == v || *end || x < (code == O_THREADS ? 0 : 1) ||
+            x > (code == O_MAXMSG ? (1LL << 30) : 4096))
+            return nllm_err_set(err, NLLM_EINVAL, "--%s %s: not a valid number",
+                                code == O_MAXJOBS ? "max-jobs"
+                                : code == O_MAXMSG ? "max-message"
+                                                   : "threads",
+                                v);
+        if (code == O_MAXJOBS)
+            o->max_jobs = (int)x;
+        else if (code == O_MAXMSG)
+            o->max_message = (size_t)x;
+        else
+            o->threads = (int)x;
+        return 0;
+    }
+    return nllm_err_set(err, NLLM_EINVAL, "unknown option");
+}
+
+/* The daemon config file: `key = value` with the long flag names. */
+static int read_config_file(nllmd_opts_t *o, const char *path, int required, nllm_err_t *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (!required && errno == ENOENT)
+            return 0;
+        return nllm_err_set(err, NLLM_ENOENT, "config file %s: %s", path, strerror(errno));
+    }
+    char line[4096];
+    int lineno = 0, rc = 0;
+    while (rc == 0 && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = line + strspn(line, " \t");
+        s[strcspn(s, "\r\n")] = '\0';
+        if (!*s || *s == '#' || *s == ';' || *s == '[')
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            rc = nllm_err_set(err, NLLM_EINVAL, "%s:%d: expected `key = value`", path, lineno);
+            break;
+        }
+        char *k = s, *ke = eq;
+        while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t'))
+            ke--;
+        *ke = '\0';
+        char *v = eq + 1 + strspn(eq + 1, " \t");
+        size_t vl = strlen(v);
+        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+            v[--vl] = '\0';
+        for (char *c = k; *c; c++)
+            if (*c == '_')
+                *c = '-';
+        int code = 0;
+        for (const struct option *op = daemon_opts; op->name; op++)
+            if (strcmp(op->name, k) == 0)
+                code = op->val;
+        if (!code || code == O_CONFIG || code == O_HELP || code == O_VERSION)
+            rc = nllm_err_set(err, NLLM_EINVAL, "%s:%d: unknown setting \"%s\"", path, lineno, k);
+        else if (code == O_AUTORESUME)
+            o->auto_resume = !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes");
+        else if ((rc = set_opt(o, code, v, err)) < 0)
+            nllm_err_prefix(err, "%s:%d: ", path, lineno);
+    }
+    fclose(f);
+    return rc;
+}
+
+static int setup_devices(nllmd_t *d, nllm_err_t *err)
+{
+    char list[256];
+    snprintf(list, sizeof list, "%s", d->opt.devices[0] ? d->opt.devices : "");
+    if (!list[0]) {
+        int n = nllm_cuda_available() ? nllm_cuda_device_count() : 0;
+        if (n <= 0)
+            snprintf(list, sizeof list, "cpu");
+        else {
+            size_t used = 0;
+            for (int k = 0; k < n && used < sizeof list - 16; k++)
+                used += (size_t)snprintf(list + used, sizeof list - used, "%scuda:%d",
+                                         k ? "," : "", k);
+        }
+    }
+    char *save = NULL;
+    for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (d->ndevices >= NLLMD_MAX_DEVICES)
+            return nllm_err_set(err, NLLM_EINVAL, "--devices: more than %d devices",
+                                NLLMD_MAX_DEVICES);
+        nllmd_device_t *v = &d->devices[d->ndevices];
+        memset(v, 0, sizeof *v);
+        if (strcmp(t, "cpu") == 0) {
+            snprintf(v->name, sizeof v->name, "cpu");
+            snprintf(v->kind, sizeof v->kind, "cpu");
+        } else if (strncmp(t, "cuda:", 5) == 0) {
+            char *end;
+            long id = strtol(t + 5, &end, 10);
+            if (end == t + 5 || *end || id < 0)
+                return nllm_err_set(err, NLLM_EINVAL, "--devices: \"%s\" is not cuda:N", t);
+            if (nllm_cuda_device_info((int)id, v->gpu, sizeof v->gpu, &v->mem_total,
+                                      &v->mem_free) < 0)
+                return nllm_err_set(err, NLLM_EDEVICE,
+                                    "--devices: %s is not available (no such GPU, or this "
+                                    "nllm was built without CUDA); use --devices cpu",
+                                    t);
+            snprintf(v->name, sizeof v->name, "cuda:%ld", id);
+            snprintf(v->kind, sizeof v->kind, "cuda");
+        } else {
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "--devices: \"%s\" is not a device: use cpu or cuda:N", t);
+        }
+        for (int k = 0; k < d->ndevices; k++)
+            if (!strcmp(d->devices[k].name, v->name))
+                return nllm_err_set(err, NLLM_EINVAL, "--devices: %s given twice", v->name);
+        d->ndevices++;
+    }
+    if (d->ndevices == 0)
+        return nllm_err_set(err, NLLM_EINVAL, "--devices: no device given");
+    if (d->opt.max_jobs <= 0)
+        d->opt.max_jobs = d->ndevices;
+    return 0;
+}
+
+static int open_state(nllmd_t *d, nllm_err_t *err)
+{
+    int rc = nllm_fs_mkdir_p(d->opt.state_dir, 0750, err);
+    if (rc < 0)
+        return nllm_err_prefix(err, "state directory: ");
+    char p[NLLM_PATH_MAX + 16];
+    snprintf(p, sizeof p, "%s/jobs", d->opt.state_dir);
+    if ((rc = nllm_fs_mkdir_p(p, 0750, err)) < 0)
+        return rc;
+    snprintf(p, sizeof p, "%s/catalog.db", d->opt.state_dir);
+    if ((rc = nllm_catalog_open(p, &d->cat, err)) < 0)
+        return rc;
+    return nllmd_jobs_load(d, err);
+}
+
+static int loop_init(nllmd_t *d)
+{
+    d->loop = uv_default_loop();
+    d->started = uv_now(d->loop) / 1000.0;
+    pthread_mutex_init(&d->evmu, NULL);
+    uv_async_init(d->loop, &d->async, on_async);
+    d->async.data = d;
+    uv_signal_init(d->loop, &d->sig_term);
+    uv_signal_init(d->loop, &d->sig_int);
+    uv_signal_init(d->loop, &d->sig_hup);
+    d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+    uv_signal_start(&d->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&d->sig_int, on_signal, SIGINT);
+    uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
+    uv_timer_init(d->loop, &d->tick);
+    d->tick.data = d;
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+static int loop_finish(nllmd_t *d)
+{
+    uv_run(d->loop, UV_RUN_DEFAULT);
+    nllmd_events_drain(d); /* anything posted after the last wake-up */
+    int rc = uv_loop_close(d->loop);
+    if (rc != 0)
+        nllmd_log(d, NULL, "loop closed with handles still open (%s)", uv_strerror(rc));
+    nllm_catalog_close(d->cat);
+    while (d->jobs) {
+        nllm_job_t *j = d->jobs;
+        d->jobs = j->next;
+        pthread_mutex_destroy(&j->mu);
+        free(j);
+    }
+    pthread_mutex_destroy(&d->evmu);
+    return rc;
+}
+
+/* ---- one-shot mode ----------------------------------------------------- */
+
+void nllmd_oneshot_notify(nllmd_t *d, const char *method, json_t *p)
+{
+    FILE *o = stdout;
+    if (!strcmp(method, "progress")) {
+        static double last;
+        double now = uv_now(d->loop) / 1000.0;
+        if (!d->oneshot_tty && now - last < 10)
+            return;
+        last = now;
+        double frac = json_real_value(json_object_get(p, "steps_per_epoch")) > 0 ? 0 : 0;
+        json_int_t step = json_integer_value(json_object_get(p, "step")),
+                   spe = json_integer_value(json_object_get(p, "steps_per_epoch"));
+        frac = spe ? (double)step / (double)spe : 0;
+        double loss = json_number_value(json_object_get(p, "loss"));
+        double el = json_number_value(json_object_get(p, "elapsed"));
+        double eta = json_number_value(json_object_get(p, "eta"));
+        if (d->oneshot_tty) {
+            int w = 30, fill = (int)(frac * w);
+            char bar[64];
+            for (int i = 0; i < w; i++)
+                bar[i] = i < fill ? '#' : '-';
+            bar[w] = '\0';
+            fprintf(o, "\r[%s] %3.0f%% %lld/%lld %.0fs<%.0fs loss=%.4f ", bar, 100 * frac,
+                    (long long)step, (long long)spe, el, isfinite(eta) ? eta : 0, loss);
+        } else {
+            fprintf(o, "  step %lld/%lld (%.0f%%) elapsed %.0fs eta %.0fs loss=%.4f\n",
+                    (long long)step, (long long)spe, 100 * frac, el, isfinite(eta) ? eta : 0,
+                    loss);
+        }
+    } else if (!strcmp(method, "epoch")) {
+        if (d->oneshot_tty)
+            fputc('\n', o);
+        fprintf(o, "Epoch %lld/%lld: Train Loss=%.4f PPL=%.2f\n",
+                (long long)json_integer_value(json_object_get(p, "epoch")),
+                (long long)json_integer_value(json_object_get(p, "num_epochs")),
+                json_number_value(json_object_get(p, "train_loss")),
+                json_number_value(json_object_get(p, "train_ppl")));
+        fprintf(o, "Val: Loss=%.4f PPL=%.2f Acc=%.1f%%%s\n",
+                json_number_value(json_object_get(p, "val_loss")),
+                json_number_value(json_object_get(p, "val_ppl")),
+                100 * json_number_value(json_object_get(p, "val_acc")),
+                json_is_true(json_object_get(p, "is_best")) ? " \u2713" : "");
+    } else if (!strcmp(method, "checkpoint")) {
+        fprintf(o, "Saved checkpoint %s (%s)\n",
+                json_string_value(json_object_get(p, "checkpoint")),
+                json_string_value(json_object_get(p, "path")));
+    } else if (!strcmp(method, "state")) {
+        json_t *rf = json_object_get(p, "resumed_from");
+        if (rf) {
+            fprintf(o, "Resuming from checkpoint: %s\n",
+                    json_string_value(json_object_get(rf, "checkpoint")));
+            fprintf(o, "Completed epochs: %lld\n",
+                    (long long)json_integer_value(json_object_get(rf, "epoch")));
+            fprintf(o, "Resuming from epoch %lld\n",
+                    (long long)json_integer_value(json_object_get(rf, "epoch")) + 1);
+        }
+        const char *st = json_string_value(json_object_get(p, "state"));
+        json_t *e = json_object_get(p, "error");
+        fprintf(o, "State: %s%s%s\n", st, json_is_string(e) ? ": " : "",
+                json_is_string(e) ? json_string_value(e) : "");
+        if (st && strcmp(st, "running") && strcmp(st, "pausing") && strcmp(st, "queued")) {
+            if (!d->shutting_down) {
+                d->exit_code = !strcmp(st, "completed") || !strcmp(st, "stopped") ? 0
+                               : !strcmp(st, "failed")                             ? 1
+                                                                                    : 75;
+                nllmd_begin_shutdown(d, "job finished");
+            } else if (!strcmp(st, "interrupted")) {
+                d->exit_code = 75; /* EX_TEMPFAIL: requeue and resume */
+            }
+        }
+    }
+    fflush(o);
+}
+
+static int run_oneshot(nllmd_t *d, int argc, char **argv)
+{
+    /* nllmd run [--state-dir DIR] NAME [--resume [CKPT]] [job flags] */
+    const char *name = NULL, *resume = NULL, *init_from = NULL;
+    int want_resume = 0;
+    nllm_job_config_t cfg;
+    nllm_job_config_defaults(&cfg);
+    nllm_err_t err;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) {
+            if (name) {
+                fprintf(stderr, "nllmd run: unexpected argument \"%s\"\n", a);
+                return 2;
+            }
+            name = a;
+            continue;
+        }
+        const char *key = a + 2;
+        if (!strcmp(key, "help")) {
+            printf("usage: nllmd run [--state-dir DIR] NAME --data FILE [--KEY VALUE ...] "
+                   "[--resume [CKPT]] [--init-from JOB:CKPT|FILE]\n"
+                   "Trains one job in the foreground; job keys as in `nllmctl start --help`.\n"
+                   "Exit 0 when it completes, 1 when it fails, 75 when SIGTERM paused it\n"
+                   "(rerun with --resume to continue).\n");
+            return 0;
+        }
+        if (!strcmp(key, "resume")) {
+            want_resume = 1;
+            if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 && name)
+                resume = argv[++i];
+            continue;
+        }
+        if (!strcmp(key, "reset-patience") || !strcmp(key, "auto-resume")) {
+            if (!strcmp(key, "reset-patience"))
+                cfg.reset_patience = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "nllmd run: --%s needs a value\n", key);
+            return 2;
+        }
+        const char *v = argv[++i];
+        int code = 0;
+        for (const struct option *op = daemon_opts; op->name; op++)
+            if (!strcmp(op->name, key))
+                code = op->val;
+        if (code == O_STATE || code == O_THREADS || code == O_DEVICES) {
+            if (set_opt(&d->opt, code, v, &err) < 0) {
+                fprintf(stderr, "nllmd run: %s\n", err.msg);
+                return 2;
+            }
+            continue;
+        }
+        if (!strcmp(key, "init-from")) {
+            init_from = v;
+            continue;
+        }
+        char k[64];
+        snprintf(k, sizeof k, "%s", key);
+        for (char *c = k; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        if (!strcmp(k, "embed_dim") || !strcmp(k, "hidden_dim") || !strcmp(k, "context_dim") ||
+            1) {
+            char absbuf[NLLM_PATH_MAX];
+            if ((!strcmp(k, "data") || !strcmp(k, "val") || !strcmp(k, "train")) && v[0] != '/' &&
+                realpath(v, absbuf))
+                v = absbuf;
+            if (!strcmp(k, "config")) {
+                if (nllm_job_config_parse_file(v, &cfg, &err) < 0) {
+                    fprintf(stderr, "nllmd run: %s\n", err.msg);
+                    return 2;
+                }
+                continue;
+            }
+            if (nllm_job_config_set(&cfg, k, v, &err) < 0) {
+                fprintf(stderr, "nllmd run: --%s: %s\n", key, err.msg);
+                return 2;
+            }
+        }
+    }
+    if (!name) {
+        fprintf(stderr, "nllmd run: no job NAME given (see nllmd run --help)\n");
+        return 2;
+    }
+    default_paths(&d->opt);
+    d->opt.socket_path[0] = '\0'; /* no control socket in one-shot mode */
+    d->oneshot_tty = isatty(1) && !getenv("NO_COLOR");
+    loop_init(d);
+    if (setup_devices(d, &err) < 0 || open_state(d, &err) < 0) {
+        fprintf(stderr, "nllmd run: %s\n", err.msg);
+        return 1;
+    }
+    nllm_job_t *j = nllmd_job_find(d, name);
+    int rc = 0;
+    if (j) {
+        if (!want_resume) {
+            fprintf(stderr,
+                    "nllmd run: job %s already exists in %s (state %s): add --resume to continue "
+                    "it, or pick another name\n",
+                    name, d->opt.state_dir, j->state);
+            rc = 2;
+        } else {
+            d->oneshot = j;
+            if (!strcmp(j->state, "queued"))
+                nllmd_schedule(d);
+            else if (nllmd_job_resume(j, resume, NULL, cfg.reset_patience, &err) < 0) {
+                fprintf(stderr, "nllmd run: %s\n", err.msg);
+                rc = 1;
+            }
+        }
+    } else {
+        nllm_job_origin_t o = {0};
+        if (init_from && nllmd_resolve_checkpoint(d, init_from, &o, &err) < 0) {
+            fprintf(stderr, "nllmd run: --init-from: %s\n", err.msg);
+            rc = 2;
+        } else {
+            o.weights_only = init_from != NULL;
+            printf("Job %s: V=%d De=%d H=%d Dc=%d L=%d S=%d dropout=%g, %d epochs, batch %d, "
+                   "lr %g, device %s\n",
+                   name, cfg.model.vocab_size, cfg.model.embed_dim, cfg.model.hidden_dim,
+                   cfg.model.context_dim, cfg.model.num_layers, cfg.model.max_seq_length,
+                   (double)cfg.model.dropout, cfg.num_epochs, cfg.batch_size, cfg.learning_rate,
+                   d->devices[0].name);
+            /* the job must be known before it starts, to print its first events */
+            d->oneshot = NULL;
+            if (nllmd_job_create(d, name, &cfg, &o, NULL, NULL, &j, &err) < 0) {
+                fprintf(stderr, "nllmd run: %s\n", err.msg);
+                rc = 1;
+            } else {
+                d->oneshot = j;
+            }
+        }
+    }
+    if (rc != 0) {
+        d->shutting_down = 1;
+        finish_if_idle(d);
+        loop_finish(d);
+        return rc;
+    }
+    uv_timer_start(&d->tick, on_tick, 1000, 1000);
+    d->exit_code = 0;
+    loop_finish(d);
+    return d->exit_code;
+}
+
+/* ---- main ------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    static nllmd_t daemon;
+    nllmd_t *d = &daemon;
+    nllm_err_t err;
+    if (argc > 1 && !strcmp(argv[1], "run"))
+        return run_oneshot(d, argc - 1, argv + 1);
+
+    const char *config = NULL;
+    int c;
+    nllmd_opts_t cli = {0};
+    int seen[O_THREADS + 1] = {0};
+    while ((c = getopt_long(argc, argv, "", daemon_opts, NULL)) != -1) {
+        if (c == O_HELP) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (c == O_VERSION) {
+            printf("nllmd %s\n", NLLMD_VERSION);
+            return 0;
+        }
+        if (c == O_CONFIG) {
+            config = optarg;
+            continue;
+        }
+        if (c < O_STATE || c > O_THREADS) {
+            fputs(usage_text, stderr);
+            return 2;
+        }
+        if (set_opt(&cli, c, optarg, &err) < 0) {
+            fprintf(stderr, "nllmd: %s\n", err.msg);
+            return 2;
+        }
+        seen[c] = 1;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "nllmd: unexpected argument \"%s\" (see --help)\n", argv[optind]);
+        return 2;
+    }
+    /* config file first, then the flags given on the command line */
+    if (read_config_file(&d->opt, config ? config : "/etc/nllm/nllmd.conf", config != NULL,
+                         &err) < 0) {
+        fprintf(stderr, "nllmd: %s\n", err.msg);
+        return 2;
+    }
+    if (seen[O_STATE])
+        memcpy(d->opt.state_dir, cli.state_dir, sizeof cli.state_dir);
+    if (seen[O_SOCKET])
+        memcpy(d->opt.socket_path, cli.socket_path, sizeof cli.socket_path);
+    if (seen[O_LISTEN])
+        memcpy(d->opt.listen, cli.listen, sizeof cli.listen);
+    if (seen[O_TOKEN])
+        memcpy(d->opt.token_file, cli.token_file, sizeof cli.token_file);
+    if (seen[O_DEVICES])
+        memcpy(d->opt.devices, cli.devices, sizeof cli.devices);
+    if (seen[O_MAXJOBS])
+        d->opt.max_jobs = cli.max_jobs;
+    if (seen[O_AUTORESUME])
+        d->opt.auto_resume = 1;
+    if (seen[O_MAXMSG])
+        d->opt.max_message = cli.max_message;
+    if (seen[O_THREADS])
+        d->opt.threads = cli.threads;
+    default_paths(&d->opt);
+
+    loop_init(d);
+    if (setup_devices(d, &err) < 0 || open_state(d, &err) < 0 ||
+        nllmd_server_start(d, &err) < 0) {
+        fprintf(stderr, "nllmd: %s\n", err.msg);
+        d->shutting_down = 1;
+        nllmd_server_close(d);
+        uv_walk(d->loop, close_walk, NULL);
+        loop_finish(d);
+        return 1;
+    }
+    nllmd_log(d, NULL, "nllmd %s ready: socket %s, state %s, %d device(s) (%s%s), %s",
+              NLLMD_VERSION, d->opt.socket_path, d->opt.state_dir, d->ndevices,
+              d->devices[0].name, d->ndevices > 1 ? ",..." : "",
+              d->opt.listen[0] ? d->opt.listen : "no TCP");
+    uv_timer_start(&d->tick, on_tick, 1000, 1000);
+    nllmd_schedule(d);
+    sd_notify_msg("READY=1");
+    notify_status(d);
+    loop_finish(d);
+    nllmd_log(d, NULL, "stopped");
+    return 0;
+}
