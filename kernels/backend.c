@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cuda/cuda_backend.h"
 
 #ifndef NLLM_HAVE_CUDA
 int nllm_cuda_available(void)
@@ -20,6 +21,22 @@ int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_err_t *err)
                         "device cuda:%d: this nllm was built without CUDA support; rebuild "
                         "with -Dcuda=enabled or use --device cpu",
                         device);
+}
+
+int nllm_cuda_device_count(void)
+{
+    return 0;
+}
+
+int nllm_cuda_device_info(int dev, char *name, size_t n, uint64_t *total_mem,
+                          uint64_t *free_mem)
+{
+    (void)dev;
+    (void)total_mem;
+    (void)free_mem;
+    if (name && n)
+        name[0] = '\0';
+    return NLLM_EDEVICE;
 }
 #endif
 

@@ -1,0 +1,412 @@
+/* cuda_backend.cu -- the CUDA backend's lifecycle, memory, GEMM and error
+ * handling (the kernels are in cuda_ops.cu).
+ *
+ * One backend = one device, one non-blocking stream and one cuBLAS handle
+ * bound to it; every op is queued on that stream, so ops run in call order
+ * and results depend only on the inputs (cuBLAS without atomics, kernels
+ * with fixed reduction orders). Errors are sticky (see cuda_impl.h) and
+ * surface at sync with the device, the failed call and CUDA's own words.
+ * Callers: backend.c (nllm_backend_create), the daemon (device inventory).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_impl.h"
+
+/* ---- errors ----------------------------------------------------------- */
+
+static void fail(nllm__cuda_impl_t *ci, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail(nllm__cuda_impl_t *ci, int code, const char *fmt, ...)
+{
+    if (ci->err_code)
+        return; /* keep the first failure: later ones are its consequences */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ci->err_msg, sizeof ci->err_msg, fmt, ap);
+    va_end(ap);
+    ci->err_code = code;
+}
+
+/* What to do about a CUDA error, for the message's tail. */
+static const char *hint_of(cudaError_t e)
+{
+    switch (e) {
+    case cudaErrorMemoryAllocation:
+        return "the GPU is out of memory: lower --batch or free the device";
+    case cudaErrorECCUncorrectable:
+        return "uncorrectable ECC error: the GPU needs attention (nvidia-smi -q -d ECC); "
+               "resume the job from its last checkpoint on a healthy device";
+    case cudaErrorDevicesUnavailable:
+        return "the device is busy or in exclusive mode with another process";
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorInvalidDeviceFunction:
+        return "this build has no kernels for this GPU: rebuild with -Dgpu_arch=<its SM>";
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+        return "a kernel faulted and the CUDA context is lost: resume the job from its last "
+               "checkpoint (a bug: please report it)";
+    case cudaErrorLaunchTimeout:
+        return "a kernel ran too long (display watchdog?)";
+    default:
+        return "the device may be lost or reset: check nvidia-smi, then resume the job from "
+               "its last checkpoint";
+    }
+}
+
+bool nllm__cuda_check(nllm__cuda_impl_t *ci, cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess)
+        return true;
+    fail(ci, e == cudaErrorMemoryAllocation ? NLLM_ENOMEM : NLLM_EDEVICE,
+         "%s: %s failed: %s (%s) on %s; %s", ci->name, what, cudaGetErrorString(e),
+         cudaGetErrorName(e), ci->devname, hint_of(e));
+    return false;
+}
+
+static bool blas_check(nllm__cuda_impl_t *ci, cublasStatus_t st, const char *what)
+{
+    if (st == CUBLAS_STATUS_SUCCESS)
+        return true;
+    /* an execution failure usually hides a CUDA error: name it too */
+    cudaError_t e = cudaGetLastError();
+    fail(ci, st == CUBLAS_STATUS_ALLOC_FAILED ? NLLM_ENOMEM : NLLM_EDEVICE,
+         "%s: %s failed: %s (%s)%s%s on %s", ci->name, what, cublasGetStatusString(st),
+         cublasGetStatusName(st), e != cudaSuccess ? "; CUDA: " : "",
+         e != cudaSuccess ? cudaGetErrorString(e) : "", ci->devname);
+    return false;
+}
+
+bool nllm__cuda_enter(nllm__cuda_impl_t *ci)
+{
+    if (ci->err_code)
+        return false;
+    return nllm__cuda_check(ci, cudaSetDevice(ci->device), "cudaSetDevice");
+}
+
+void *nllm__cuda_scratch(nllm__cuda_impl_t *ci, size_t bytes, const char *what)
+{
+    if (bytes <= ci->scratch_bytes)
+        return ci->scratch;
+    /* work queued earlier may still read the old buffer */
+    if (!nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream), "cudaStreamSynchronize"))
+        return NULL;
+    if (ci->scratch)
+        cudaFree(ci->scratch);
+    ci->scratch = NULL;
+    ci->scratch_bytes = 0;
+    size_t want = bytes + bytes / 2 + 4096;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, want);
+    if (e != cudaSuccess) {
+        char buf[160];
+        snprintf(buf, sizeof buf, "cudaMalloc of %.1f MiB scratch for %s", (double)want / 1048576.0,
+                 what);
+        nllm__cuda_check(ci, e, buf);
+        return NULL;
+    }
+    ci->scratch = p;
+    ci->scratch_bytes = want;
+    return p;
+}
+
+/* ---- memory ------------------------------------------------------------- */
+
+static void *cu_alloc(nllm_backend_t *be, size_t bytes)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (!nllm__cuda_enter(ci))
+        return NULL;
+    if (bytes == 0)
+        bytes = 256;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError(); /* not sticky: the caller reports how much it needed */
+        return NULL;
+    }
+    if (!nllm__cuda_check(ci, e, "cudaMalloc"))
+        return NULL;
+    if (!nllm__cuda_check(ci, cudaMemsetAsync(p, 0, bytes, ci->stream), "cudaMemsetAsync")) {
+        cudaFree(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_free(nllm_backend_t *be, void *p)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (!p)
+        return;
+    /* free even after a failure, so a failed job gives its memory back */
+    cudaSetDevice(ci->device);
+    cudaStreamSynchronize(ci->stream);
+    cudaError_t e = cudaFree(p);
+    if (!ci->err_code)
+        nllm__cuda_check(ci, e, "cudaFree");
+}
+
+static void cu_upload(nllm_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (bytes == 0 || !nllm__cuda_enter(ci))
+        return;
+    /* From pageable memory this returns once src has been staged, so the
+     * caller may reuse src immediately. */
+    nllm__cuda_check(ci, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ci->stream),
+                     "upload (cudaMemcpyAsync host to device)");
+}
+
+static void cu_download(nllm_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (bytes == 0 || !nllm__cuda_enter(ci))
+        return;
+    /* dst is valid after the caller's sync (stream order) */
+    nllm__cuda_check(ci, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ci->stream),
+                     "download (cudaMemcpyAsync device to host)");
+}
+
+static void cu_copy(nllm_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (bytes == 0 || dst == src || !nllm__cuda_enter(ci))
+        return;
+    const char *d = (const char *)dst, *s = (const char *)src;
+    if (d < s + bytes && s < d + bytes) {
+        /* overlapping (memmove semantics): go through scratch */
+        void *tmp = nllm__cuda_scratch(ci, bytes, "copy");
+        if (!tmp)
+            return;
+        nllm__cuda_check(ci, cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, ci->stream),
+                         "copy (cudaMemcpyAsync device to device)");
+        src = tmp;
+    }
+    nllm__cuda_check(ci, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ci->stream),
+                     "copy (cudaMemcpyAsync device to device)");
+}
+
+static void cu_zero(nllm_backend_t *be, void *dst, size_t bytes)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (bytes == 0 || !nllm__cuda_enter(ci))
+        return;
+    nllm__cuda_check(ci, cudaMemsetAsync(dst, 0, bytes, ci->stream), "zero (cudaMemsetAsync)");
+}
+
+static void cu_zero_rows(nllm_backend_t *be, float *dst, int ld, int width, int rows)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (width <= 0 || rows <= 0 || !nllm__cuda_enter(ci))
+        return;
+    nllm__cuda_check(ci,
+                     cudaMemset2DAsync(dst, sizeof(float) * (size_t)ld, 0,
+                                       sizeof(float) * (size_t)width, (size_t)rows, ci->stream),
+                     "zero_rows (cudaMemset2DAsync)");
+}
+
+static int cu_sync(nllm_backend_t *be, nllm_err_t *err)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (nllm__cuda_enter(ci))
+        nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream),
+                         "queued work (found at cudaStreamSynchronize)");
+    if (ci->err_code)
+        return nllm_err_set(err, ci->err_code, "%s", ci->err_msg);
+    return 0;
+}
+
+static void cu_destroy(nllm_backend_t *be)
+{
+    if (!be)
+        return;
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (ci) {
+        cudaSetDevice(ci->device);
+        if (ci->stream)
+            cudaStreamSynchronize(ci->stream);
+        if (ci->blas)
+            cublasDestroy(ci->blas);
+        if (ci->scratch)
+            cudaFree(ci->scratch);
+        if (ci->d_norm)
+            cudaFree(ci->d_norm);
+        if (ci->h_norm)
+            cudaFreeHost(ci->h_norm);
+        if (ci->stream)
+            cudaStreamDestroy(ci->stream);
+        (void)cudaGetLastError();
+        free(ci);
+    }
+    free(be);
+}
+
+/* ---- GEMM ----------------------------------------------------------------- */
+
+/* Row-major C(M,N) = alpha op(A) op(B) + beta C is, read column-major, the
+ * product C^T(N,M) = op(B)^T op(A)^T: a row-major matrix with leading
+ * dimension ld is the column-major view of its transpose with the same ld.
+ * So cuBLAS gets (B, A) swapped with the same op flags and m = N, n = M. */
+static void cu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                    int ldc)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (M <= 0 || N <= 0 || !nllm__cuda_enter(ci))
+        return;
+    if (K <= 0) {
+        nllm__cuda_scale(ci, C, ldc, M, N, beta);
+        return;
+    }
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    blas_check(ci,
+               cublasSgemm(ci->blas, opB, opA, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc),
+               "cublasSgemm");
+}
+
+/* ---- device inventory ------------------------------------------------------ */
+
+extern "C" int nllm_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+extern "C" int nllm_cuda_available(void)
+{
+    return nllm_cuda_device_count() > 0;
+}
+
+extern "C" int nllm_cuda_device_info(int dev, char *name, size_t n, uint64_t *total_mem,
+                                     uint64_t *free_mem)
+{
+    if (name && n)
+        name[0] = '\0';
+    if (dev < 0 || dev >= nllm_cuda_device_count())
+        return NLLM_EDEVICE;
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NLLM_EDEVICE;
+    }
+    if (name && n)
+        snprintf(name, n, "%s", prop.name);
+    if (total_mem)
+        *total_mem = (uint64_t)prop.totalGlobalMem;
+    if (free_mem) {
+        int prev = 0;
+        size_t fr = 0, tot = 0;
+        if (cudaGetDevice(&prev) != cudaSuccess || cudaSetDevice(dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return NLLM_EDEVICE;
+        }
+        cudaError_t e = cudaMemGetInfo(&fr, &tot);
+        cudaSetDevice(prev);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            return NLLM_EDEVICE;
+        }
+        *free_mem = (uint64_t)fr;
+    }
+    return 0;
+}
+
+/* ---- construction ---------------------------------------------------------- */
+
+extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_err_t *err)
+{
+    *out = NULL;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return nllm_err_set(err, NLLM_EDEVICE,
+                            "device cuda:%d: no usable CUDA device: %s (%s); check the NVIDIA "
+                            "driver (nvidia-smi) or use --device cpu",
+                            device, cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    if (device < 0 || device >= count)
+        return nllm_err_set(err, NLLM_EDEVICE,
+                            "device cuda:%d does not exist: this machine has %d CUDA device%s%s",
+                            device, count, count == 1 ? "" : "s",
+                            count > 0 ? " (cuda:0 is the first)" : "; use --device cpu");
+
+    nllm_backend_t *be = (nllm_backend_t *)calloc(1, sizeof *be);
+    nllm__cuda_impl_t *ci = (nllm__cuda_impl_t *)calloc(1, sizeof *ci);
+    if (!be || !ci) {
+        free(be);
+        free(ci);
+        return nllm_err_set(err, NLLM_ENOMEM, "cuda:%d backend: out of host memory", device);
+    }
+    be->impl = ci;
+    ci->device = device;
+    snprintf(ci->name, sizeof ci->name, "cuda:%d", device);
+    be->name = ci->name;
+    snprintf(ci->devname, sizeof ci->devname, "CUDA device %d", device);
+
+    cudaDeviceProp prop;
+    if (nllm__cuda_check(ci, cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"))
+        snprintf(ci->devname, sizeof ci->devname, "%.200s (compute capability %d.%d)", prop.name,
+                 prop.major, prop.minor);
+    if (!ci->err_code && nllm__cuda_check(ci, cudaSetDevice(device), "cudaSetDevice"))
+        /* creates the primary context: fails on a busy/exclusive or broken device */
+        nllm__cuda_check(ci, cudaFree(0), "creating the CUDA context (cudaFree(0))");
+    if (!ci->err_code)
+        nllm__cuda_check(ci, nllm__cuda_probe_kernels(), "loading the nllm kernels");
+    if (!ci->err_code)
+        nllm__cuda_check(ci, cudaStreamCreateWithFlags(&ci->stream, cudaStreamNonBlocking),
+                         "cudaStreamCreateWithFlags");
+    if (!ci->err_code && blas_check(ci, cublasCreate(&ci->blas), "cublasCreate")) {
+        blas_check(ci, cublasSetStream(ci->blas, ci->stream), "cublasSetStream");
+        /* FP32 GEMMs in full FP32 unless NLLM_CUDA_TF32=1 (faster, ~1e-3
+         * relative error, not comparable with the CPU backend) */
+        const char *tf32 = getenv("NLLM_CUDA_TF32");
+        cublasMath_t mode = tf32 && strcmp(tf32, "1") == 0 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                            : CUBLAS_DEFAULT_MATH;
+        blas_check(ci, cublasSetMathMode(ci->blas, mode), "cublasSetMathMode");
+        /* the default, spelled out: reductions without atomics are deterministic */
+        blas_check(ci, cublasSetAtomicsMode(ci->blas, CUBLAS_ATOMICS_NOT_ALLOWED),
+                   "cublasSetAtomicsMode");
+    }
+    if (!ci->err_code)
+        nllm__cuda_check(ci,
+                         cudaMalloc((void **)&ci->d_norm,
+                                    sizeof(double) * (NLLM_CUDA_SQN_BLOCKS + 1)),
+                         "cudaMalloc (norm scratch)");
+    if (!ci->err_code)
+        nllm__cuda_check(ci, cudaMallocHost((void **)&ci->h_norm, sizeof(double)),
+                         "cudaMallocHost (norm result)");
+    if (ci->err_code) {
+        int rc = nllm_err_set(err, ci->err_code, "%s", ci->err_msg);
+        cu_destroy(be);
+        return rc;
+    }
+
+    be->alloc = cu_alloc;
+    be->free = cu_free;
+    be->upload = cu_upload;
+    be->download = cu_download;
+    be->copy = cu_copy;
+    be->zero = cu_zero;
+    be->zero_rows = cu_zero_rows;
+    be->sync = cu_sync;
+    be->destroy = cu_destroy;
+    be->gemm = cu_gemm;
+    nllm__cuda_ops_install(be);
+    *out = be;
+    return 0;
+}

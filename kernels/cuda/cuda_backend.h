@@ -1,0 +1,36 @@
+/* cuda_backend.h -- what the CUDA backend offers beyond backend.h: the GPU
+ * inventory the daemon reports (device count, name, memory).
+ *
+ * The backend itself is created through backend.h (nllm_cuda_backend_create
+ * or nllm_backend_create("cuda:N")). Builds without CUDA get fallbacks from
+ * kernels/backend.c: no devices, and info fails with NLLM_EDEVICE. Safe to
+ * include from C and C++; callers: daemon (status, job placement), tests.
+ */
+#ifndef NLLM_CUDA_BACKEND_H
+#define NLLM_CUDA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nllm_err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of CUDA devices the driver reports; 0 when there is no driver,
+ * no device, or this build has no CUDA support. */
+int nllm_cuda_device_count(void);
+
+/* Name (truncated to n bytes, NUL-terminated), total and free memory in
+ * bytes of device dev; any output pointer may be NULL. Asking for free
+ * memory creates the device's primary context if it does not exist yet.
+ * Returns 0 or NLLM_EDEVICE (no such device, driver error, no CUDA). */
+int nllm_cuda_device_info(int dev, char *name, size_t n, uint64_t *total_mem,
+                          uint64_t *free_mem);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NLLM_CUDA_BACKEND_H */
