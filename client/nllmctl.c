@@ -1,0 +1,1806 @@
+/* nllmctl.c -- the command-line client of nllmd: parses a command and its
+ * flags, sends one msgpack-RPC request (proto/PROTOCOL.md), and prints the
+ * result as text or --json. Exit codes: 0 ok, 1 the daemon answered with an
+ * error (its message is printed), 2 usage error, 3 cannot connect (or the
+ * connection was lost). Owns only argument handling and printing; the wire
+ * and the watch display live in conn.c and watch.c.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "conn.h"
+#include "fmt.h"
+#include "watch.h"
+
+#ifndef NLLM_VERSION
+#define NLLM_VERSION "0.0.0"
+#endif
+
+enum { EXIT_OK = 0, EXIT_DAEMON = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
+
+typedef struct {
+    const char *socket, *connect, *token_file;
+    int json;
+    char socket_buf[PATH_MAX];
+} global_t;
+
+typedef struct cmd cmd_t;
+struct cmd {
+    const char *name;
+    int (*run)(global_t *g, const cmd_t *cmd, int argc, char **argv);
+    const char *synopsis; /* after "nllmctl " */
+    const char *summary;
+    const char *help;     /* description and flags */
+};
+
+/* ---- usage ------------------------------------------------------------- */
+
+#define GLOBAL_FLAGS                                                                     \
+    "Global flags (before or after the command):\n"                                     \
+    "  --socket PATH        nllmd's Unix socket (default: $NLLM_SOCKET, else\n"          \
+    "                       $RUNTIME_DIRECTORY/nllmd.sock, else /run/nllm/nllmd.sock as\n" \
+    "                       root, else $XDG_RUNTIME_DIR/nllm/nllmd.sock, else\n"         \
+    "                       /tmp/nllm-$UID/nllmd.sock; /run/nllm/nllmd.sock is tried\n"  \
+    "                       when the per-user socket does not exist)\n"                  \
+    "  --connect HOST:PORT  use TCP instead (nllmd --listen); [ADDR]:PORT for IPv6\n"    \
+    "  --token-file F       send the token in F (first line) with `auth` first\n"        \
+    "  --json               print the raw result as JSON (watch: one object per line)\n" \
+    "  -h, --help           this help\n"
+
+static const cmd_t *find_cmd(const char *name);
+static const cmd_t commands[];
+
+static void print_synopsis(FILE *f, const cmd_t *c)
+{
+    fprintf(f, "usage: nllmctl [GLOBAL FLAGS] %s\n", c->synopsis);
+}
+
+static void print_cmd_help(const cmd_t *c)
+{
+    print_synopsis(stdout, c);
+    printf("\n%s\n\n%s\n%s", c->summary, c->help, GLOBAL_FLAGS);
+}
+
+static int usage_error(const cmd_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage_error(const cmd_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "nllmctl %s: ", c->name);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    print_synopsis(stderr, c);
+    fprintf(stderr, "Run `nllmctl %s --help` for every flag.\n", c->name);
+    return EXIT_USAGE;
+}
+
+static void print_main_usage(FILE *f)
+{
+    fprintf(f, "usage: nllmctl [--socket PATH | --connect HOST:PORT --token-file F] [--json] "
+               "COMMAND [ARGS]\n\nControls nllmd, the nllm training daemon.\n\nCommands:\n");
+    for (const cmd_t *c = commands; c->name; c++)
+        fprintf(f, "  %-12s %s\n", c->name, c->summary);
+    fprintf(f, "\n%s\nRun `nllmctl COMMAND --help` for a command's flags.\n"
+               "Exit status: 0 ok, 1 the daemon refused (its message says why), 2 usage "
+               "error,\n3 cannot reach nllmd.\n",
+            GLOBAL_FLAGS);
+}
+
+/* ---- option parsing ------------------------------------------------------ */
+
+enum {
+    O_HELP = 'h',
+    O_JSON = 1000, O_SOCKET, O_CONNECT, O_TOKEN,
+    /* start / resume */
+    O_DATA, O_VAL, O_CONFIG, O_EPOCHS, O_BATCH, O_LR, O_SEQ, O_VOCAB, O_EMBED, O_HIDDEN,
+    O_CONTEXT, O_LAYERS, O_DROPOUT, O_PATIENCE, O_RESET_PATIENCE, O_SAVE_EVERY, O_KEEP,
+    O_CLIP, O_SEED, O_TOKENIZER, O_DEVICE, O_INIT_FROM, O_INIT_OPT, O_THREADS, O_WATCH,
+    O_SET,
+    /* others */
+    O_AT_EPOCH_END, O_ALL, O_CSV, O_LIMIT, O_DELETE_FILES, O_CHECKPOINT, O_PROMPT,
+    O_TOKENS, O_TEMPERATURE,
+};
+
+#define COMMON_OPTS                                                                       \
+    {"help", no_argument, 0, O_HELP}, {"json", no_argument, 0, O_JSON},                   \
+        {"socket", required_argument, 0, O_SOCKET},                                       \
+        {"connect", required_argument, 0, O_CONNECT},                                     \
+        {"token-file", required_argument, 0, O_TOKEN}
+
+/* 1: handled, 0: not a common option. */
+static int common_opt(global_t *g, int opt)
+{
+    switch (opt) {
+    case O_JSON:
+        g->json = 1;
+        return 1;
+    case O_SOCKET:
+        g->socket = optarg;
+        return 1;
+    case O_CONNECT:
+        g->connect = optarg;
+        return 1;
+    case O_TOKEN:
+        g->token_file = optarg;
+        return 1;
+    }
+    return 0;
+}
+
+/* Runs getopt_long over a command's argv (argv[0] = command name) and hands
+ * each non-common option to fn. Positionals are left in argv[optind..].
+ * Returns -1 to go on, else an exit code (help printed, usage error). */
+typedef int (*opt_fn)(void *ctx, const cmd_t *c, int opt, const char *arg);
+static int parse_opts(global_t *g, const cmd_t *c, int argc, char **argv,
+                      const struct option *opts, opt_fn fn, void *ctx)
+{
+    optind = 0; /* glibc: full re-initialisation */
+    opterr = 0;
+    for (;;) {
+        int idx = 0;
+        int opt = getopt_long(argc, argv, ":h", opts, &idx); /* permuting */
+        if (opt == -1)
+            break;
+        if (opt == O_HELP) {
+            print_cmd_help(c);
+            return EXIT_OK;
+        }
+        if (opt == ':') {
+            for (const struct option *o = opts; o->name; o++)
+                if (optopt == o->val)
+                    return usage_error(c, "--%s needs a value", o->name);
+            return usage_error(c, "%s needs a value", argv[optind - 1]);
+        }
+        if (opt == '?') {
+            if (optopt > ' ' && optopt < 127)
+                return usage_error(c, "unknown flag -%c", optopt);
+            return usage_error(c, "unknown flag %s", argv[optind - 1]);
+        }
+        if (common_opt(g, opt))
+            continue;
+        int rc = fn ? fn(ctx, c, opt, optarg) : usage_error(c, "unexpected flag");
+        if (rc >= 0)
+            return rc;
+    }
+    return -1;
+}
+
+static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(s, &end, 10);
+    if (end == s || *end || errno || x < lo || x > hi)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int parse_f64(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(s, &end);
+    if (end == s || *end || errno || !isfinite(x))
+        return -1;
+    *out = x;
+    return 0;
+}
+
+/* ---- connecting -------------------------------------------------------- */
+
+static int path_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static const char *default_socket(global_t *g)
+{
+    const char *e = getenv("NLLM_SOCKET");
+    if (e && *e)
+        return e;
+    e = getenv("RUNTIME_DIRECTORY"); /* systemd: may list several, ':'-separated */
+    if (e && *e) {
+        size_t n = strcspn(e, ":");
+        snprintf(g->socket_buf, sizeof g->socket_buf, "%.*s/nllmd.sock", (int)n, e);
+        return g->socket_buf;
+    }
+    if (geteuid() == 0)
+        return "/run/nllm/nllmd.sock";
+    e = getenv("XDG_RUNTIME_DIR");
+    if (e && *e)
+        snprintf(g->socket_buf, sizeof g->socket_buf, "%s/nllm/nllmd.sock", e);
+    else
+        snprintf(g->socket_buf, sizeof g->socket_buf, "/tmp/nllm-%u/nllmd.sock",
+                 (unsigned)getuid());
+    /* a system daemon serves users too: fall back to its socket */
+    if (!path_exists(g->socket_buf) && path_exists("/run/nllm/nllmd.sock"))
+        return "/run/nllm/nllmd.sock";
+    return g->socket_buf;
+}
+
+static int read_token(const char *path, char *buf, size_t cap, nllm_err_t *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return nllm_err_set(err, NLLM_EIO, "token file %s: %s", path, strerror(errno));
+    if (!fgets(buf, (int)cap, f)) {
+        fclose(f);
+        return nllm_err_set(err, NLLM_EINVAL, "token file %s is empty", path);
+    }
+    fclose(f);
+    size_t n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' ||
+                     buf[n - 1] == '\t'))
+        buf[--n] = '\0';
+    if (n == 0)
+        return nllm_err_set(err, NLLM_EINVAL, "token file %s is empty", path);
+    return 0;
+}
+
+/* Returns EXIT_OK with c open, else the exit code (message printed unless
+ * quiet). */
+static int connect_quiet(global_t *g, nllm_conn_t *c, int quiet)
+{
+    nllm_err_t err = {0};
+    FILE *out = quiet ? NULL : stderr;
+    if (g->connect && g->socket) {
+        if (out)
+            fprintf(out, "nllmctl: give either --socket or --connect, not both\n");
+        return EXIT_USAGE;
+    }
+    if (g->token_file && !g->connect) {
+        if (out)
+            fprintf(out, "nllmctl: --token-file goes with --connect HOST:PORT (a Unix socket "
+                         "needs no token)\n");
+        return EXIT_USAGE;
+    }
+    if (g->connect) {
+        char token[4096];
+        if (g->token_file && read_token(g->token_file, token, sizeof token, &err) < 0) {
+            if (out)
+                fprintf(out, "nllmctl: %s\n", err.msg);
+            return EXIT_USAGE;
+        }
+        if (nllm_conn_open_tcp(c, g->connect, &err) != NLLM_CALL_OK) {
+            nllm_conn_close(c);
+            if (out)
+                fprintf(out,
+                    "nllmctl: %s\n"
+                    "nllmctl: is nllmd running and listening there? start it with `nllmd "
+                    "--state-dir DIR --listen %s --token-file F` or `systemctl start nllmd`\n",
+                    err.msg, g->connect);
+            return EXIT_CONNECT;
+        }
+        if (g->token_file) {
+            json_t *p = json_pack("{ss}", "token", token), *res = NULL;
+            char code[64];
+            int rc = nllm_conn_call(c, "auth", p, &res, code, sizeof code, &err);
+            json_decref(p);
+            json_decref(res);
+            explicit_bzero(token, sizeof token);
+            if (rc != NLLM_CALL_OK) {
+                if (out)
+                    fprintf(out, "nllmctl: %s%s\n", rc == NLLM_CALL_ERROR ? "auth: " : "",
+                        err.msg);
+                nllm_conn_close(c);
+                return rc == NLLM_CALL_ERROR ? EXIT_DAEMON : EXIT_CONNECT;
+            }
+        }
+        return EXIT_OK;
+    }
+    const char *path = g->socket ? g->socket : default_socket(g);
+    if (nllm_conn_open_unix(c, path, &err) != NLLM_CALL_OK) {
+        nllm_conn_close(c);
+        if (out)
+            fprintf(out,
+                "nllmctl: %s\n"
+                "nllmctl: is nllmd running? start it with `nllmd --state-dir DIR` or "
+                "`systemctl start nllmd`, or point nllmctl at its socket with --socket PATH "
+                "or NLLM_SOCKET\n",
+                err.msg);
+        return EXIT_CONNECT;
+    }
+    return EXIT_OK;
+}
+
+static int connect_daemon(global_t *g, nllm_conn_t *c)
+{
+    return connect_quiet(g, c, 0);
+}
+
+/* One request on c. params is consumed (may be NULL). Prints the daemon's
+ * error; returns an exit code. */
+static int call(nllm_conn_t *c, const char *method, json_t *params, json_t **result)
+{
+    char code[64];
+    nllm_err_t err = {0};
+    int rc = nllm_conn_call(c, method, params, result, code, sizeof code, &err);
+    json_decref(params);
+    if (rc == NLLM_CALL_OK)
+        return EXIT_OK;
+    fprintf(stderr, "nllmctl: %s\n", err.msg);
+    return rc == NLLM_CALL_ERROR ? EXIT_DAEMON : EXIT_CONNECT;
+}
+
+static json_t *name_params(const char *name)
+{
+    return json_pack("{ss}", "name", name);
+}
+
+/* method (start or resume), with `watch` pipelined right behind it when
+ * watch is set, so that the watch is in place before the job can report
+ * anything (a tiny job may finish at once). params is consumed. */
+static int call_then_watch(nllm_conn_t *c, const char *method, json_t *params,
+                           const char *name, int watch, uint32_t *watch_id, json_t **result)
+{
+    char code[64];
+    nllm_err_t err = {0};
+    uint32_t id;
+    int rc = nllm_conn_request(c, method, params, &id, &err);
+    json_decref(params);
+    if (rc == NLLM_CALL_OK && watch) {
+        json_t *wp = name_params(name);
+        rc = nllm_conn_request(c, "watch", wp, watch_id, &err);
+        json_decref(wp);
+    }
+    if (rc == NLLM_CALL_OK)
+        rc = nllm_conn_wait(c, id, result, code, sizeof code, &err);
+    if (rc == NLLM_CALL_OK)
+        return EXIT_OK;
+    fprintf(stderr, "nllmctl: %s\n", err.msg);
+    return rc == NLLM_CALL_ERROR ? EXIT_DAEMON : EXIT_CONNECT;
+}
+
+/* Connect, call, close. */
+static int call1(global_t *g, const char *method, json_t *params, json_t **result)
+{
+    nllm_conn_t c;
+    int rc = connect_daemon(g, &c);
+    if (rc) {
+        json_decref(params);
+        return rc;
+    }
+    rc = call(&c, method, params, result);
+    nllm_conn_close(&c);
+    return rc;
+}
+
+static void print_json(const json_t *j)
+{
+    json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENCODE_ANY);
+    fputc('\n', stdout);
+}
+
+/* ---- tables ------------------------------------------------------------ */
+
+typedef struct {
+    int ncols;
+    int nrows, cap;
+    char **cells; /* nrows * ncols, row 0 the header */
+} table_t;
+
+static void table_init(table_t *t, int ncols)
+{
+    memset(t, 0, sizeof *t);
+    t->ncols = ncols;
+}
+
+static void table_row(table_t *t, ...)
+{
+    if (t->nrows == t->cap) {
+        t->cap = t->cap ? t->cap * 2 : 16;
+        char **n = realloc(t->cells, (size_t)t->cap * (size_t)t->ncols * sizeof *n);
+        if (!n) {
+            fprintf(stderr, "nllmctl: out of memory\n");
+            exit(EXIT_DAEMON);
+        }
+        t->cells = n;
+    }
+    va_list ap;
+    va_start(ap, t);
+    for (int i = 0; i < t->ncols; i++) {
+        const char *s = va_arg(ap, const char *);
+        t->cells[t->nrows * t->ncols + i] = strdup(s ? s : "-");
+    }
+    va_end(ap);
+    t->nrows++;
+}
+
+/* Display width of UTF-8 text (code points; good enough for our tables). */
+static int text_width(const char *s)
+{
+    int w = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xc0) != 0x80)
+            w++;
+    return w;
+}
+
+static void table_print(table_t *t)
+{
+    int *w = calloc((size_t)t->ncols, sizeof *w);
+    for (int r = 0; r < t->nrows; r++)
+        for (int i = 0; i < t->ncols; i++) {
+            int x = text_width(t->cells[r * t->ncols + i]);
+            if (w && x > w[i])
+                w[i] = x;
+        }
+    for (int r = 0; r < t->nrows; r++) {
+        for (int i = 0; i < t->ncols; i++) {
+            const char *s = t->cells[r * t->ncols + i];
+            if (i == t->ncols - 1)
+                printf("%s", s);
+            else
+                printf("%s%*s", s, (w ? w[i] : 0) - text_width(s) + 2, "");
+        }
+        printf("\n");
+    }
+    free(w);
+    for (int k = 0; k < t->nrows * t->ncols; k++)
+        free(t->cells[k]);
+    free(t->cells);
+}
+
+/* ---- printers ---------------------------------------------------------- */
+
+static void print_status(const json_t *st)
+{
+    char a[64], b[64], c[64], d[64];
+    printf("name:            %s\n", nllm_j_str(st, "name", "?"));
+    printf("state:           %s\n", nllm_j_str(st, "state", "?"));
+    int64_t ep = nllm_j_int(st, "epoch", 0), ne = nllm_j_int(st, "num_epochs", 0);
+    printf("epoch:           %lld/%lld\n", (long long)ep, (long long)ne);
+    const char *state = nllm_j_str(st, "state", "");
+    int64_t spe = nllm_j_int(st, "steps_per_epoch", 0);
+    if (!strcmp(state, "running") || !strcmp(state, "pausing")) {
+        printf("step:            %lld/%lld of epoch %lld\n", (long long)nllm_j_int(st, "step", 0),
+               (long long)spe, (long long)ep + 1);
+        nllm_fmt_field(st, "loss", 4, a, sizeof a);
+        printf("running loss:    %s\n", a);
+        double tps;
+        if (nllm_j_num(st, "tokens_per_s", &tps)) {
+            nllm_fmt_count(tps, a, sizeof a);
+            printf("tokens/s:        %s\n", a);
+        }
+    }
+    printf("global step:     %lld\n", (long long)nllm_j_int(st, "global_step", 0));
+    nllm_fmt_field(st, "train_loss", 4, a, sizeof a);
+    printf("train loss:      %s\n", a);
+    nllm_fmt_field(st, "val_loss", 4, a, sizeof a);
+    nllm_fmt_field(st, "val_ppl", 2, b, sizeof b);
+    double acc;
+    if (nllm_j_num(st, "val_acc", &acc))
+        snprintf(c, sizeof c, "%.2f%%", acc * 100);
+    else
+        snprintf(c, sizeof c, "-");
+    printf("val loss:        %s (PPL %s, accuracy %s)\n", a, b, c);
+    double best;
+    if (nllm_j_num(st, "best_val_loss", &best))
+        printf("best val loss:   %.4f (PPL %.2f) at epoch %lld\n", best, best < 700 ? exp(best) : INFINITY,
+               (long long)nllm_j_int(st, "best_epoch", 0));
+    else
+        printf("best val loss:   -\n");
+    printf("device:          %s\n", nllm_j_str(st, "device", "-"));
+    printf("attempt:         %lld\n", (long long)nllm_j_int(st, "attempt", 1));
+    const char *e = nllm_j_str(st, "error", NULL);
+    if (e && *e)
+        printf("error:           %s\n", e);
+    double t = 0;
+    nllm_j_num(st, "created", &t);
+    nllm_fmt_time(t, d, sizeof d);
+    printf("created:         %s\n", d);
+    t = 0;
+    nllm_j_num(st, "updated", &t);
+    nllm_fmt_time(t, d, sizeof d);
+    printf("updated:         %s\n", d);
+    const json_t *cfg = json_object_get(st, "config");
+    if (json_is_object(cfg)) {
+        double np = nllm_model_params_of(cfg);
+        if (np > 0) {
+            nllm_fmt_count(np, a, sizeof a);
+            printf("parameters:      %s (%.0f)\n", a, np);
+        }
+        printf("config:\n");
+        /* known keys in table order, then anything else the daemon sent */
+        const char *const *keys = nllm_job_config_keys();
+        for (size_t i = 0; keys[i]; i++) {
+            const json_t *v = json_object_get(cfg, keys[i]);
+            if (!v)
+                continue;
+            char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            const char *txt = json_is_string(v) ? json_string_value(v) : s ? s : "?";
+            printf("  %-16s %s\n", keys[i], *txt ? txt : "\"\"");
+            free(s);
+        }
+        const char *k;
+        const json_t *v;
+        json_object_foreach((json_t *)cfg, k, v)
+        {
+            int known = 0;
+            for (size_t i = 0; keys[i] && !known; i++)
+                known = !strcmp(keys[i], k);
+            if (known)
+                continue;
+            char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            printf("  %-16s %s\n", k, s ? s : "?");
+            free(s);
+        }
+    }
+}
+
+static void one_line_status(const char *what, const json_t *st)
+{
+    printf("%s %s: %s, epoch %lld/%lld", what, nllm_j_str(st, "name", "?"),
+           nllm_j_str(st, "state", "?"), (long long)nllm_j_int(st, "epoch", 0),
+           (long long)nllm_j_int(st, "num_epochs", 0));
+    const char *dev = nllm_j_str(st, "device", NULL);
+    if (dev && *dev)
+        printf(" on %s", dev);
+    printf("\n");
+}
+
+/* ---- commands ---------------------------------------------------------- */
+
+static int need_name(const cmd_t *c, int argc, char **argv, int max_pos)
+{
+    int npos = argc - optind;
+    if (npos < 1)
+        return usage_error(c, "missing the job NAME");
+    if (npos > max_pos)
+        return usage_error(c, "unexpected argument \"%s\"", argv[optind + max_pos]);
+    return -1;
+}
+
+
+/* -- start -- */
+
+typedef struct {
+    const char *key, *value, *flag;
+} setting_t;
+
+typedef struct {
+    setting_t set[128];
+    int nset;
+    const char *data, *val, *config, *init_from;
+    int init_optimizer, watch;
+} start_opts_t;
+
+static const struct option start_long[] = {
+    COMMON_OPTS,
+    {"data", required_argument, 0, O_DATA},
+    {"val", required_argument, 0, O_VAL},
+    {"config", required_argument, 0, O_CONFIG},
+    {"epochs", required_argument, 0, O_EPOCHS},
+    {"batch", required_argument, 0, O_BATCH},
+    {"lr", required_argument, 0, O_LR},
+    {"seq-len", required_argument, 0, O_SEQ},
+    {"vocab", required_argument, 0, O_VOCAB},
+    {"embed-dim", required_argument, 0, O_EMBED},
+    {"hidden-dim", required_argument, 0, O_HIDDEN},
+    {"context-dim", required_argument, 0, O_CONTEXT},
+    {"layers", required_argument, 0, O_LAYERS},
+    {"dropout", required_argument, 0, O_DROPOUT},
+    {"patience", required_argument, 0, O_PATIENCE},
+    {"reset-patience", no_argument, 0, O_RESET_PATIENCE},
+    {"save-every", required_argument, 0, O_SAVE_EVERY},
+    {"keep", required_argument, 0, O_KEEP},
+    {"clip", required_argument, 0, O_CLIP},
+    {"seed", required_argument, 0, O_SEED},
+    {"tokenizer", required_argument, 0, O_TOKENIZER},
+    {"device", required_argument, 0, O_DEVICE},
+    {"init-from", required_argument, 0, O_INIT_FROM},
+    {"init-optimizer", no_argument, 0, O_INIT_OPT},
+    {"threads", required_argument, 0, O_THREADS},
+    {"watch", no_argument, 0, O_WATCH},
+    {"set", required_argument, 0, O_SET},
+    {0, 0, 0, 0},
+};
+
+/* Flag -> config key, for the flags that are plain settings. */
+static const struct {
+    int opt;
+    const char *key, *flag;
+} flag_keys[] = {
+    {O_EPOCHS, "num_epochs", "--epochs"},         {O_BATCH, "batch_size", "--batch"},
+    {O_LR, "learning_rate", "--lr"},              {O_SEQ, "max_seq_length", "--seq-len"},
+    {O_VOCAB, "vocab_size", "--vocab"},           {O_EMBED, "embed_dim", "--embed-dim"},
+    {O_HIDDEN, "hidden_dim", "--hidden-dim"},     {O_CONTEXT, "context_dim", "--context-dim"},
+    {O_LAYERS, "num_layers", "--layers"},         {O_DROPOUT, "dropout", "--dropout"},
+    {O_PATIENCE, "patience", "--patience"},       {O_SAVE_EVERY, "save_every", "--save-every"},
+    {O_KEEP, "keep", "--keep"},                   {O_CLIP, "clip", "--clip"},
+    {O_SEED, "seed", "--seed"},                   {O_TOKENIZER, "tokenizer", "--tokenizer"},
+    {O_DEVICE, "device", "--device"},             {O_THREADS, "threads", "--threads"},
+};
+
+static int add_setting(start_opts_t *o, const cmd_t *c, const char *key, const char *value,
+                       const char *flag)
+{
+    if (o->nset >= (int)(sizeof o->set / sizeof o->set[0]))
+        return usage_error(c, "too many settings");
+    o->set[o->nset++] = (setting_t){key, value, flag};
+    return -1;
+}
+
+static int start_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
+{
+    start_opts_t *o = ctx;
+    for (size_t i = 0; i < sizeof flag_keys / sizeof flag_keys[0]; i++)
+        if (flag_keys[i].opt == opt)
+            return add_setting(o, c, flag_keys[i].key, arg, flag_keys[i].flag);
+    switch (opt) {
+    case O_DATA:
+        o->data = arg;
+        return -1;
+    case O_VAL:
+        o->val = arg;
+        return -1;
+    case O_CONFIG:
+        o->config = arg;
+        return -1;
+    case O_INIT_FROM:
+        o->init_from = arg;
+        return -1;
+    case O_INIT_OPT:
+        o->init_optimizer = 1;
+        return -1;
+    case O_WATCH:
+        o->watch = 1;
+        return -1;
+    case O_RESET_PATIENCE:
+        return add_setting(o, c, "reset_patience", "true", "--reset-patience");
+    case O_SET: {
+        const char *eq = strchr(arg, '=');
+        if (!eq || eq == arg)
+            return usage_error(c, "--set wants KEY=VALUE, not \"%s\"", arg);
+        static char keys[128][64];
+        size_t n = (size_t)(eq - arg);
+        if (n >= sizeof keys[0])
+            return usage_error(c, "--set: key \"%.*s\" is too long", (int)n, arg);
+        char *k = keys[o->nset % 128];
+        memcpy(k, arg, n);
+        k[n] = '\0';
+        return add_setting(o, c, k, eq + 1, "--set");
+    }
+    }
+    return usage_error(c, "unexpected flag");
+}
+
+/* Absolute, existing path of p (relative to base_dir when given and p is
+ * relative). Returns 0 or -errno. */
+static int abs_path(const char *p, const char *base_dir, char *out, size_t cap)
+{
+    char joined[PATH_MAX * 2];
+    if (base_dir && p[0] != '/') {
+        snprintf(joined, sizeof joined, "%s/%s", base_dir, p);
+        p = joined;
+    }
+    char *r = realpath(p, NULL);
+    if (!r)
+        return -errno;
+    if (strlen(r) >= cap) {
+        free(r);
+        return -ENAMETOOLONG;
+    }
+    memcpy(out, r, strlen(r) + 1);
+    free(r);
+    return 0;
+}
+
+static int cmd_start(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static start_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, start_long, start_opt, &o);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    const char *name = argv[optind];
+
+    static nllm_job_config_t cfg;
+    nllm_job_config_defaults(&cfg);
+    nllm_err_t err = {0};
+    char cfg_dir[PATH_MAX] = "";
+    if (o.config) {
+        char abs_cfg[PATH_MAX];
+        int e = abs_path(o.config, NULL, abs_cfg, sizeof abs_cfg);
+        if (e < 0)
+            return usage_error(c, "job file %s: %s", o.config, strerror(-e));
+        if (nllm_job_config_parse_file(abs_cfg, &cfg, &err) < 0)
+            return usage_error(c, "%s", err.msg);
+        snprintf(cfg_dir, sizeof cfg_dir, "%s", abs_cfg);
+        char *slash = strrchr(cfg_dir, '/');
+        if (slash)
+            *(slash == cfg_dir ? slash + 1 : slash) = '\0';
+    }
+    int vocab_given = 0;
+    for (int i = 0; i < o.nset; i++) {
+        if (nllm_job_config_set(&cfg, o.set[i].key, o.set[i].value, &err) < 0)
+            return usage_error(c, "%s: %s", o.set[i].flag, err.msg);
+        if (!strcmp(o.set[i].key, "vocab_size") || !strcmp(o.set[i].key, "vocab"))
+            vocab_given = 1;
+    }
+    /* paths: flags relative to the working directory, job-file ones to the file */
+    char path[PATH_MAX];
+    if (o.data || cfg.data[0]) {
+        const char *p = o.data ? o.data : cfg.data;
+        int e = abs_path(p, o.data ? NULL : (cfg_dir[0] ? cfg_dir : NULL), path, sizeof path);
+        if (e < 0)
+            return usage_error(c, "training data %s: %s", p, strerror(-e));
+        if (nllm_job_config_set(&cfg, "data", path, &err) < 0)
+            return usage_error(c, "%s", err.msg);
+    }
+    if (o.val || cfg.val[0]) {
+        const char *p = o.val ? o.val : cfg.val;
+        int e = abs_path(p, o.val ? NULL : (cfg_dir[0] ? cfg_dir : NULL), path, sizeof path);
+        if (e < 0)
+            return usage_error(c, "validation data %s: %s", p, strerror(-e));
+        if (nllm_job_config_set(&cfg, "val", path, &err) < 0)
+            return usage_error(c, "%s", err.msg);
+    }
+    if (!cfg.data[0])
+        return usage_error(c, "no training data: pass --data FILE (or `data = FILE` in the "
+                              "job file)");
+    if (cfg.tokenizer == NLLM_TOK_BYTE && !vocab_given && cfg.model.vocab_size == 1000)
+        cfg.model.vocab_size = NLLM_BYTE_VOCAB; /* the byte tokenizer's fixed size */
+    if (nllm_job_config_check(&cfg, &err) < 0)
+        return usage_error(c, "%s", err.msg);
+
+    json_t *params = json_object();
+    json_object_set_new(params, "name", json_string(name));
+    json_t *jc = nllm_job_config_to_json(&cfg);
+    if (!jc) {
+        json_decref(params);
+        fprintf(stderr, "nllmctl: out of memory\n");
+        return EXIT_DAEMON;
+    }
+    json_object_set_new(params, "config", jc);
+    if (o.init_from) {
+        /* an existing file travels as an absolute path, anything else as JOB:CKPT */
+        if (path_exists(o.init_from) && abs_path(o.init_from, NULL, path, sizeof path) == 0)
+            json_object_set_new(params, "init_from", json_string(path));
+        else if (strchr(o.init_from, ':'))
+            json_object_set_new(params, "init_from", json_string(o.init_from));
+        else {
+            json_decref(params);
+            return usage_error(c, "--init-from %s: no such file, and not JOB:CHECKPOINT",
+                               o.init_from);
+        }
+        if (o.init_optimizer)
+            json_object_set_new(params, "init_optimizer", json_true());
+    } else if (o.init_optimizer) {
+        json_decref(params);
+        return usage_error(c, "--init-optimizer needs --init-from");
+    }
+
+    nllm_conn_t conn;
+    if ((rc = connect_daemon(g, &conn)))
+        return json_decref(params), rc;
+    json_t *res = NULL;
+    uint32_t watch_id = 0;
+    rc = call_then_watch(&conn, "start", params, name, o.watch, &watch_id, &res);
+    if (rc == EXIT_OK) {
+        if (g->json) {
+            if (o.watch) {
+                json_dumpf(res, stdout, JSON_COMPACT);
+                fputc('\n', stdout);
+                fflush(stdout);
+            } else {
+                print_json(res);
+            }
+        } else {
+            one_line_status("Started job", res);
+            if (!o.watch)
+                printf("Follow it with `nllmctl watch %s`.\n", name);
+            fflush(stdout);
+        }
+        json_decref(res);
+        if (o.watch)
+            rc = nllm_watch_run(&conn, name, g->json, 1, watch_id);
+    }
+    nllm_conn_close(&conn);
+    return rc;
+}
+
+/* -- resume -- */
+
+typedef struct {
+    setting_t set[16];
+    int nset;
+    int64_t epochs;
+    int reset_patience, watch;
+} resume_opts_t;
+
+static const struct option resume_long[] = {
+    COMMON_OPTS,
+    {"epochs", required_argument, 0, O_EPOCHS},
+    {"reset-patience", no_argument, 0, O_RESET_PATIENCE},
+    {"lr", required_argument, 0, O_LR},
+    {"batch", required_argument, 0, O_BATCH},
+    {"patience", required_argument, 0, O_PATIENCE},
+    {"clip", required_argument, 0, O_CLIP},
+    {"set", required_argument, 0, O_SET},
+    {"watch", no_argument, 0, O_WATCH},
+    {0, 0, 0, 0},
+};
+
+static int resume_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
+{
+    resume_opts_t *o = ctx;
+    if (o->nset >= (int)(sizeof o->set / sizeof o->set[0]))
+        return usage_error(c, "too many settings");
+    switch (opt) {
+    case O_EPOCHS:
+        if (parse_i64(arg, 1, 1000000, &o->epochs) < 0)
+            return usage_error(c, "--epochs wants a whole number 1..1000000, not \"%s\"", arg);
+        return -1;
+    case O_RESET_PATIENCE:
+        o->reset_patience = 1;
+        return -1;
+    case O_WATCH:
+        o->watch = 1;
+        return -1;
+    case O_LR:
+        o->set[o->nset++] = (setting_t){"learning_rate", arg, "--lr"};
+        return -1;
+    case O_BATCH:
+        o->set[o->nset++] = (setting_t){"batch_size", arg, "--batch"};
+        return -1;
+    case O_PATIENCE:
+        o->set[o->nset++] = (setting_t){"patience", arg, "--patience"};
+        return -1;
+    case O_CLIP:
+        o->set[o->nset++] = (setting_t){"clip", arg, "--clip"};
+        return -1;
+    case O_SET: {
+        static char keys[16][64];
+        const char *eq = strchr(arg, '=');
+        size_t n = eq ? (size_t)(eq - arg) : 0;
+        if (!eq || n == 0 || n >= sizeof keys[0])
+            return usage_error(c, "--set wants KEY=VALUE, not \"%s\"", arg);
+        char *k = keys[o->nset];
+        memcpy(k, arg, n);
+        k[n] = '\0';
+        o->set[o->nset++] = (setting_t){k, eq + 1, "--set"};
+        return -1;
+    }
+    }
+    return usage_error(c, "unexpected flag");
+}
+
+/* Resolve an alias ("lr") to its canonical key by setting a scratch config
+ * and finding which JSON key changed; validates the value at the same time. */
+static int typed_setting(const cmd_t *c, const setting_t *s, json_t *out)
+{
+    static nllm_job_config_t a, b;
+    nllm_job_config_defaults(&a);
+    nllm_job_config_defaults(&b);
+    nllm_err_t err = {0};
+    if (nllm_job_config_set(&b, s->key, s->value, &err) < 0)
+        return usage_error(c, "%s: %s", s->flag, err.msg);
+    json_t *ja = nllm_job_config_to_json(&a), *jb = nllm_job_config_to_json(&b);
+    const char *k;
+    json_t *v;
+    int found = 0;
+    json_object_foreach(jb, k, v)
+    {
+        if (!json_equal(v, json_object_get(ja, k))) {
+            json_object_set(out, k, v);
+            found = 1;
+        }
+    }
+    if (!found) { /* the value is the default: typed if the key is canonical */
+        v = json_object_get(jb, s->key);
+        json_object_set_new(out, s->key, v ? json_incref(v) : json_string(s->value));
+    }
+    json_decref(ja);
+    json_decref(jb);
+    return -1;
+}
+
+static int cmd_resume(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    resume_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, resume_long, resume_opt, &o);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 2)) >= 0)
+        return rc;
+    const char *name = argv[optind];
+    json_t *params = name_params(name);
+    if (argc - optind == 2)
+        json_object_set_new(params, "checkpoint", json_string(argv[optind + 1]));
+    if (o.epochs)
+        json_object_set_new(params, "num_epochs", json_integer(o.epochs));
+    if (o.reset_patience)
+        json_object_set_new(params, "reset_patience", json_true());
+    if (o.nset) {
+        json_t *cfg = json_object();
+        for (int i = 0; i < o.nset; i++)
+            if ((rc = typed_setting(c, &o.set[i], cfg)) >= 0) {
+                json_decref(cfg);
+                json_decref(params);
+                return rc;
+            }
+        json_object_set_new(params, "config", cfg);
+    }
+    nllm_conn_t conn;
+    if ((rc = connect_daemon(g, &conn)))
+        return json_decref(params), rc;
+    json_t *res = NULL;
+    uint32_t watch_id = 0;
+    rc = call_then_watch(&conn, "resume", params, name, o.watch, &watch_id, &res);
+    if (rc == EXIT_OK) {
+        if (g->json) {
+            if (o.watch) {
+                json_dumpf(res, stdout, JSON_COMPACT);
+                fputc('\n', stdout);
+            } else {
+                print_json(res);
+            }
+        } else {
+            one_line_status("Resumed job", res);
+        }
+        fflush(stdout);
+        json_decref(res);
+        if (o.watch)
+            rc = nllm_watch_run(&conn, name, g->json, 1, watch_id);
+    }
+    nllm_conn_close(&conn);
+    return rc;
+}
+
+/* -- simple flag sets -- */
+
+typedef struct {
+    int at_epoch_end, all, csv, delete_files;
+    int64_t limit;
+    const char *checkpoint, *prompt;
+    int64_t tokens, seed;
+    double temperature;
+    int have_tokens, have_seed, have_temp;
+} misc_opts_t;
+
+static int misc_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
+{
+    misc_opts_t *o = ctx;
+    switch (opt) {
+    case O_AT_EPOCH_END:
+        o->at_epoch_end = 1;
+        return -1;
+    case O_ALL:
+        o->all = 1;
+        return -1;
+    case O_CSV:
+        o->csv = 1;
+        return -1;
+    case O_DELETE_FILES:
+        o->delete_files = 1;
+        return -1;
+    case O_LIMIT:
+        if (parse_i64(arg, 1, INT32_MAX, &o->limit) < 0)
+            return usage_error(c, "--limit wants a positive whole number, not \"%s\"", arg);
+        return -1;
+    case O_CHECKPOINT:
+        o->checkpoint = arg;
+        return -1;
+    case O_PROMPT:
+        o->prompt = arg;
+        return -1;
+    case O_TOKENS:
+        if (parse_i64(arg, 1, 1000000, &o->tokens) < 0)
+            return usage_error(c, "--tokens wants a whole number 1..1000000, not \"%s\"", arg);
+        o->have_tokens = 1;
+        return -1;
+    case O_SEED:
+        if (parse_i64(arg, 0, INT64_MAX, &o->seed) < 0)
+            return usage_error(c, "--seed wants a non-negative whole number, not \"%s\"", arg);
+        o->have_seed = 1;
+        return -1;
+    case O_TEMPERATURE:
+        if (parse_f64(arg, &o->temperature) < 0 || o->temperature < 0)
+            return usage_error(c, "--temperature wants a number >= 0, not \"%s\"", arg);
+        o->have_temp = 1;
+        return -1;
+    }
+    return usage_error(c, "unexpected flag");
+}
+
+static const struct option plain_long[] = {COMMON_OPTS, {0, 0, 0, 0}};
+
+static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if (optind < argc)
+        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
+    json_t *res = NULL;
+    if ((rc = call1(g, "hello", NULL, &res)))
+        return rc;
+    if (g->json) {
+        print_json(res);
+    } else {
+        printf("daemon:     %s\n", nllm_j_str(res, "daemon", "?"));
+        printf("protocol:   %lld (nllmctl speaks %d)\n", (long long)nllm_j_int(res, "protocol", 0),
+               NLLM_PROTOCOL_VERSION);
+        printf("max jobs:   %lld\n", (long long)nllm_j_int(res, "max_jobs", 0));
+        printf("auth:       %s\n", nllm_j_bool(res, "auth_required", 0) ? "required" : "not required");
+        const json_t *devs = json_object_get(res, "devices");
+        if (json_array_size(devs)) {
+            printf("devices:\n");
+            table_t t;
+            table_init(&t, 5);
+            table_row(&t, "  NAME", "KIND", "BUSY", "MEM_FREE", "MEM_TOTAL");
+            size_t i;
+            const json_t *d;
+            json_array_foreach(devs, i, d)
+            {
+                char nm[128], fr[32] = "-", to[32] = "-";
+                double x;
+                snprintf(nm, sizeof nm, "  %s", nllm_j_str(d, "name", "?"));
+                if (nllm_j_num(d, "memory_free", &x))
+                    nllm_fmt_size(x, fr, sizeof fr);
+                if (nllm_j_num(d, "memory_total", &x))
+                    nllm_fmt_size(x, to, sizeof to);
+                table_row(&t, nm, nllm_j_str(d, "kind", "-"), nllm_j_str(d, "busy", "-"), fr, to);
+            }
+            table_print(&t);
+        }
+    }
+    json_decref(res);
+    return rc;
+}
+
+static int cmd_version(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if (optind < argc)
+        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
+    /* the daemon's version is a bonus: no error when it is not running */
+    json_t *res = NULL;
+    nllm_conn_t conn;
+    int have = 0;
+    if (connect_quiet(g, &conn, 1) == EXIT_OK) {
+        char code[64];
+        nllm_err_t err = {0};
+        have = nllm_conn_call(&conn, "hello", NULL, &res, code, sizeof code, &err) ==
+               NLLM_CALL_OK;
+        nllm_conn_close(&conn);
+    }
+    if (g->json) {
+        json_t *j = json_pack("{sssi}", "client", "nllmctl " NLLM_VERSION, "protocol",
+                              NLLM_PROTOCOL_VERSION);
+        if (have)
+            json_object_set(j, "daemon", res);
+        print_json(j);
+        json_decref(j);
+    } else {
+        printf("nllmctl %s (protocol %d)\n", NLLM_VERSION, NLLM_PROTOCOL_VERSION);
+        if (have)
+            printf("%s (protocol %lld)\n", nllm_j_str(res, "daemon", "nllmd ?"),
+                   (long long)nllm_j_int(res, "protocol", 0));
+        else
+            printf("nllmd: not reachable\n");
+    }
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_shutdown(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if (optind < argc)
+        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
+    json_t *res = NULL;
+    if ((rc = call1(g, "shutdown", NULL, &res)))
+        return rc;
+    if (g->json)
+        print_json(res);
+    else
+        printf("nllmd is shutting down: running jobs are paused at a step boundary (state "
+               "interrupted);\nresume them with `nllmctl resume NAME` once it runs again.\n");
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static const char *fnum(const json_t *o, const char *key, int prec, char *buf, size_t n)
+{
+    nllm_fmt_field(o, key, prec, buf, n);
+    return buf;
+}
+
+static int cmd_list(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if (optind < argc)
+        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
+    json_t *res = NULL;
+    if ((rc = call1(g, "list", NULL, &res)))
+        return rc;
+    if (g->json) {
+        print_json(res);
+        json_decref(res);
+        return EXIT_OK;
+    }
+    const json_t *jobs = json_object_get(res, "jobs");
+    if (!json_array_size(jobs)) {
+        printf("No jobs. Start one with `nllmctl start NAME --data FILE`.\n");
+        json_decref(res);
+        return EXIT_OK;
+    }
+    table_t t;
+    table_init(&t, 8);
+    table_row(&t, "NAME", "STATE", "EPOCH", "PROGRESS", "VAL_LOSS", "BEST_VAL", "DEVICE",
+              "UPDATED");
+    size_t i;
+    const json_t *j;
+    json_array_foreach(jobs, i, j)
+    {
+        char ep[48], prog[32] = "-", vl[32], best[48] = "-", upd[48];
+        snprintf(ep, sizeof ep, "%lld/%lld", (long long)nllm_j_int(j, "epoch", 0),
+                 (long long)nllm_j_int(j, "num_epochs", 0));
+        const char *st = nllm_j_str(j, "state", "?");
+        int64_t spe = nllm_j_int(j, "steps_per_epoch", 0);
+        if ((!strcmp(st, "running") || !strcmp(st, "pausing")) && spe > 0)
+            snprintf(prog, sizeof prog, "%.0f%%",
+                     100.0 * (double)nllm_j_int(j, "step", 0) / (double)spe);
+        double b;
+        if (nllm_j_num(j, "best_val_loss", &b))
+            snprintf(best, sizeof best, "%.4f@%lld", b, (long long)nllm_j_int(j, "best_epoch", 0));
+        double u = 0;
+        nllm_j_num(j, "updated", &u);
+        nllm_fmt_time(u, upd, sizeof upd);
+        const char *dev = nllm_j_str(j, "device", NULL);
+        table_row(&t, nllm_j_str(j, "name", "?"), st, ep, prog, fnum(j, "val_loss", 4, vl, sizeof vl),
+                  best, dev && *dev ? dev : "-", upd);
+    }
+    table_print(&t);
+    json_decref(res);
+    return EXIT_OK;
+}
+
+/* Commands taking NAME and printing a job status: status, stop, pause, extend. */
+static int cmd_status(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    json_t *res = NULL;
+    if ((rc = call1(g, "status", name_params(argv[optind]), &res)))
+        return rc;
+    if (g->json)
+        print_json(res);
+    else
+        print_status(res);
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_stop(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    json_t *res = NULL;
+    if ((rc = call1(g, "stop", name_params(argv[optind]), &res)))
+        return rc;
+    if (g->json) {
+        print_json(res);
+    } else {
+        one_line_status("Stopping job", res);
+        printf("It ends at the next step boundary and saves checkpoint final.\n");
+    }
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_pause(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static const struct option lo[] = {COMMON_OPTS,
+                                       {"at-epoch-end", no_argument, 0, O_AT_EPOCH_END},
+                                       {0, 0, 0, 0}};
+    misc_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    json_t *params = name_params(argv[optind]), *res = NULL;
+    if (o.at_epoch_end)
+        json_object_set_new(params, "at_epoch_end", json_true());
+    if ((rc = call1(g, "pause", params, &res)))
+        return rc;
+    if (g->json) {
+        print_json(res);
+    } else {
+        one_line_status("Pausing job", res);
+        if (!strcmp(nllm_j_str(res, "state", ""), "pausing"))
+            printf("It stops %s, saves checkpoint paused and frees its device.\n",
+                   o.at_epoch_end ? "at the end of the epoch" : "at the next step boundary");
+    }
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_extend(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if (argc - optind < 2)
+        return usage_error(c, argc - optind < 1 ? "missing the job NAME" : "missing NUM_EPOCHS");
+    if (argc - optind > 2)
+        return usage_error(c, "unexpected argument \"%s\"", argv[optind + 2]);
+    int64_t n;
+    if (parse_i64(argv[optind + 1], 1, 1000000, &n) < 0)
+        return usage_error(c, "NUM_EPOCHS wants a whole number 1..1000000, not \"%s\"",
+                           argv[optind + 1]);
+    json_t *params = name_params(argv[optind]), *res = NULL;
+    json_object_set_new(params, "num_epochs", json_integer(n));
+    if ((rc = call1(g, "extend", params, &res)))
+        return rc;
+    if (g->json)
+        print_json(res);
+    else
+        one_line_status("Extended job", res);
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_watch(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    nllm_conn_t conn;
+    if ((rc = connect_daemon(g, &conn)))
+        return rc;
+    rc = nllm_watch_run(&conn, argv[optind], g->json, 0, 0);
+    nllm_conn_close(&conn);
+    return rc;
+}
+
+static int cmd_verify(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static const struct option lo[] = {COMMON_OPTS, {"all", no_argument, 0, O_ALL}, {0, 0, 0, 0}};
+    misc_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
+    if (rc >= 0)
+        return rc;
+    json_t *params;
+    if (o.all) {
+        if (optind < argc)
+            return usage_error(c, "give a job NAME or --all, not both");
+        params = json_pack("{sb}", "all", 1);
+    } else {
+        if (optind >= argc)
+            return usage_error(c, "give a job NAME or --all");
+        if ((rc = need_name(c, argc, argv, 1)) >= 0)
+            return rc;
+        params = name_params(argv[optind]);
+    }
+    json_t *res = NULL;
+    if ((rc = call1(g, "verify", params, &res)))
+        return rc;
+    int64_t bad = nllm_j_int(res, "bad", 0);
+    if (g->json) {
+        print_json(res);
+    } else {
+        const json_t *results = json_object_get(res, "results");
+        if (json_array_size(results)) {
+            table_t t;
+            table_init(&t, 4);
+            table_row(&t, "JOB", "CHECKPOINT", "STATUS", "REASON");
+            size_t i;
+            const json_t *r;
+            json_array_foreach(results, i, r)
+            {
+                const char *reason = nllm_j_str(r, "reason", "");
+                table_row(&t, nllm_j_str(r, "job", "?"), nllm_j_str(r, "name", "?"),
+                          nllm_j_str(r, "status", "?"), *reason ? reason : "-");
+            }
+            table_print(&t);
+        }
+        printf("checked %lld checkpoint%s: %lld bad\n", (long long)nllm_j_int(res, "checked", 0),
+               nllm_j_int(res, "checked", 0) == 1 ? "" : "s", (long long)bad);
+    }
+    json_decref(res);
+    if (bad > 0) {
+        fflush(stdout);
+        fprintf(stderr, "nllmctl: %lld checkpoint%s failed verification (marked bad; resume "
+                        "from another one)\n",
+                (long long)bad, bad == 1 ? "" : "s");
+        return EXIT_DAEMON;
+    }
+    return EXIT_OK;
+}
+
+static int cmd_checkpoints(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static const struct option lo[] = {COMMON_OPTS, {"all", no_argument, 0, O_ALL}, {0, 0, 0, 0}};
+    misc_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    json_t *params = name_params(argv[optind]), *res = NULL;
+    if (o.all)
+        json_object_set_new(params, "all", json_true());
+    if ((rc = call1(g, "checkpoints", params, &res)))
+        return rc;
+    if (g->json) {
+        print_json(res);
+        json_decref(res);
+        return EXIT_OK;
+    }
+    const json_t *cks = json_object_get(res, "checkpoints");
+    if (!json_array_size(cks)) {
+        printf("No checkpoints yet for %s.\n", argv[optind]);
+        json_decref(res);
+        return EXIT_OK;
+    }
+    table_t t;
+    table_init(&t, 9);
+    table_row(&t, "NAME", "EPOCH", "STEP", "VAL_LOSS", "SIZE", "CREATED", "STATUS",
+              o.all ? "CURRENT" : "ATTEMPT", "CHECKSUM");
+    size_t i;
+    const json_t *k;
+    json_array_foreach(cks, i, k)
+    {
+        char ep[32], stp[32], vl[32], sz[32] = "-", cr[48], status[256], cur[32];
+        snprintf(ep, sizeof ep, "%lld", (long long)nllm_j_int(k, "epoch", 0));
+        snprintf(stp, sizeof stp, "%lld", (long long)nllm_j_int(k, "step", 0));
+        double x = 0;
+        if (nllm_j_num(k, "size", &x))
+            nllm_fmt_size(x, sz, sizeof sz);
+        x = 0;
+        nllm_j_num(k, "created", &x);
+        nllm_fmt_time(x, cr, sizeof cr);
+        const char *s = nllm_j_str(k, "status", "?"), *why = nllm_j_str(k, "bad_reason", "");
+        if (why && *why && strcmp(s, "ok") != 0)
+            snprintf(status, sizeof status, "%s (%s)", s, why);
+        else
+            snprintf(status, sizeof status, "%s", s);
+        if (o.all)
+            snprintf(cur, sizeof cur, "%s, attempt %lld",
+                     nllm_j_bool(k, "current", 1) ? "yes" : "superseded",
+                     (long long)nllm_j_int(k, "attempt", 1));
+        else
+            snprintf(cur, sizeof cur, "%lld", (long long)nllm_j_int(k, "attempt", 1));
+        table_row(&t, nllm_j_str(k, "name", "?"), ep, stp, fnum(k, "val_loss", 4, vl, sizeof vl),
+                  sz, cr, status, cur, nllm_j_str(k, "checksum", "-"));
+    }
+    table_print(&t);
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static void csv_num(const json_t *o, const char *key, int last)
+{
+    double v;
+    if (nllm_j_num(o, key, &v))
+        printf("%.10g", v);
+    fputc(last ? '\n' : ',', stdout);
+}
+
+static int cmd_history(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static const struct option lo[] = {COMMON_OPTS, {"all", no_argument, 0, O_ALL},
+                                       {"csv", no_argument, 0, O_CSV}, {0, 0, 0, 0}};
+    misc_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    json_t *params = name_params(argv[optind]), *res = NULL;
+    if (o.all)
+        json_object_set_new(params, "all", json_true());
+    if ((rc = call1(g, "history", params, &res)))
+        return rc;
+    const json_t *eps = json_object_get(res, "epochs");
+    size_t i;
+    const json_t *e;
+    if (g->json) {
+        print_json(res);
+    } else if (o.csv) {
+        printf("epoch,attempt,train_loss,val_loss,train_ppl,val_ppl,val_acc,seconds,"
+               "tokens_per_s,superseded\n");
+        json_array_foreach(eps, i, e)
+        {
+            printf("%lld,%lld,", (long long)nllm_j_int(e, "epoch", 0),
+                   (long long)nllm_j_int(e, "attempt", 1));
+            csv_num(e, "train_loss", 0);
+            csv_num(e, "val_loss", 0);
+            csv_num(e, "train_ppl", 0);
+            csv_num(e, "val_ppl", 0);
+            csv_num(e, "val_acc", 0);
+            csv_num(e, "seconds", 0);
+            csv_num(e, "tokens_per_s", 0);
+            printf("%d\n", nllm_j_bool(e, "superseded", 0));
+        }
+    } else if (!json_array_size(eps)) {
+        printf("No epochs completed yet for %s.\n", argv[optind]);
+    } else {
+        table_t t;
+        table_init(&t, 10);
+        table_row(&t, "EPOCH", "ATTEMPT", "TRAIN_LOSS", "VAL_LOSS", "TRAIN_PPL", "VAL_PPL",
+                  "VAL_ACC", "TIME", "TOK/S", "NOTE");
+        json_array_foreach(eps, i, e)
+        {
+            char ep[32], at[32], tl[32], vl[32], tp[32], vp[32], va[32] = "-", tm[32] = "-",
+                                                                 tk[32] = "-";
+            snprintf(ep, sizeof ep, "%lld", (long long)nllm_j_int(e, "epoch", 0));
+            snprintf(at, sizeof at, "%lld", (long long)nllm_j_int(e, "attempt", 1));
+            double x;
+            if (nllm_j_num(e, "val_acc", &x))
+                snprintf(va, sizeof va, "%.2f%%", x * 100);
+            if (nllm_j_num(e, "seconds", &x))
+                nllm_fmt_duration(x, tm, sizeof tm);
+            if (nllm_j_num(e, "tokens_per_s", &x))
+                nllm_fmt_count(x, tk, sizeof tk);
+            table_row(&t, ep, at, fnum(e, "train_loss", 4, tl, sizeof tl),
+                      fnum(e, "val_loss", 4, vl, sizeof vl), fnum(e, "train_ppl", 2, tp, sizeof tp),
+                      fnum(e, "val_ppl", 2, vp, sizeof vp), va, tm, tk,
+                      nllm_j_bool(e, "superseded", 0) ? "superseded" : "");
+        }
+        table_print(&t);
+    }
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_events(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static const struct option lo[] = {COMMON_OPTS, {"limit", required_argument, 0, O_LIMIT},
+                                       {0, 0, 0, 0}};
+    misc_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    json_t *params = name_params(argv[optind]), *res = NULL;
+    if (o.limit)
+        json_object_set_new(params, "limit", json_integer(o.limit));
+    if ((rc = call1(g, "events", params, &res)))
+        return rc;
+    if (g->json) {
+        print_json(res);
+    } else {
+        const json_t *evs = json_object_get(res, "events");
+        size_t i, kw = 4;
+        const json_t *e;
+        json_array_foreach(evs, i, e)
+        {
+            size_t n = strlen(nllm_j_str(e, "kind", ""));
+            if (n > kw)
+                kw = n;
+        }
+        json_array_foreach(evs, i, e)
+        {
+            char ts[48];
+            double t = 0;
+            nllm_j_num(e, "ts", &t);
+            nllm_fmt_time(t, ts, sizeof ts);
+            printf("%s  %-*s  %s\n", ts, (int)kw, nllm_j_str(e, "kind", "?"),
+                   nllm_j_str(e, "message", ""));
+        }
+        if (!json_array_size(evs))
+            printf("No events for %s.\n", argv[optind]);
+    }
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_rm(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static const struct option lo[] = {COMMON_OPTS,
+                                       {"delete-files", no_argument, 0, O_DELETE_FILES},
+                                       {0, 0, 0, 0}};
+    misc_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    json_t *params = name_params(argv[optind]), *res = NULL;
+    if (o.delete_files)
+        json_object_set_new(params, "delete_files", json_true());
+    if ((rc = call1(g, "remove", params, &res)))
+        return rc;
+    if (g->json)
+        print_json(res);
+    else if (o.delete_files)
+        printf("Removed job %s and deleted %lld file%s.\n", argv[optind],
+               (long long)nllm_j_int(res, "deleted_files", 0),
+               nllm_j_int(res, "deleted_files", 0) == 1 ? "" : "s");
+    else
+        printf("Removed job %s from the catalog (its files are kept; --delete-files removes "
+               "them).\n",
+               argv[optind]);
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_generate(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static const struct option lo[] = {COMMON_OPTS,
+                                       {"checkpoint", required_argument, 0, O_CHECKPOINT},
+                                       {"prompt", required_argument, 0, O_PROMPT},
+                                       {"tokens", required_argument, 0, O_TOKENS},
+                                       {"temperature", required_argument, 0, O_TEMPERATURE},
+                                       {"seed", required_argument, 0, O_SEED},
+                                       {0, 0, 0, 0}};
+    misc_opts_t o;
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    json_t *params = name_params(argv[optind]), *res = NULL;
+    if (o.checkpoint)
+        json_object_set_new(params, "checkpoint", json_string(o.checkpoint));
+    if (o.prompt)
+        json_object_set_new(params, "prompt", json_string(o.prompt));
+    if (o.have_tokens)
+        json_object_set_new(params, "tokens", json_integer(o.tokens));
+    if (o.have_temp)
+        json_object_set_new(params, "temperature", json_real(o.temperature));
+    if (o.have_seed)
+        json_object_set_new(params, "seed", json_integer(o.seed));
+    if ((rc = call1(g, "generate", params, &res)))
+        return rc;
+    if (g->json) {
+        print_json(res);
+    } else {
+        const char *text = nllm_j_str(res, "text", "");
+        size_t n = strlen(text);
+        fputs(text, stdout);
+        if (n == 0 || text[n - 1] != '\n')
+            fputc('\n', stdout);
+    }
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_help(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    (void)g;
+    (void)c;
+    if (argc >= 2) {
+        const cmd_t *h = find_cmd(argv[1]);
+        if (!h) {
+            fprintf(stderr, "nllmctl: unknown command \"%s\"\n", argv[1]);
+            print_main_usage(stderr);
+            return EXIT_USAGE;
+        }
+        print_cmd_help(h);
+        return EXIT_OK;
+    }
+    print_main_usage(stdout);
+    return EXIT_OK;
+}
+
+/* ---- command table ----------------------------------------------------- */
+
+static const cmd_t commands[] = {
+    {"start", cmd_start,
+     "start NAME --data TRAIN [--val VAL] [--config FILE] [--epochs N] [--batch N] [--lr X]\n"
+     "       [--seq-len N] [--vocab N] [--embed-dim N] [--hidden-dim N] [--context-dim N]\n"
+     "       [--layers N] [--dropout X] [--patience N] [--reset-patience] [--save-every N]\n"
+     "       [--keep N] [--clip X|reference|none] [--seed N] [--tokenizer word|byte]\n"
+     "       [--device D] [--init-from JOB:CKPT|FILE] [--init-optimizer] [--threads N]\n"
+     "       [--set KEY=VALUE] [--watch]",
+     "create a training job and queue it",
+     "Creates job NAME ([A-Za-z0-9._-], 1-64 characters, not starting with '.') and\n"
+     "queues it until a device is free. Settings come from the defaults, then the job\n"
+     "file (--config), then the flags, in that order; the full configuration is sent.\n"
+     "Paths are made absolute here: flag paths relative to the working directory,\n"
+     "job-file paths relative to the job file.\n"
+     "\n"
+     "Data:\n"
+     "  --data TRAIN         training text (required; one paragraph per line)\n"
+     "  --val VAL            validation text (default: hold out val_fraction, 10%, of\n"
+     "                       the training paragraphs)\n"
+     "  --tokenizer word|byte  word level (default) or bytes (vocab is then 259)\n"
+     "  --config FILE        job file: `key = value` lines, # or ; comments, optional\n"
+     "                       [section] headers; keys as listed below\n"
+     "Model shape (fixed for the job's life):\n"
+     "  --vocab N            vocabulary size (vocab_size, default 1000)\n"
+     "  --embed-dim N        token embedding size (embed_dim, 256)\n"
+     "  --hidden-dim N       feed-forward width (hidden_dim, 512)\n"
+     "  --context-dim N      context vector size (context_dim, 512)\n"
+     "  --layers N           feed-forward layers (num_layers, 12)\n"
+     "  --seq-len N          tokens per training window (max_seq_length, 64)\n"
+     "  --dropout X          dropout after every ReLU (dropout, 0.1)\n"
+     "Training:\n"
+     "  --epochs N           epochs to train (num_epochs, 50)\n"
+     "  --batch N            windows per step (batch_size, 512)\n"
+     "  --lr X               Adam learning rate (learning_rate, 1e-4)\n"
+     "  --clip X|reference|none  gradient clipping: a max norm, the reference schedule\n"
+     "                       (0.5 for epochs 1-10, 1.0 to 30, then 2.0; default), or none\n"
+     "  --patience N         early-stopping patience in epochs, 0 = off (patience, 15)\n"
+     "  --reset-patience     restart the patience counter when the job is resumed\n"
+     "  --seed N             seed of init, data order and dropout (seed, 42)\n"
+     "  --init-from JOB:CKPT|FILE  start from another job's checkpoint (e.g. base:best)\n"
+     "                       or a safetensors file, keeping the source's tokenizer\n"
+     "  --init-optimizer     with --init-from, also take its Adam state\n"
+     "Checkpoints:\n"
+     "  --save-every N       epochs between NAME_epoch_N checkpoints (save_every, 5)\n"
+     "  --keep N             periodic checkpoints kept, 0 = all (keep, 0)\n"
+     "Placement:\n"
+     "  --device D           cpu or cuda:N (default: any free device)\n"
+     "  --threads N          CPU threads, 0 = all (threads, 0)\n"
+     "Other:\n"
+     "  --set KEY=VALUE      any configuration key, e.g. --set weight_decay=0.01\n"
+     "                       (keys: vocab_size embed_dim hidden_dim context_dim num_layers\n"
+     "                       max_seq_length dropout data val tokenizer val_fraction\n"
+     "                       num_epochs batch_size learning_rate beta1 beta2 eps\n"
+     "                       weight_decay clip patience min_delta reset_patience seed\n"
+     "                       save_every keep device threads)\n"
+     "  --watch              then follow the job like `nllmctl watch NAME`\n"
+     "\n"
+     "A bad flag value or a missing data file is a usage error (exit 2).\n"},
+    {"list", cmd_list, "list", "list the jobs and their state",
+     "Prints one line per job: NAME STATE EPOCH (done/target) PROGRESS (of the running\n"
+     "epoch) VAL_LOSS (last epoch) BEST_VAL (loss@epoch) DEVICE UPDATED.\n"},
+    {"status", cmd_status, "status NAME", "show one job's state, metrics and configuration",
+     "Prints `key: value` lines: state, epoch, step, losses, best validation loss,\n"
+     "device, error, times, and the full configuration.\n"},
+    {"watch", cmd_watch, "watch NAME", "follow a job's training live",
+     "Draws the training display: a header (model dims, parameters, device), then per\n"
+     "epoch `Epoch N/M`, a progress bar with percent, elapsed time, ETA and the running\n"
+     "loss, and at the epoch's end `Val: Loss=.. PPL=.. Acc=..%` (✓ for a new best),\n"
+     "plus checkpoint saves and the resume point. Without a terminal, or with NO_COLOR\n"
+     "set, prints plain lines instead (a progress line at most every 10 s and one per\n"
+     "epoch). With --json prints the watch result, then one notification\n"
+     "{\"method\", \"params\"} per line.\n"
+     "Exits 0 when the job is completed, stopped, paused or interrupted, 1 when it\n"
+     "failed, 3 when the connection is lost. Ctrl-C detaches (exit 0); the job goes on.\n"},
+    {"pause", cmd_pause, "pause NAME [--at-epoch-end]", "pause a job, freeing its device",
+     "The job stops at the next step boundary, writes checkpoint paused and becomes\n"
+     "paused; a queued job is paused at once.\n"
+     "  --at-epoch-end       finish the running epoch first\n"},
+    {"resume", cmd_resume,
+     "resume NAME [CKPT] [--epochs N] [--reset-patience] [--lr X] [--batch N]\n"
+     "       [--patience N] [--clip X] [--set KEY=VALUE] [--watch]",
+     "continue a paused, interrupted, stopped, completed or failed job",
+     "CKPT is paused, latest (default), best, final or epoch_N; history after it is kept\n"
+     "but marked superseded. Training settings may change; the model shape may not.\n"
+     "  --epochs N           new target number of epochs (num_epochs)\n"
+     "  --reset-patience     restart the early-stopping counter\n"
+     "  --lr X               learning rate from now on\n"
+     "  --batch N            batch size from now on\n"
+     "  --patience N         early-stopping patience from now on\n"
+     "  --clip X             clipping from now on: a max norm, reference or none\n"
+     "  --set KEY=VALUE      any other training setting (e.g. weight_decay=0.01)\n"
+     "  --watch              then follow the job like `nllmctl watch NAME`\n"},
+    {"extend", cmd_extend, "extend NAME NUM_EPOCHS", "raise a job's target number of epochs",
+     "Sets the target to NUM_EPOCHS on a running, paused or completed job; a completed\n"
+     "job continues from its final checkpoint at once.\n"},
+    {"stop", cmd_stop, "stop NAME", "end a job for good (checkpoint final)",
+     "The job ends at the next step boundary, writes checkpoint final and becomes\n"
+     "stopped (it can still be resumed later).\n"},
+    {"verify", cmd_verify, "verify NAME|--all", "re-hash checkpoint files",
+     "Re-hashes every checkpoint of job NAME (or of all jobs) against the catalog and\n"
+     "marks the bad ones. Exits 1 when a checkpoint is bad.\n"
+     "  --all                every job\n"},
+    {"checkpoints", cmd_checkpoints, "checkpoints NAME [--all]", "list a job's checkpoints",
+     "Prints NAME EPOCH STEP VAL_LOSS SIZE CREATED STATUS ATTEMPT CHECKSUM (xxh64).\n"
+     "  --all                include checkpoints superseded by a resume (CURRENT column)\n"},
+    {"history", cmd_history, "history NAME [--all] [--csv]", "per-epoch metrics of a job",
+     "Prints one line per completed epoch: losses, perplexities, accuracy, time, speed.\n"
+     "  --all                include epochs superseded by a resume\n"
+     "  --csv                CSV with the header epoch,attempt,train_loss,val_loss,\n"
+     "                       train_ppl,val_ppl,val_acc,seconds,tokens_per_s,superseded\n"},
+    {"events", cmd_events, "events NAME [--limit N]", "a job's event log, newest last",
+     "Prints `TIME KIND MESSAGE` lines with ISO 8601 local times.\n"
+     "  --limit N            only the newest N events\n"},
+    {"rm", cmd_rm, "rm NAME [--delete-files]", "remove a job from the catalog",
+     "A running or queued job must be paused or stopped first.\n"
+     "  --delete-files       also delete its checkpoint files\n"},
+    {"generate", cmd_generate,
+     "generate NAME [--checkpoint C] [--prompt TEXT] [--tokens N] [--temperature X]\n"
+     "       [--seed N]",
+     "sample text from a job's checkpoint",
+     "Prints the generated text.\n"
+     "  --checkpoint C       best (default when there is one), latest, final, paused, epoch_N\n"
+     "  --prompt TEXT        text to continue\n"
+     "  --tokens N           tokens to generate (default 50)\n"
+     "  --temperature X      sampling temperature (default 1.0; 0 = greedy)\n"
+     "  --seed N             sampling seed\n"},
+    {"hello", cmd_hello, "hello", "show the daemon's version, devices and limits",
+     "Prints the daemon version, protocol, maximum concurrent jobs, whether TCP clients\n"
+     "must authenticate, and each device with the job using it.\n"},
+    {"shutdown", cmd_shutdown, "shutdown", "stop the daemon",
+     "Pauses every running job at a step boundary (state interrupted) and exits.\n"},
+    {"version", cmd_version, "version", "print nllmctl's (and the daemon's) version",
+     "Prints nllmctl's version and, when it can be reached, the daemon's.\n"},
+    {"help", cmd_help, "help [COMMAND]", "help for a command", "Same as `COMMAND --help`.\n"},
+    {0, 0, 0, 0, 0},
+};
+
+static const cmd_t *find_cmd(const char *name)
+{
+    if (!strcmp(name, "remove"))
+        name = "rm";
+    for (const cmd_t *c = commands; c->name; c++)
+        if (!strcmp(c->name, name))
+            return c;
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    static global_t g;
+    static const struct option lo[] = {COMMON_OPTS, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "+:hV", lo, NULL)) != -1) {
+        if (opt == 'h') {
+            print_main_usage(stdout);
+            return EXIT_OK;
+        }
+        if (opt == 'V') {
+            printf("nllmctl %s (protocol %d)\n", NLLM_VERSION, NLLM_PROTOCOL_VERSION);
+            return EXIT_OK;
+        }
+        if (common_opt(&g, opt))
+            continue;
+        if (opt == ':')
+            fprintf(stderr, "nllmctl: %s needs a value\n", argv[optind - 1]);
+        else
+            fprintf(stderr, "nllmctl: unknown flag %s\n", argv[optind - 1]);
+        print_main_usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "nllmctl: missing COMMAND\n");
+        print_main_usage(stderr);
+        return EXIT_USAGE;
+    }
+    const cmd_t *c = find_cmd(argv[optind]);
+    if (!c) {
+        fprintf(stderr, "nllmctl: unknown command \"%s\"\n", argv[optind]);
+        print_main_usage(stderr);
+        return EXIT_USAGE;
+    }
+    int rc = c->run(&g, c, argc - optind, argv + optind);
+    fflush(stdout);
+    return rc;
+}
