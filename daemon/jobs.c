@@ -803,6 +803,19 @@ int nllmd_job_create(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
     return 0;
 }
 
+/* A superseded row whose file name a newer current row took over (best,
+ * final, paused are replaced in place) no longer owns that file: only rows
+ * that still own their file are checked. */
+static int owns_file(const nllm_catalog_ckpt_t *cks, size_t n, size_t i)
+{
+    if (cks[i].current)
+        return 1;
+    for (size_t k = 0; k < n; k++)
+        if (k != i && cks[k].current && strcmp(cks[k].path, cks[i].path) == 0)
+            return 0;
+    return 1;
+}
+
 /* Marks rows whose file is missing, short or fails its checksum. */
 static void reconcile_checkpoints(nllm_job_t *j)
 {
@@ -818,7 +831,7 @@ static void reconcile_checkpoints(nllm_job_t *j)
     if (nllm_catalog_ckpt_list(j->d->cat, j->name, 0, &cks, &n, &err) < 0)
         return;
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(cks[i].status, "ok") != 0)
+        if (strcmp(cks[i].status, "ok") != 0 || !owns_file(cks, n, i))
             continue;
         struct stat st;
         char reason[512] = "";
@@ -1177,6 +1190,8 @@ int nllmd_verify_job(nllmd_t *d, nllm_job_t *j, json_t *results, int *checked, i
     if (rc < 0)
         return rc;
     for (size_t i = 0; i < n; i++) {
+        if (!owns_file(cks, n, i))
+            continue;
         (*checked)++;
         char reason[1024] = "";
         nllm_st_file_t *f;

@@ -402,7 +402,9 @@ static int m_shutdown(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json
 {
     (void)id, (void)p, (void)err;
     *res = json_pack("{s:b}", "ok", 1);
-    nllmd_begin_shutdown(c->d, "shutdown requested by a client");
+    /* after this reply is queued: the loop begins the shutdown on its next turn */
+    c->d->shutdown_requested = 1;
+    uv_async_send(&c->d->async);
     return 0;
 }
 

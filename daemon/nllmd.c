@@ -111,6 +111,8 @@ static void on_async(uv_async_t *h)
 {
     nllmd_t *d = h->data;
     nllmd_events_drain(d);
+    if (d->shutdown_requested)
+        nllmd_begin_shutdown(d, "shutdown requested by a client");
     notify_status(d);
     finish_if_idle(d);
 }

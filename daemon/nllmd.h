@@ -188,6 +188,7 @@ struct nllmd {
     pthread_mutex_t evmu;
     nllmd_ev_t *ev_head, *ev_tail;
     int shutting_down;
+    int shutdown_requested; /* by the shutdown method; acted on in on_async */
     int exit_code;
     double started;
     uint64_t requests;

@@ -430,7 +430,7 @@ int nllmd_server_start(nllmd_t *d, nllm_err_t *err)
 void nllmd_server_close(nllmd_t *d)
 {
     for (nllm_conn_t *c = d->conns; c; c = c->next)
-        conn_close(c);
+        nllmd_conn_close_after_writes(c);
     if (d->have_unix && !uv_is_closing((uv_handle_t *)&d->unix_server)) {
         uv_close((uv_handle_t *)&d->unix_server, NULL);
         if (!d->socket_activated)

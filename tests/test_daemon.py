@@ -1,0 +1,328 @@
+#!/usr/bin/python3
+"""test_daemon.py -- end-to-end: the real nllmd driven by the real nllmctl.
+
+Starts nllmd on a temporary state dir and socket and checks, through
+`nllmctl --json`: start, watch, pause in the middle of an epoch and resume
+from `paused`, resume from `epoch_3` after completion, bit-identical final
+weights for a straight run and for both interrupted runs, extend, stop,
+list, checkpoints, history (superseded rows), events, verify, generate,
+a job that fails (its data file vanished) while the daemon keeps serving,
+SIGKILL then restart (job `interrupted`, checkpoints verify, resumes),
+SIGTERM (paused checkpoint, exit 0), and 50 concurrent clients calling
+status while a job trains.
+
+Usage: test_daemon.py BUILD_DIR   (meson passes it). Prints "N passed, M failed".
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BUILD = sys.argv[1] if len(sys.argv) > 1 else "build"
+NLLMD = os.path.join(BUILD, "nllmd")
+NLLMCTL = os.path.join(BUILD, "nllmctl")
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+        print("ok   " + what, flush=True)
+    else:
+        failed += 1
+        print("FAIL " + what, flush=True)
+    return cond
+
+
+class Daemon:
+    def __init__(self, tmp, extra=()):
+        self.tmp = tmp
+        self.sock = os.path.join(tmp, "d.sock")
+        self.state = os.path.join(tmp, "state")
+        self.log = open(os.path.join(tmp, "nllmd.log"), "a")
+        self.p = subprocess.Popen([NLLMD, "--state-dir", self.state, "--socket", self.sock,
+                                   "--devices", "cpu", "--threads", "1"] + list(extra),
+                                  stdout=self.log, stderr=self.log)
+        for _ in range(200):
+            if os.path.exists(self.sock) and self.ctl("hello", ok=None)[0] == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("nllmd did not come up; see " + self.log.name)
+
+    def ctl(self, *args, ok=True, timeout=120):
+        r = subprocess.run([NLLMCTL, "--socket", self.sock, "--json"] + list(args),
+                           capture_output=True, text=True, timeout=timeout)
+        out = None
+        if r.stdout.strip():
+            try:
+                out = json.loads(r.stdout) if args[0] != "watch" else r.stdout
+            except ValueError:
+                out = r.stdout
+        if ok is True and r.returncode != 0:
+            print("  nllmctl %s -> %d: %s" % (" ".join(args), r.returncode, r.stderr.strip()))
+        return r.returncode, out, r.stderr
+
+    def status(self, name):
+        return self.ctl("status", name, ok=None)[1] or {"state": "missing", "epoch": -1,
+                                                         "step": 0, "steps_per_epoch": 1,
+                                                         "global_step": 0, "error": None,
+                                                         "attempt": 0}
+
+    def wait_state(self, name, states, timeout=120):
+        t = time.time()
+        while time.time() - t < timeout:
+            st = self.status(name)
+            if st and st["state"] in states:
+                return st
+            time.sleep(0.05)
+        return self.status(name)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        self.p.send_signal(sig)
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return None
+
+
+def corpus(path, lines, seed):
+    rnd = random.Random(seed)
+    words = ("the king queen lord lady sword crown castle river night day sun moon "
+             "speak love war peace heart mind fair foul good ill").split()
+    with open(path, "w") as f:
+        for _ in range(lines):
+            f.write(" ".join(rnd.choice(words) for _ in range(rnd.randint(5, 14))) + "\n")
+
+
+SMALL = ["--vocab", "30", "--embed-dim", "8", "--hidden-dim", "24", "--context-dim", "8",
+         "--layers", "2", "--seq-len", "16", "--batch", "4", "--lr", "0.003",
+         "--save-every", "3", "--dropout", "0.1", "--threads", "1"]
+
+
+def final_hash(d, name):
+    cks = d.ctl("checkpoints", name)[1]["checkpoints"]
+    for c in cks:
+        if c["name"] == "final":
+            return c["weights_hash"]
+    return None
+
+
+def main():
+    if not (os.access(NLLMD, os.X_OK) and os.access(NLLMCTL, os.X_OK)):
+        print("SKIP: %s or %s is not built" % (NLLMD, NLLMCTL))
+        return 77
+    tmp = tempfile.mkdtemp(prefix="nllm-daemon-test-")
+    try:
+        return run(tmp)
+    finally:
+        if failed == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("kept " + tmp)
+
+
+def run(tmp):
+    data = os.path.join(tmp, "train.txt")
+    corpus(data, 1500, 1)
+    d = Daemon(tmp)
+    rc, hello, _ = d.ctl("hello")
+    check(rc == 0 and hello["protocol"] == 1 and hello["devices"][0]["name"] == "cpu", "hello")
+
+    # --- a straight run of 6 epochs (reference weights) ---
+    rc, st, err = d.ctl("start", "ref", "--data", data, "--epochs", "6", *SMALL)
+    check(rc == 0 and st["state"] in ("queued", "running"), "start ref")
+    rc, out, _ = d.ctl("watch", "ref", timeout=300)
+    check(rc == 0 and '"epoch"' in (out or ""), "watch ref until it completes")
+    st = d.wait_state("ref", ["completed"])
+    check(st["state"] == "completed" and st["epoch"] == 6, "ref completed 6 epochs")
+    ref_hash = final_hash(d, "ref")
+    check(ref_hash is not None, "ref has a final checkpoint")
+    names = sorted(c["name"] for c in d.ctl("checkpoints", "ref")[1]["checkpoints"])
+    check(names == ["best", "epoch_3", "epoch_6", "final"], "ref checkpoints: %s" % names)
+    hist = d.ctl("history", "ref")[1]["epochs"]
+    check(len(hist) == 6 and all(h["val_loss"] is not None for h in hist), "ref history")
+
+    # --- pause in the middle of an epoch, resume from paused ---
+    d.ctl("start", "pz", "--data", data, "--epochs", "6", *SMALL)
+    st = d.wait_state("pz", ["running"])
+    t = time.time()
+    while time.time() - t < 60:
+        st = d.status("pz")
+        if st["epoch"] >= 1 and 0 < st["step"] < st["steps_per_epoch"] - 5:
+            break
+        time.sleep(0.01)
+    rc, _, _ = d.ctl("pause", "pz")
+    check(rc == 0, "pause pz")
+    st = d.wait_state("pz", ["paused"])
+    check(st["state"] == "paused", "pz paused")
+    cks = {c["name"]: c for c in d.ctl("checkpoints", "pz")[1]["checkpoints"]}
+    spe = st["steps_per_epoch"]
+    check("paused" in cks and cks["paused"]["step"] % spe != 0,
+          "paused checkpoint is mid-epoch (step %s, %s per epoch)" %
+          (cks.get("paused", {}).get("step"), spe))
+    rc, _, _ = d.ctl("resume", "pz")
+    check(rc == 0, "resume pz from paused")
+    st = d.wait_state("pz", ["completed"], timeout=300)
+    check(st["state"] == "completed", "pz completed")
+    check(final_hash(d, "pz") == ref_hash, "pause mid-epoch + resume: final weights identical to "
+          "the straight run")
+
+    # --- resume from epoch_3 after completion: history superseded, same result ---
+    rc, _, _ = d.ctl("resume", "pz", "epoch_3")
+    check(rc == 0, "resume pz epoch_3")
+    st = d.wait_state("pz", ["completed"], timeout=300)
+    check(st["state"] == "completed" and st["attempt"] == 3, "pz completed again, attempt 3")
+    check(final_hash(d, "pz") == ref_hash, "resume from epoch_3: final weights identical")
+    allh = d.ctl("history", "pz", "--all")[1]["epochs"]
+    cur = d.ctl("history", "pz")[1]["epochs"]
+    check(len(cur) == 6 and sum(1 for h in allh if h["superseded"]) >= 3,
+          "history: 6 current epochs, superseded ones kept (%d rows)" % len(allh))
+
+    # --- extend a completed job ---
+    rc, _, _ = d.ctl("extend", "ref", "8")
+    check(rc == 0, "extend ref to 8")
+    st = d.wait_state("ref", ["completed"], timeout=300)
+    st = d.wait_state("ref", ["completed"], timeout=300)
+    check(st["epoch"] == 8 and len(d.ctl("history", "ref")[1]["epochs"]) == 8,
+          "ref extended to 8 epochs")
+
+    # --- generate, verify, events, list ---
+    rc, g, _ = d.ctl("generate", "ref", "--prompt", "the king", "--tokens", "12", "--seed", "1")
+    check(rc == 0 and isinstance(g.get("text"), str) and g["tokens"] >= 1, "generate")
+    rc, v, _ = d.ctl("verify", "ref")
+    check(rc == 0 and v["bad"] == 0 and v["checked"] >= 4, "verify ref")
+    rc, ev, _ = d.ctl("events", "ref")
+    kinds = {e["kind"] for e in ev["events"]}
+    check({"created", "started", "epoch", "checkpoint", "completed", "extended"} <= kinds,
+          "events recorded (%s)" % sorted(kinds))
+    rc, ls, _ = d.ctl("list")
+    check(rc == 0 and {j["name"] for j in ls["jobs"]} >= {"ref", "pz"}, "list")
+
+    # --- errors ---
+    rc, _, err = d.ctl("status", "nosuch", ok=False)
+    check(rc == 1 and "nosuch" in err, "status of a missing job: exit 1, names the job")
+    rc, _, err = d.ctl("start", "../x", "--data", data, ok=False)
+    check(rc in (1, 2) and "name" in err, "bad job name refused")
+    rc, _, err = d.ctl("resume", "ref", "epoch_99", ok=False)
+    check(rc == 1, "resume from a missing checkpoint refused")
+
+    # --- stop a running job ---
+    d.ctl("start", "st", "--data", data, "--epochs", "50", *SMALL)
+    d.wait_state("st", ["running"])
+    time.sleep(0.3)
+    d.ctl("stop", "st")
+    st = d.wait_state("st", ["stopped"])
+    check(st["state"] == "stopped" and "final" in
+          [c["name"] for c in d.ctl("checkpoints", "st")[1]["checkpoints"]],
+          "stop: stopped with a final checkpoint")
+
+    # --- a job whose data vanished fails; the daemon keeps serving ---
+    gone = os.path.join(tmp, "gone.txt")
+    corpus(gone, 300, 2)
+    d.ctl("start", "blocker", "--data", data, "--epochs", "5000", *SMALL)
+    d.wait_state("blocker", ["running"])
+    d.ctl("start", "vanish", "--data", gone, "--epochs", "2", *SMALL)
+    check(d.status("vanish")["state"] == "queued", "second job queued behind the first")
+    os.unlink(gone)
+    d.ctl("pause", "blocker")
+    st = d.wait_state("vanish", ["failed"])
+    check(st["state"] == "failed" and "gone.txt" in (st["error"] or ""),
+          "job with a vanished data file failed with the reason: %s" % st["error"])
+    check(d.ctl("hello")[0] == 0, "daemon still serving after a failed job")
+
+    # --- 50 concurrent clients while a job trains ---
+    d.ctl("resume", "blocker")
+    d.wait_state("blocker", ["running"])
+    time.sleep(1.0)
+
+    def rate(seconds):
+        a = d.status("blocker")["global_step"]
+        time.sleep(seconds)
+        return (d.status("blocker")["global_step"] - a) / seconds
+
+    base = rate(2.0)
+    answers = [0] * 50
+    stop_flag = threading.Event()
+
+    def client(i):
+        while not stop_flag.is_set():
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(d.sock)
+                name = b"blocker"
+                req = bytes([0x94, 0x00, i, 0xa6]) + b"status" + bytes([0x91, 0x81, 0xa4]) + \
+                    b"name" + bytes([0xa0 | len(name)]) + name
+                s.sendall(req)
+                buf = s.recv(65536)
+                if buf and buf[0] == 0x94 and buf[2] == i:
+                    answers[i] += 1
+            finally:
+                s.close()
+            time.sleep(0.02)
+
+    ths = [threading.Thread(target=client, args=(i,)) for i in range(50)]
+    for t in ths:
+        t.start()
+    loaded = rate(2.0)
+    stop_flag.set()
+    for t in ths:
+        t.join()
+    check(all(a > 0 for a in answers), "50 concurrent clients all answered (%d requests)" %
+          sum(answers))
+    drop = 1 - loaded / base if base > 0 else 1
+    print("     steps/s alone %.1f, with 50 clients %.1f (drop %.1f%%)" % (base, loaded, 100 * drop))
+    check(drop < 0.10, "training rate drop under 50 clients < 10%")
+
+    # --- SIGKILL during training, restart: interrupted, checkpoints verify, resumes ---
+    t = time.time()
+    while time.time() - t < 30 and d.status("blocker")["epoch"] < 4:
+        time.sleep(0.05)
+    d.p.send_signal(signal.SIGKILL)
+    d.p.wait()
+    d = Daemon(tmp)
+    st = d.status("blocker")
+    check(st["state"] == "interrupted", "after SIGKILL the job is interrupted")
+    rc, v, _ = d.ctl("verify", "--all")
+    check(rc == 0 and v["bad"] == 0, "every listed checkpoint verifies after SIGKILL (%s checked)"
+          % (v or {}).get("checked"))
+    tmps = [f for f in os.listdir(os.path.join(d.state, "jobs", "blocker", "checkpoints"))
+            if ".tmp." in f]
+    check(not tmps, "no temporary files left after restart")
+    rc, _, _ = d.ctl("resume", "blocker")
+    st = d.wait_state("blocker", ["running"])
+    check(rc == 0 and st["state"] == "running", "interrupted job resumes")
+
+    # --- SIGTERM: paused checkpoint, exit 0, interrupted; --auto-resume continues ---
+    time.sleep(0.5)
+    code = d.stop(signal.SIGTERM)
+    check(code == 0, "SIGTERM: nllmd exits 0 (got %s)" % code)
+    d = Daemon(tmp)
+    st = d.status("blocker")
+    cks = [c["name"] for c in d.ctl("checkpoints", "blocker")[1]["checkpoints"]]
+    check(st["state"] == "interrupted" and "paused" in cks,
+          "after SIGTERM: interrupted with a paused checkpoint")
+    d.ctl("shutdown")
+    d.p.wait(30)
+    d = Daemon(tmp, ["--auto-resume"])
+    st = d.wait_state("blocker", ["running", "completed"])
+    check(st["state"] in ("running", "completed"), "--auto-resume resumes interrupted jobs")
+    d.ctl("stop", "blocker")
+    d.wait_state("blocker", ["stopped", "completed"])
+    d.ctl("shutdown")
+    check(d.p.wait(30) == 0, "shutdown: exit 0")
+
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
