@@ -1,0 +1,161 @@
+/* test_config.c -- job configuration: model.md defaults, every bad value
+ * rejected with a message naming the field (vocab_size < 5, a dimension 0
+ * or over 65536, batch 0, ...), the job-file parser (FILE:LINE in errors),
+ * JSON round trip, the shape diff used for resume mismatches, and the
+ * reference clipping schedule.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "testutil.h"
+
+static void test_defaults(void)
+{
+    nllm_job_config_t c;
+    nllm_job_config_defaults(&c);
+    CHECK(c.model.vocab_size == 1000 && c.model.embed_dim == 256 && c.model.hidden_dim == 512 &&
+              c.model.context_dim == 512 && c.model.num_layers == 12 &&
+              c.model.max_seq_length == 64 && c.model.dropout == 0.1f,
+          "model defaults differ from model.md");
+    CHECK(c.learning_rate == 1e-4 && c.beta1 == 0.9 && c.beta2 == 0.999 && c.eps == 1e-8 &&
+              c.weight_decay == 0 && c.num_epochs == 50 && c.batch_size == 512 && c.seed == 42 &&
+              c.patience == 15 && c.min_delta == 0.001 && c.save_every == 5,
+          "training defaults differ from model.md");
+    nllm_err_t err;
+    CHECK(nllm_job_config_check(&c, &err) == NLLM_EINVAL && strstr(err.msg, "--data"),
+          "a config without data must be refused: %s", err.msg);
+}
+
+static void expect_bad(const char *key, const char *value, const char *phrase)
+{
+    nllm_job_config_t c;
+    nllm_job_config_defaults(&c);
+    snprintf(c.data, sizeof c.data, "/tmp/x.txt");
+    nllm_err_t err;
+    nllm_err_clear(&err);
+    int rc = nllm_job_config_set(&c, key, value, &err);
+    if (rc == 0)
+        rc = nllm_job_config_check(&c, &err);
+    CHECK(rc == NLLM_EINVAL, "%s = %s accepted", key, value);
+    CHECK(strstr(err.msg, phrase) != NULL, "%s = %s: message \"%s\" lacks \"%s\"", key, value,
+          err.msg, phrase);
+}
+
+static void test_bad_values(void)
+{
+    expect_bad("vocab_size", "4", "vocab_size");
+    expect_bad("vocab_size", "0", "vocab_size");
+    expect_bad("embed_dim", "0", "embed_dim");
+    expect_bad("hidden_dim", "65537", "hidden_dim");
+    expect_bad("context_dim", "0", "context_dim");
+    expect_bad("num_layers", "0", "num_layers");
+    expect_bad("max_seq_length", "1", "max_seq_length");
+    expect_bad("max_seq_length", "70000", "max_seq_length");
+    expect_bad("batch_size", "0", "batch_size");
+    expect_bad("batch", "-3", "batch_size");
+    expect_bad("dropout", "1", "dropout");
+    expect_bad("learning_rate", "abc", "learning_rate");
+    expect_bad("lr", "nan", "learning_rate");
+    expect_bad("clip", "-1", "clip");
+    expect_bad("tokenizer", "char", "tokenizer");
+    expect_bad("device", "gpu0", "device");
+    expect_bad("seed", "-1", "seed");
+    expect_bad("num_epochs", "0", "num_epochs");
+    expect_bad("no_such_key", "1", "no_such_key");
+    expect_bad("reset_patience", "maybe", "reset_patience");
+    /* byte tokenizer needs V = 259 */
+    nllm_job_config_t c;
+    nllm_job_config_defaults(&c);
+    snprintf(c.data, sizeof c.data, "/tmp/x.txt");
+    nllm_err_t err;
+    nllm_job_config_set(&c, "tokenizer", "byte", &err);
+    CHECK(nllm_job_config_check(&c, &err) == NLLM_EINVAL && strstr(err.msg, "259"),
+          "byte tokenizer with V 1000: %s", err.msg);
+}
+
+static void test_job_file(void)
+{
+    const char *text = "# a job file\n[model]\nhidden_dim = 128\ncontext_dim=64\n\n"
+                       "; comment\n[train]\nepochs = 7\nlr = 3e-4\nclip = 1.5\n"
+                       "data = \"/data/train.txt\"\ntokenizer = word\nreset_patience = yes\n";
+    nllm_job_config_t c;
+    nllm_job_config_defaults(&c);
+    nllm_err_t err;
+    CHECK(nllm_job_config_parse_text(text, strlen(text), "job.ini", &c, &err) == 0, "%s",
+          err.msg);
+    CHECK(c.model.hidden_dim == 128 && c.model.context_dim == 64 && c.num_epochs == 7 &&
+              c.learning_rate == 3e-4 && c.clip_mode == NLLM_CLIP_FIXED && c.clip_value == 1.5 &&
+              !strcmp(c.data, "/data/train.txt") && c.reset_patience == 1,
+          "job file values not applied");
+    const char *bad = "hidden_dim = 128\nthis line is wrong\n";
+    CHECK(nllm_job_config_parse_text(bad, strlen(bad), "job.ini", &c, &err) == NLLM_EINVAL &&
+              strstr(err.msg, "job.ini:2"),
+          "bad line: %s", err.msg);
+    const char *bad2 = "layers = 0\n";
+    CHECK(nllm_job_config_parse_text(bad2, strlen(bad2), "j.ini", &c, &err) == NLLM_EINVAL &&
+              strstr(err.msg, "j.ini:1") && strstr(err.msg, "num_layers"),
+          "bad value: %s", err.msg);
+    CHECK(nllm_job_config_parse_file("/nonexistent/job.ini", &c, &err) == NLLM_ENOENT &&
+              strstr(err.msg, "/nonexistent/job.ini"),
+          "missing file: %s", err.msg);
+}
+
+static void test_json_roundtrip(void)
+{
+    nllm_job_config_t a, b;
+    nllm_job_config_defaults(&a);
+    snprintf(a.data, sizeof a.data, "/d/t.txt");
+    snprintf(a.device, sizeof a.device, "cuda:1");
+    a.model.dropout = 0.3f;
+    a.learning_rate = 1.234567890123e-4;
+    a.seed = 18446744073709551ULL;
+    a.clip_mode = NLLM_CLIP_NONE;
+    json_t *j = nllm_job_config_to_json(&a);
+    char *s = json_dumps(j, JSON_REAL_PRECISION(17));
+    json_decref(j);
+    json_t *k = json_loads(s, 0, NULL);
+    nllm_job_config_defaults(&b);
+    nllm_err_t err;
+    CHECK(nllm_job_config_from_json(k, &b, &err) == 0, "%s", err.msg);
+    CHECK(memcmp(&a, &b, sizeof a) == 0, "config JSON round trip differs: %s", s);
+    json_decref(k);
+    free(s);
+    json_t *u = json_pack("{s:i}", "bogus", 1);
+    CHECK(nllm_job_config_from_json(u, &b, &err) == NLLM_EINVAL && strstr(err.msg, "bogus"),
+          "unknown JSON key: %s", err.msg);
+    json_decref(u);
+}
+
+static void test_diff_and_clip(void)
+{
+    nllm_model_config_t a = NLLM_MODEL_CONFIG_DEFAULT, b = a;
+    b.context_dim = 1024;
+    b.num_layers = 6;
+    char buf[512];
+    int n = nllm_job_config_model_diff(&a, "checkpoint", &b, "job", buf, sizeof buf);
+    CHECK(n == 2 && strstr(buf, "context_dim: checkpoint 512, job 1024") &&
+              strstr(buf, "num_layers: checkpoint 12, job 6"),
+          "diff: %d \"%s\"", n, buf);
+    nllm_job_config_t c;
+    nllm_job_config_defaults(&c);
+    CHECK(nllm_job_config_clip_for_epoch(&c, 0) == 0.5 && nllm_job_config_clip_for_epoch(&c, 9) == 0.5 &&
+              nllm_job_config_clip_for_epoch(&c, 10) == 1.0 &&
+              nllm_job_config_clip_for_epoch(&c, 29) == 1.0 &&
+              nllm_job_config_clip_for_epoch(&c, 30) == 2.0,
+          "reference clip schedule wrong");
+    c.clip_mode = NLLM_CLIP_FIXED;
+    c.clip_value = 3;
+    CHECK(nllm_job_config_clip_for_epoch(&c, 40) == 3, "fixed clip");
+}
+
+int main(void)
+{
+    RUN(test_defaults);
+    RUN(test_bad_values);
+    RUN(test_job_file);
+    RUN(test_json_roundtrip);
+    RUN(test_diff_and_clip);
+    return TEST_REPORT();
+}
