@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "ckpt.h"
 #include "model.h"
 
 static double now_s(void)
@@ -51,6 +52,9 @@ static void usage(FILE *f)
             "  --threads N      CPU threads (default: all)\n"
             "  --device D       cpu or cuda:N (default cpu)\n"
             "  --sgemm N        also time an NxNxN SGEMM on the same backend (0: off)\n"
+            "  --checkpoint F   also time a checkpoint of the trained state: the copy to\n"
+            "                   host memory (what training waits for) and the durable\n"
+            "                   write of F (done on the writer thread in nllmd)\n"
             "  --help\n");
 }
 
@@ -112,15 +116,16 @@ int main(int argc, char **argv)
 {
     nllm_model_config_t cfg = NLLM_MODEL_CONFIG_DEFAULT;
     int batch = 512, steps = 5, warmup = 1, threads = 0, sgemm = 0;
-    const char *device = "cpu";
+    const char *device = "cpu", *ckpt_path = NULL;
     enum { O_BATCH = 1, O_SEQ, O_VOCAB, O_DE, O_H, O_DC, O_L, O_P, O_STEPS, O_WARM, O_THR,
-           O_DEV, O_SGEMM, O_HELP };
+           O_DEV, O_SGEMM, O_HELP, O_CKPT };
     static const struct option opts[] = {
         {"batch", 1, 0, O_BATCH},     {"seq-len", 1, 0, O_SEQ},   {"vocab", 1, 0, O_VOCAB},
         {"embed-dim", 1, 0, O_DE},    {"hidden-dim", 1, 0, O_H},  {"context-dim", 1, 0, O_DC},
         {"layers", 1, 0, O_L},        {"dropout", 1, 0, O_P},     {"steps", 1, 0, O_STEPS},
         {"warmup", 1, 0, O_WARM},     {"threads", 1, 0, O_THR},   {"device", 1, 0, O_DEV},
-        {"sgemm", 1, 0, O_SGEMM},     {"help", 0, 0, O_HELP},     {0, 0, 0, 0}};
+        {"sgemm", 1, 0, O_SGEMM},     {"help", 0, 0, O_HELP},     {"checkpoint", 1, 0, O_CKPT},
+        {0, 0, 0, 0}};
     int c, rc = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -145,6 +150,7 @@ int main(int argc, char **argv)
         case O_THR: rc = parse_int("--threads", optarg, 1, 4096, &threads); break;
         case O_DEV: device = optarg; break;
         case O_SGEMM: rc = parse_int("--sgemm", optarg, 0, 65536, &sgemm); break;
+        case O_CKPT: ckpt_path = optarg; break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -200,6 +206,43 @@ int main(int argc, char **argv)
     if (sgemm > 0)
         printf("\"sgemm_n\":%d,\"sgemm_gflops\":%.2f,\"ratio_to_sgemm\":%.3f,", sgemm, sg,
                gflops / sg);
+    if (ckpt_path) {
+        /* what a checkpoint costs: the host copy (training waits for it) and the write */
+        nllm_ckpt_t ck = {.kind = NLLM_CKPT_EPOCH};
+        snprintf(ck.job, sizeof ck.job, "bench");
+        nllm_job_config_defaults(&ck.config);
+        ck.config.model = cfg;
+        nllm_progress_init(&ck.progress);
+        ck.nparams = nllm_model_num_params(m);
+        ck.params = malloc(sizeof(nllm_param_info_t) * (size_t)ck.nparams);
+        for (int i = 0; i < ck.nparams; i++)
+            ck.params[i] = *nllm_model_param(m, i);
+        ck.nfloats = nllm_model_num_floats(m);
+        double t0 = now_s();
+        ck.weights = malloc(sizeof(float) * (size_t)ck.nfloats);
+        ck.exp_avg = malloc(sizeof(float) * (size_t)ck.nfloats);
+        ck.exp_avg_sq = malloc(sizeof(float) * (size_t)ck.nfloats);
+        if (nllm_model_get_state(m, ck.weights, ck.exp_avg, ck.exp_avg_sq, &err) < 0) {
+            fprintf(stderr, "nllm-bench: %s\n", err.msg);
+            return 1;
+        }
+        double snap = now_s() - t0;
+        uint64_t h, size;
+        t0 = now_s();
+        if (nllm_ckpt_write(&ck, ckpt_path, &h, &size, &err) < 0) {
+            fprintf(stderr, "nllm-bench: %s\n", err.msg);
+            return 1;
+        }
+        double wr = now_s() - t0;
+        printf("\"checkpoint_bytes\":%llu,\"checkpoint_snapshot_ms\":%.2f,"
+               "\"checkpoint_write_ms\":%.2f,",
+               (unsigned long long)size, snap * 1e3, wr * 1e3);
+        free(ck.params);
+        free(ck.weights);
+        free(ck.exp_avg);
+        free(ck.exp_avg_sq);
+        nllm_progress_free(&ck.progress);
+    }
     printf("\"config\":{\"batch\":%d,\"seq_len\":%d,\"vocab\":%d,\"embed_dim\":%d,"
            "\"hidden_dim\":%d,\"context_dim\":%d,\"layers\":%d,\"dropout\":%g,\"steps\":%d,"
            "\"threads\":%d}}\n",
