@@ -320,6 +320,16 @@ static int connect_daemon(global_t *g, nllm_conn_t *c)
     return connect_quiet(g, c, 0);
 }
 
+/* The daemon's (or the transport's) error on stderr, with a hint where the
+ * daemon cannot give one. */
+static void report_error(const char *code, const nllm_err_t *err)
+{
+    fprintf(stderr, "nllmctl: %s\n", err->msg);
+    if (!strcmp(code, NLLM_RPC_CODE_UNAUTHORIZED))
+        fprintf(stderr, "nllmctl: pass the daemon's token with --connect HOST:PORT "
+                        "--token-file F\n");
+}
+
 /* One request on c. params is consumed (may be NULL). Prints the daemon's
  * error; returns an exit code. */
 static int call(nllm_conn_t *c, const char *method, json_t *params, json_t **result)
@@ -330,7 +340,7 @@ static int call(nllm_conn_t *c, const char *method, json_t *params, json_t **res
     json_decref(params);
     if (rc == NLLM_CALL_OK)
         return EXIT_OK;
-    fprintf(stderr, "nllmctl: %s\n", err.msg);
+    report_error(code, &err);
     return rc == NLLM_CALL_ERROR ? EXIT_DAEMON : EXIT_CONNECT;
 }
 
@@ -359,7 +369,7 @@ static int call_then_watch(nllm_conn_t *c, const char *method, json_t *params,
         rc = nllm_conn_wait(c, id, result, code, sizeof code, &err);
     if (rc == NLLM_CALL_OK)
         return EXIT_OK;
-    fprintf(stderr, "nllmctl: %s\n", err.msg);
+    report_error(code, &err);
     return rc == NLLM_CALL_ERROR ? EXIT_DAEMON : EXIT_CONNECT;
 }
 
@@ -438,9 +448,12 @@ static void table_print(table_t *t)
                 w[i] = x;
         }
     for (int r = 0; r < t->nrows; r++) {
-        for (int i = 0; i < t->ncols; i++) {
+        int last = t->ncols - 1; /* no padding after the last non-empty cell */
+        while (last > 0 && !t->cells[r * t->ncols + last][0])
+            last--;
+        for (int i = 0; i <= last; i++) {
             const char *s = t->cells[r * t->ncols + i];
-            if (i == t->ncols - 1)
+            if (i == last)
                 printf("%s", s);
             else
                 printf("%s%*s", s, (w ? w[i] : 0) - text_width(s) + 2, "");
@@ -519,8 +532,12 @@ static void print_status(const json_t *st)
             const json_t *v = json_object_get(cfg, keys[i]);
             if (!v)
                 continue;
-            char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT), num[64];
             const char *txt = json_is_string(v) ? json_string_value(v) : s ? s : "?";
+            if (json_is_real(v)) { /* 0.1 rather than 0.10000000149011612 */
+                snprintf(num, sizeof num, "%.7g", json_real_value(v));
+                txt = num;
+            }
             printf("  %-16s %s\n", keys[i], *txt ? txt : "\"\"");
             free(s);
         }
@@ -800,10 +817,9 @@ static int cmd_start(global_t *g, const cmd_t *c, int argc, char **argv)
             } else {
                 print_json(res);
             }
-        } else {
+        } else if (!o.watch) { /* with --watch the display's header says it */
             one_line_status("Started job", res);
-            if (!o.watch)
-                printf("Follow it with `nllmctl watch %s`.\n", name);
+            printf("Follow it with `nllmctl watch %s`.\n", name);
             fflush(stdout);
         }
         json_decref(res);
@@ -951,7 +967,7 @@ static int cmd_resume(global_t *g, const cmd_t *c, int argc, char **argv)
             } else {
                 print_json(res);
             }
-        } else {
+        } else if (!o.watch) {
             one_line_status("Resumed job", res);
         }
         fflush(stdout);
@@ -1052,9 +1068,9 @@ static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
                 char nm[128], fr[32] = "-", to[32] = "-";
                 double x;
                 snprintf(nm, sizeof nm, "  %s", nllm_j_str(d, "name", "?"));
-                if (nllm_j_num(d, "memory_free", &x))
+                if (nllm_j_num(d, "memory_free", &x) && x > 0)
                     nllm_fmt_size(x, fr, sizeof fr);
-                if (nllm_j_num(d, "memory_total", &x))
+                if (nllm_j_num(d, "memory_total", &x) && x > 0)
                     nllm_fmt_size(x, to, sizeof to);
                 table_row(&t, nm, nllm_j_str(d, "kind", "-"), nllm_j_str(d, "busy", "-"), fr, to);
             }
@@ -1110,8 +1126,19 @@ static int cmd_shutdown(global_t *g, const cmd_t *c, int argc, char **argv)
     if (optind < argc)
         return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
     json_t *res = NULL;
-    if ((rc = call1(g, "shutdown", NULL, &res)))
+    nllm_conn_t conn;
+    if ((rc = connect_daemon(g, &conn)))
         return rc;
+    char code[64];
+    nllm_err_t err = {0};
+    int crc = nllm_conn_call(&conn, "shutdown", NULL, &res, code, sizeof code, &err);
+    nllm_conn_close(&conn);
+    if (crc == NLLM_CALL_LOST) /* it went away before answering: done all the same */
+        res = json_pack("{sb}", "ok", 1);
+    else if (crc != NLLM_CALL_OK) {
+        fprintf(stderr, "nllmctl: %s\n", err.msg);
+        return crc == NLLM_CALL_ERROR ? EXIT_DAEMON : EXIT_CONNECT;
+    }
     if (g->json)
         print_json(res);
     else

@@ -32,6 +32,7 @@ typedef struct {
     int64_t step, steps;
     double loss, tps, elapsed, eta;
     int bar_shown, dirty;
+    char state[16]; /* last state shown or reported */
     double last_draw, last_plain;
 } view_t;
 
@@ -101,7 +102,8 @@ static void draw_bar(view_t *v)
     double f = fraction(v);
     char head[16];
     snprintf(head, sizeof head, "%3d%%|", (int)(f * 100));
-    int w = term_cols() - 1 - (int)strlen(head) - 2 - (int)strlen(tail);
+    /* 3 columns spare: a ^C echoed after the bar must not wrap the line */
+    int w = term_cols() - 3 - (int)strlen(head) - 2 - (int)strlen(tail);
     if (w > 60)
         w = 60;
     char bar[60 * 3 + 8];
@@ -148,6 +150,10 @@ static void begin_epoch(view_t *v, int64_t epoch0, int64_t num_epochs)
         v->num_epochs = num_epochs;
     if (epoch0 == v->cur_epoch)
         return;
+    if (v->num_epochs > 0 && epoch0 >= v->num_epochs) { /* nothing left to train */
+        v->cur_epoch = epoch0;
+        return;
+    }
     clear_bar(v);
     printf("%sEpoch %lld/%lld%s\n", sgr(v, BOLD), (long long)epoch0 + 1,
            (long long)v->num_epochs, sgr(v, RESET));
@@ -308,8 +314,12 @@ static int finish(view_t *v, nllm_conn_t *c, const char *state, const char *erro
     printf("%sJob %s %s%s", sgr(v, BOLD), v->name, state, sgr(v, RESET));
     if (st) {
         double best, ppl = NAN;
-        printf(" after epoch %lld/%lld", (long long)nllm_j_int(st, "epoch", 0),
-               (long long)nllm_j_int(st, "num_epochs", 0));
+        int64_t ep = nllm_j_int(st, "epoch", 0), step = nllm_j_int(st, "step", 0);
+        int64_t spe = nllm_j_int(st, "steps_per_epoch", 0);
+        printf(" after epoch %lld/%lld", (long long)ep, (long long)nllm_j_int(st, "num_epochs", 0));
+        if (step > 0 && spe > 0 && step < spe)
+            printf(" (+%lld/%lld steps of epoch %lld)", (long long)step, (long long)spe,
+                   (long long)ep + 1);
         if (nllm_j_num(st, "best_val_loss", &best)) {
             printf("; best val loss %.4f", best);
             if (best < 700)
@@ -356,6 +366,9 @@ static int on_state(view_t *v, nllm_conn_t *c, const json_t *p)
         on_resumed(v, r);
     if (terminal_state(state))
         return finish(v, c, state, nllm_j_str(p, "error", NULL));
+    if (!strcmp(state, v->state))
+        return -1; /* no change worth a line */
+    snprintf(v->state, sizeof v->state, "%s", state);
     clear_bar(v);
     if (!strcmp(state, "queued"))
         printf("Queued: waiting for a free device\n");
@@ -422,6 +435,7 @@ int nllm_watch_run(nllm_conn_t *c, const char *name, int json, int watch_sent,
     }
     const json_t *st = json_object_get(res, "status");
     const char *state = nllm_j_str(st, "state", "?");
+    snprintf(v.state, sizeof v.state, "%s", state);
     if (json) {
         json_dumpf(res, stdout, JSON_COMPACT);
         fputc('\n', stdout);
@@ -441,18 +455,9 @@ int nllm_watch_run(nllm_conn_t *c, const char *name, int json, int watch_sent,
     if (!json) {
         if (!strcmp(state, "queued")) {
             printf("Queued: waiting for a free device\n");
-        } else if (!strcmp(state, "running") || !strcmp(state, "pausing")) {
-            begin_epoch(&v, nllm_j_int(st, "epoch", 0), v.num_epochs);
-            v.step = nllm_j_int(st, "step", 0);
-            v.steps = nllm_j_int(st, "steps_per_epoch", 0);
-            if (nllm_j_num(st, "loss", &v.loss) && v.steps > 0) {
-                v.have_prog = 1;
-                v.elapsed = v.eta = -1;
-                nllm_j_num(st, "tokens_per_s", &v.tps);
-                if (v.tty)
-                    draw_bar(&v);
-            }
         }
+        /* a running job's epoch header and bar come with the next progress
+         * notification (at least one a second), after any resume lines */
         fflush(stdout);
     }
     json_decref(res);

@@ -87,7 +87,7 @@ static int m_start(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t 
     if (rc < 0)
         return nllm_err_prefix(err, "job %s: ", name);
     nllm_job_origin_t o = {0};
-    char from[NLLM_PATH_MAX];
+    char from[NLLM_PATH_MAX] = "";
     const char *parent_job = NULL, *parent_ck = NULL;
     char pj[NLLM_CATALOG_NAME_MAX + 1] = "", pc[96] = "";
     rc = nllm_rpc_get_strbuf(p, "init_from", from, sizeof from, 0, err);
@@ -306,7 +306,7 @@ static int m_events(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t
     if (rc < 0)
         return rc;
     json_t *a = json_array();
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = n; i-- > 0;) /* the catalog lists newest first; newest last here */
         json_array_append_new(a, json_pack("{s:f,s:s,s:s}", "ts", evs[i].ts, "kind",
                                            evs[i].kind, "message", evs[i].message));
     nllm_catalog_events_free(evs, n);

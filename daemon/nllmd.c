@@ -63,21 +63,26 @@ static void notify_status(nllmd_t *d)
 
 /* ---- shutdown ------------------------------------------------------------ */
 
-static void close_walk(uv_handle_t *h, void *arg)
+static void close_if_open(uv_handle_t *h)
 {
-    (void)arg;
     if (!uv_is_closing(h))
         uv_close(h, NULL);
 }
 
+/* Once no job thread is left: close the listeners and connections (after
+ * their pending replies), then the loop's own handles; uv_run returns when
+ * the last one has closed. */
 static void finish_if_idle(nllmd_t *d)
 {
-    if (!d->shutting_down || nllmd_jobs_running(d) > 0)
+    if (!d->shutting_down || nllmd_jobs_running(d) > 0 || d->closed)
         return;
-    sd_notify_msg("STOPPING=1");
+    d->closed = 1;
     nllmd_server_close(d);
-    uv_timer_stop(&d->tick);
-    uv_walk(d->loop, close_walk, NULL);
+    close_if_open((uv_handle_t *)&d->tick);
+    close_if_open((uv_handle_t *)&d->async);
+    close_if_open((uv_handle_t *)&d->sig_term);
+    close_if_open((uv_handle_t *)&d->sig_int);
+    close_if_open((uv_handle_t *)&d->sig_hup);
 }
 
 void nllmd_begin_shutdown(nllmd_t *d, const char *why)
@@ -713,8 +718,7 @@ int main(int argc, char **argv)
         nllmd_server_start(d, &err) < 0) {
         fprintf(stderr, "nllmd: %s\n", err.msg);
         d->shutting_down = 1;
-        nllmd_server_close(d);
-        uv_walk(d->loop, close_walk, NULL);
+        finish_if_idle(d);
         loop_finish(d);
         return 1;
     }

@@ -189,6 +189,7 @@ struct nllmd {
     nllmd_ev_t *ev_head, *ev_tail;
     int shutting_down;
     int shutdown_requested; /* by the shutdown method; acted on in on_async */
+    int closed;             /* handles closing: the loop is about to end */
     int exit_code;
     double started;
     uint64_t requests;

@@ -145,6 +145,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 {
     (void)status;
     nllm_conn_t *c = req->data;
+    if (uv_is_closing((uv_handle_t *)&c->h.stream))
+        return;
     c->closing = 0; /* let conn_close run */
     conn_close(c);
 }

@@ -215,6 +215,29 @@ def run(tmp):
     rc, _, err = d.ctl("resume", "ref", "epoch_99", ok=False)
     check(rc == 1, "resume from a missing checkpoint refused")
 
+    # --- fine-tune from another job's checkpoint; retention keeps the newest K ---
+    other = os.path.join(tmp, "other.txt")
+    corpus(other, 400, 7)
+    rc, st, err = d.ctl("start", "ft", "--data", other, "--epochs", "4", "--init-from", "ref:best",
+                        *(SMALL[:-6] + ["--save-every", "1", "--keep", "2", "--threads", "1"]))
+    check(rc == 0, "start ft --init-from ref:best (%s)" % err.strip())
+    st = d.wait_state("ft", ["completed", "failed"], timeout=300)
+    check(st["state"] == "completed", "fine-tuned job completed (%s)" % st.get("error"))
+    eps = sorted(c["name"] for c in d.ctl("checkpoints", "ft")[1]["checkpoints"]
+                 if c["kind"] == "epoch")
+    check(eps == ["epoch_3", "epoch_4"], "retention keeps the newest 2 periodic checkpoints: %s" % eps)
+    files = sorted(f for f in os.listdir(os.path.join(d.state, "jobs", "ft", "checkpoints"))
+                   if "_epoch_" in f)
+    check(files == ["ft_epoch_3.safetensors", "ft_epoch_4.safetensors"],
+          "retention deleted the older files: %s" % files)
+    shape2 = list(SMALL)
+    shape2[shape2.index("--hidden-dim") + 1] = "32"
+    rc, _, err = d.ctl("start", "ft2", "--data", other, "--init-from", "ref:best", *shape2,
+                       ok=False)
+    st2 = d.wait_state("ft2", ["failed", "completed"], timeout=120)
+    check(st2["state"] == "failed" and "hidden_dim: checkpoint 24, job 32" in (st2["error"] or ""),
+          "init-from a different shape fails naming the field: %s" % st2.get("error"))
+
     # --- stop a running job ---
     d.ctl("start", "st", "--data", data, "--epochs", "50", *SMALL)
     d.wait_state("st", ["running"])
@@ -228,7 +251,7 @@ def run(tmp):
     # --- a job whose data vanished fails; the daemon keeps serving ---
     gone = os.path.join(tmp, "gone.txt")
     corpus(gone, 300, 2)
-    d.ctl("start", "blocker", "--data", data, "--epochs", "5000", *SMALL)
+    d.ctl("start", "blocker", "--data", data, "--epochs", "5000", "--patience", "0", *SMALL)
     d.wait_state("blocker", ["running"])
     d.ctl("start", "vanish", "--data", gone, "--epochs", "2", *SMALL)
     check(d.status("vanish")["state"] == "queued", "second job queued behind the first")
@@ -254,20 +277,21 @@ def run(tmp):
     stop_flag = threading.Event()
 
     def client(i):
-        while not stop_flag.is_set():
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect(d.sock)
-                name = b"blocker"
-                req = bytes([0x94, 0x00, i, 0xa6]) + b"status" + bytes([0x91, 0x81, 0xa4]) + \
-                    b"name" + bytes([0xa0 | len(name)]) + name
+        # one persistent connection per client, a status call every 100 ms
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.sock)
+        name = b"blocker"
+        req = bytes([0x94, 0x00, i, 0xa6]) + b"status" + bytes([0x91, 0x81, 0xa4]) + \
+            b"name" + bytes([0xa0 | len(name)]) + name
+        try:
+            while not stop_flag.is_set():
                 s.sendall(req)
                 buf = s.recv(65536)
                 if buf and buf[0] == 0x94 and buf[2] == i:
                     answers[i] += 1
-            finally:
-                s.close()
-            time.sleep(0.02)
+                time.sleep(0.1)
+        finally:
+            s.close()
 
     ths = [threading.Thread(target=client, args=(i,)) for i in range(50)]
     for t in ths:
