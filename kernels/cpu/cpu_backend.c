@@ -15,6 +15,7 @@
 #include "backend.h"
 #include "cpu_pool.h"
 #include "nllm_math.h"
+#include "small_gemm.h"
 
 /* OpenBLAS's own thread controls (declared in its cblas.h on Debian, but
  * not on every build). */
@@ -97,13 +98,18 @@ static void cpu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, i
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
                      int ldc)
 {
-    (void)be;
     if (M <= 0 || N <= 0)
         return;
     if (K <= 0) {
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++)
                 C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    /* Few rows (the per-time-step products): OpenBLAS would re-pack all of B
+     * on every call, so multiply in place instead. */
+    if (!transA && M <= NLLM_SMALL_GEMM_MAX_M) {
+        nllm_small_gemm(pool_of(be), transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
