@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "curves.h"
 #include "fmt.h"
 #include "watch.h"
 
@@ -108,7 +109,7 @@ enum {
     O_SET,
     /* others */
     O_AT_EPOCH_END, O_ALL, O_CSV, O_LIMIT, O_DELETE_FILES, O_CHECKPOINT, O_PROMPT,
-    O_TOKENS, O_TEMPERATURE,
+    O_TOKENS, O_TEMPERATURE, O_OUTPUT,
 };
 
 #define COMMON_OPTS                                                                       \
@@ -139,16 +140,18 @@ static int common_opt(global_t *g, int opt)
 
 /* Runs getopt_long over a command's argv (argv[0] = command name) and hands
  * each non-common option to fn. Positionals are left in argv[optind..].
- * Returns -1 to go on, else an exit code (help printed, usage error). */
+ * Returns -1 to go on, else an exit code (help printed, usage error).
+ * shortopts: getopt's short options, ":h" plus the command's own. */
 typedef int (*opt_fn)(void *ctx, const cmd_t *c, int opt, const char *arg);
-static int parse_opts(global_t *g, const cmd_t *c, int argc, char **argv,
-                      const struct option *opts, opt_fn fn, void *ctx)
+static int parse_opts_short(global_t *g, const cmd_t *c, int argc, char **argv,
+                            const char *shortopts, const struct option *opts, opt_fn fn,
+                            void *ctx)
 {
     optind = 0; /* glibc: full re-initialisation */
     opterr = 0;
     for (;;) {
         int idx = 0;
-        int opt = getopt_long(argc, argv, ":h", opts, &idx); /* permuting */
+        int opt = getopt_long(argc, argv, shortopts, opts, &idx); /* permuting */
         if (opt == -1)
             break;
         if (opt == O_HELP) {
@@ -173,6 +176,12 @@ static int parse_opts(global_t *g, const cmd_t *c, int argc, char **argv,
             return rc;
     }
     return -1;
+}
+
+static int parse_opts(global_t *g, const cmd_t *c, int argc, char **argv,
+                      const struct option *opts, opt_fn fn, void *ctx)
+{
+    return parse_opts_short(g, c, argc, argv, ":h", opts, fn, ctx);
 }
 
 static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
@@ -1508,6 +1517,95 @@ static int cmd_history(global_t *g, const cmd_t *c, int argc, char **argv)
     return EXIT_OK;
 }
 
+/* -- plot: the history drawn by daemon/curves.c, like nllmd's curve files -- */
+
+static int plot_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
+{
+    if (opt != 'o' && opt != O_OUTPUT)
+        return usage_error(c, "unexpected flag");
+    if (!*arg)
+        return usage_error(c, "--output wants a file name");
+    *(const char **)ctx = arg;
+    return -1;
+}
+
+static int cmd_plot(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    static const struct option lo[] = {COMMON_OPTS, {"output", required_argument, 0, O_OUTPUT},
+                                       {0, 0, 0, 0}};
+    const char *out = NULL;
+    int rc = parse_opts_short(g, c, argc, argv, ":ho:", lo, plot_opt, &out);
+    if (rc >= 0)
+        return rc;
+    if ((rc = need_name(c, argc, argv, 1)) >= 0)
+        return rc;
+    const char *name = argv[optind];
+    char defpath[PATH_MAX], title[512];
+    if (!out) {
+        snprintf(defpath, sizeof defpath, "%s_training_curves.svg", name);
+        out = defpath;
+    }
+    json_t *res = NULL;
+    if ((rc = call1(g, "history", name_params(name), &res)))
+        return rc;
+    const json_t *eps = json_object_get(res, "epochs");
+    size_t n = 0, i;
+    const json_t *e;
+    nllm_curve_point_t *pts = malloc((json_array_size(eps) + 1) * sizeof *pts);
+    if (!pts) {
+        json_decref(res);
+        fprintf(stderr, "nllmctl plot: out of memory\n");
+        return EXIT_DAEMON;
+    }
+    json_array_foreach(eps, i, e)
+    {
+        if (nllm_j_bool(e, "superseded", 0))
+            continue;
+        nllm_curve_point_t *p = &pts[n++];
+        p->epoch = nllm_j_int(e, "epoch", 0);
+        p->train_loss = p->val_loss = p->train_ppl = p->val_ppl = NAN;
+        nllm_j_num(e, "train_loss", &p->train_loss);
+        nllm_j_num(e, "val_loss", &p->val_loss);
+        nllm_j_num(e, "train_ppl", &p->train_ppl);
+        nllm_j_num(e, "val_ppl", &p->val_ppl);
+    }
+    json_decref(res);
+    if (!n) {
+        free(pts);
+        fprintf(stderr, "nllmctl plot: job %s has no completed epochs yet; nothing to plot\n",
+                name);
+        return EXIT_DAEMON;
+    }
+    snprintf(title, sizeof title, "%s: training curves", name);
+    nllm_err_t err = {0};
+    if (!strcmp(out, "-")) {
+        char *svg = NULL;
+        size_t len = 0;
+        if ((rc = nllm_curves_svg(pts, n, title, -1, &svg, &len, &err)) == 0 &&
+            fwrite(svg, 1, len, stdout) != len)
+            rc = nllm_err_set(&err, NLLM_EIO, "writing to standard output failed");
+        free(svg);
+    } else {
+        rc = nllm_curves_write(out, pts, n, title, -1, &err);
+    }
+    free(pts);
+    if (rc < 0) {
+        fprintf(stderr, "nllmctl plot: %s\n", err.msg);
+        return EXIT_DAEMON;
+    }
+    if (strcmp(out, "-") != 0) {
+        if (g->json) {
+            json_t *j = json_pack("{s:s,s:I}", "path", out, "epochs", (json_int_t)n);
+            print_json(j);
+            json_decref(j);
+        } else {
+            printf("Wrote the training curves of %s (%zu epoch%s) to %s.\n", name, n,
+                   n == 1 ? "" : "s", out);
+        }
+    }
+    return EXIT_OK;
+}
+
 static int cmd_events(global_t *g, const cmd_t *c, int argc, char **argv)
 {
     static const struct option lo[] = {COMMON_OPTS, {"limit", required_argument, 0, O_LIMIT},
@@ -1755,6 +1853,14 @@ static const cmd_t commands[] = {
      "  --all                include epochs superseded by a resume\n"
      "  --csv                CSV with the header epoch,attempt,train_loss,val_loss,\n"
      "                       train_ppl,val_ppl,val_acc,seconds,tokens_per_s,superseded\n"},
+    {"plot", cmd_plot, "plot NAME [-o FILE]", "draw a job's training curves as an SVG picture",
+     "Fetches the job's history (epochs superseded by a resume left out) and writes\n"
+     "the picture nllmd writes as NAME_training_curves_*.svg in the job folder: loss\n"
+     "and perplexity (log scale when it spans more than 100x), train and val, by\n"
+     "epoch, with the best epoch (lowest val loss) marked. Exits 1 when the job has\n"
+     "no completed epoch yet or the file cannot be written.\n"
+     "  -o, --output FILE    where to write (default NAME_training_curves.svg in the\n"
+     "                       current folder; - = standard output)\n"},
     {"events", cmd_events, "events NAME [--limit N]", "a job's event log, newest last",
      "Prints `TIME KIND MESSAGE` lines with ISO 8601 local times.\n"
      "  --limit N            only the newest N events\n"},

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "curves.h"
 #include "fsutil.h"
 #include "nllmd.h"
 #include "safetensors.h"
@@ -582,6 +583,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                                     r->val_ppl, r->val_acc, r->seconds, r->tokens_per_s, 0, 0};
         if (nllm_catalog_epoch_add(d->cat, j->name, &row, &err) < 0)
             nllmd_log(d, j->name, "catalog: %s", err.msg);
+        nllmd_curves_on_epoch(j, r->epoch); /* curves.h: every save_every epochs */
         pthread_mutex_lock(&j->mu);
         double best = j->best_val_loss;
         pthread_mutex_unlock(&j->mu);
@@ -680,6 +682,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                             (long long)j->best_epoch);
             job_set_state(j, "completed", NULL);
         }
+        nllmd_curves_on_done(j); /* curves.h: final curves when completed or stopped */
         j->origin.path[0] = '\0';
         job_unref(j);
         nllmd_schedule(d);
@@ -1181,8 +1184,10 @@ void nllmd_pause_all_for_shutdown(nllmd_t *d)
         }
 }
 
-int nllmd_verify_job(nllmd_t *d, nllm_job_t *j, json_t *results, int *checked, int *bad,
-                     nllm_err_t *err)
+/* ---- verify: rows collected on the loop, files hashed on the thread pool,
+ * verdicts recorded back on the loop ---------------------------------------- */
+
+int nllmd_verify_collect(nllmd_t *d, nllm_job_t *j, nllmd_verify_t *v, nllm_err_t *err)
 {
     nllm_catalog_ckpt_t *cks;
     size_t n;
@@ -1192,33 +1197,67 @@ int nllmd_verify_job(nllmd_t *d, nllm_job_t *j, json_t *results, int *checked, i
     for (size_t i = 0; i < n; i++) {
         if (!owns_file(cks, n, i))
             continue;
-        (*checked)++;
-        char reason[1024] = "";
-        nllm_st_file_t *f;
-        uint64_t h;
-        nllm_err_t e2;
-        if (nllm_st_open(cks[i].path, &f, &h, &e2) < 0) {
-            snprintf(reason, sizeof reason, "%s", e2.msg);
-        } else {
-            nllm_st_close(f);
-            char sum[17];
-            snprintf(sum, sizeof sum, "%016llx", (unsigned long long)h);
-            if (strcmp(sum, cks[i].checksum) != 0)
-                snprintf(reason, sizeof reason, "checksum %s does not match the catalog's %s",
-                         sum, cks[i].checksum);
+        nllmd_verify_item_t *it = realloc(v->items, sizeof *it * (size_t)(v->n + 1));
+        if (!it) {
+            nllm_catalog_ckpts_free(cks, n);
+            return nllm_err_set(err, NLLM_ENOMEM, "verify: out of memory");
         }
-        if (reason[0]) {
-            (*bad)++;
-            nllm_catalog_ckpt_mark_bad(d->cat, j->name, cks[i].id, reason, NULL);
-            nllmd_job_event(j, "verify", "%s is bad: %s", cks[i].name, reason);
-        } else if (strcmp(cks[i].status, "ok") != 0) {
-            nllm_catalog_ckpt_mark_ok(d->cat, j->name, cks[i].id, NULL);
-        }
-        json_array_append_new(results,
-                              json_pack("{s:s,s:s,s:s,s:s}", "job", j->name, "name",
-                                        cks[i].name, "status", reason[0] ? "bad" : "ok",
-                                        "reason", reason));
+        v->items = it;
+        it = &v->items[v->n++];
+        memset(it, 0, sizeof *it);
+        snprintf(it->job, sizeof it->job, "%s", j->name);
+        snprintf(it->name, sizeof it->name, "%s", cks[i].name);
+        snprintf(it->path, sizeof it->path, "%s", cks[i].path);
+        snprintf(it->checksum, sizeof it->checksum, "%s", cks[i].checksum);
+        it->id = cks[i].id;
+        it->was_ok = strcmp(cks[i].status, "ok") == 0;
     }
     nllm_catalog_ckpts_free(cks, n);
     return 0;
+}
+
+/* Thread pool: re-hash every file (no catalog access here). */
+void nllmd_verify_hash(nllmd_verify_t *v)
+{
+    for (int i = 0; i < v->n; i++) {
+        nllmd_verify_item_t *it = &v->items[i];
+        nllm_st_file_t *f;
+        uint64_t h;
+        nllm_err_t e2;
+        if (nllm_st_open(it->path, &f, &h, &e2) < 0) {
+            snprintf(it->reason, sizeof it->reason, "%s", e2.msg);
+            continue;
+        }
+        nllm_st_close(f);
+        char sum[17];
+        snprintf(sum, sizeof sum, "%016llx", (unsigned long long)h);
+        if (strcmp(sum, it->checksum) != 0)
+            snprintf(it->reason, sizeof it->reason,
+                     "checksum %s does not match the catalog's %s", sum, it->checksum);
+    }
+}
+
+/* Loop: record the verdicts; returns the results array. */
+json_t *nllmd_verify_apply(nllmd_t *d, nllmd_verify_t *v, int *bad)
+{
+    json_t *results = json_array();
+    *bad = 0;
+    for (int i = 0; i < v->n; i++) {
+        nllmd_verify_item_t *it = &v->items[i];
+        nllm_job_t *j = nllmd_job_find(d, it->job);
+        if (it->reason[0]) {
+            (*bad)++;
+            if (j) {
+                nllm_catalog_ckpt_mark_bad(d->cat, j->name, it->id, it->reason, NULL);
+                nllmd_job_event(j, "verify", "%s is bad: %s", it->name, it->reason);
+            }
+        } else if (!it->was_ok && j) {
+            nllm_catalog_ckpt_mark_ok(d->cat, j->name, it->id, NULL);
+        }
+        json_array_append_new(results,
+                              json_pack("{s:s,s:s,s:s,s:s}", "job", it->job, "name", it->name,
+                                        "status", it->reason[0] ? "bad" : "ok", "reason",
+                                        it->reason));
+    }
+    return results;
 }

@@ -314,31 +314,82 @@ static int m_events(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t
     return 0;
 }
 
+typedef struct {
+    uv_work_t req;
+    nllm_conn_t *conn;
+    uint32_t msgid;
+    nllmd_verify_t v;
+} verify_work_t;
+
+static void verify_work(uv_work_t *req)
+{
+    verify_work_t *w = req->data;
+    nllmd_verify_hash(&w->v);
+}
+
+static void verify_after(uv_work_t *req, int status)
+{
+    verify_work_t *w = req->data;
+    nllm_conn_t *c = w->conn;
+    int bad = 0;
+    json_t *results = nllmd_verify_apply(c->d, &w->v, &bad);
+    if (!c->closing) {
+        nllm_err_t err;
+        if (status < 0) {
+            nllm_err_set(&err, NLLM_ECANCELED, "verify was canceled");
+            nllmd_conn_send_json(c, NLLM_RPC_RESPONSE, w->msgid, NULL, &err, NULL);
+        } else {
+            json_t *res = json_pack("{s:i,s:i,s:O}", "checked", w->v.n, "bad", bad, "results",
+                                    results);
+            nllmd_conn_send_json(c, NLLM_RPC_RESPONSE, w->msgid, NULL, NULL, res);
+            json_decref(res);
+        }
+    }
+    json_decref(results);
+    free(w->v.items);
+    free(w);
+    nllmd_conn_unref(c);
+}
+
+/* Re-hashing checkpoint files can take seconds: it runs on the thread pool. */
 static int m_verify(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t **res,
                     nllm_err_t *err)
 {
-    (void)id;
+    (void)res;
     nllmd_t *d = c->d;
-    int all = 0, checked = 0, bad = 0, rc;
+    int all = 0, rc;
     if ((rc = nllm_rpc_get_bool(p, "all", &all, 0, err)) < 0)
         return rc;
-    json_t *results = json_array();
+    verify_work_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return nllm_err_set(err, NLLM_ENOMEM, "verify: out of memory");
     if (all) {
         for (nllm_job_t *j = d->jobs; j && rc == 0; j = j->next)
             if (!j->removing)
-                rc = nllmd_verify_job(d, j, results, &checked, &bad, err);
+                rc = nllmd_verify_collect(d, j, &w->v, err);
     } else {
         nllm_job_t *j;
         rc = get_job(d, p, &j, err);
         if (rc == 0)
-            rc = nllmd_verify_job(d, j, results, &checked, &bad, err);
+            rc = nllmd_verify_collect(d, j, &w->v, err);
     }
     if (rc < 0) {
-        json_decref(results);
+        free(w->v.items);
+        free(w);
         return rc;
     }
-    *res = json_pack("{s:i,s:i,s:o}", "checked", checked, "bad", bad, "results", results);
-    return 0;
+    w->conn = c;
+    w->msgid = id;
+    w->req.data = w;
+    nllmd_conn_ref(c);
+    rc = uv_queue_work(d->loop, &w->req, verify_work, verify_after);
+    if (rc < 0) {
+        nllmd_conn_unref(c);
+        free(w->v.items);
+        free(w);
+        return nllm_err_set(err, NLLM_EINTERNAL, "verify: %s", uv_strerror(rc));
+    }
+    return 1; /* answered from verify_after */
 }
 
 static int m_remove(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t **res,
@@ -671,6 +722,7 @@ void nllmd_dispatch(nllm_conn_t *c, nllm_rpc_msg_t *msg)
         if (rc == 0)
             rc = fn(c, msg->msgid, p, &res, &err);
     }
+    nllmd_http_count_request(c->d, fn ? msg->method : NULL, rc < 0 ? rc : 0);
     if (rc == 1)
         return; /* answered asynchronously */
     if (rc < 0 && !err.code)

@@ -78,11 +78,17 @@ static void finish_if_idle(nllmd_t *d)
         return;
     d->closed = 1;
     nllmd_server_close(d);
+    nllmd_http_close(d);
     close_if_open((uv_handle_t *)&d->tick);
     close_if_open((uv_handle_t *)&d->async);
     close_if_open((uv_handle_t *)&d->sig_term);
     close_if_open((uv_handle_t *)&d->sig_int);
     close_if_open((uv_handle_t *)&d->sig_hup);
+    /* closing the signal handles restores the default actions: a second
+     * SIGTERM during the last writes must not kill the process */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
 }
 
 void nllmd_begin_shutdown(nllmd_t *d, const char *why)
@@ -174,6 +180,8 @@ static const char usage_text[] =
     "  --threads N         CPU threads per job on the cpu device (default: all)\n"
     "  --auto-resume       resume interrupted jobs at start\n"
     "  --max-message BYTES largest RPC message accepted (default 1048576)\n"
+    "  --metrics HOST:PORT read-only HTTP monitoring: dashboard at /, Prometheus\n"
+    "                      /metrics, JSON /api/jobs (default 127.0.0.1:9477; none = off)\n"
     "  --config FILE       daemon settings, `key = value` lines with the names above\n"
     "                      (default /etc/nllm/nllmd.conf when it exists); flags win\n"
     "  --version, --help\n"
@@ -211,14 +219,14 @@ static void default_paths(nllmd_opts_t *o)
 }
 
 enum { O_STATE = 1000, O_SOCKET, O_LISTEN, O_TOKEN, O_DEVICES, O_MAXJOBS, O_AUTORESUME,
-       O_CONFIG, O_VERSION, O_HELP, O_MAXMSG, O_THREADS };
+       O_CONFIG, O_VERSION, O_HELP, O_MAXMSG, O_THREADS, O_METRICS };
 
 static const struct option daemon_opts[] = {
     {"state-dir", 1, 0, O_STATE}, {"socket", 1, 0, O_SOCKET},    {"listen", 1, 0, O_LISTEN},
     {"token-file", 1, 0, O_TOKEN}, {"devices", 1, 0, O_DEVICES}, {"max-jobs", 1, 0, O_MAXJOBS},
     {"auto-resume", 0, 0, O_AUTORESUME}, {"config", 1, 0, O_CONFIG}, {"version", 0, 0, O_VERSION},
     {"help", 0, 0, O_HELP}, {"max-message", 1, 0, O_MAXMSG}, {"threads", 1, 0, O_THREADS},
-    {0, 0, 0, 0}};
+    {"metrics", 1, 0, O_METRICS}, {0, 0, 0, 0}};
 
 static int set_opt(nllmd_opts_t *o, int code, const char *v, nllm_err_t *err)
 {
@@ -239,6 +247,11 @@ static int set_opt(nllmd_opts_t *o, int code, const char *v, nllm_err_t *err)
         return 0;
     case O_TOKEN:
         snprintf(o->token_file, sizeof o->token_file, "%s", v);
+        return 0;
+    case O_METRICS: /* checked by nllmd_http_start */
+        if (!*v || strlen(v) >= sizeof o->metrics)
+            return nllm_err_set(err, NLLM_EINVAL, "--metrics \"%s\": use HOST:PORT or none", v);
+        snprintf(o->metrics, sizeof o->metrics, "%s", v);
         return 0;
     case O_DEVICES:
         snprintf(o->devices, sizeof o->devices, "%s", v);
@@ -659,7 +672,7 @@ int main(int argc, char **argv)
     const char *config = NULL;
     int c;
     nllmd_opts_t cli = {0};
-    int seen[O_THREADS + 1] = {0};
+    int seen[O_METRICS + 1] = {0};
     while ((c = getopt_long(argc, argv, "", daemon_opts, NULL)) != -1) {
         if (c == O_HELP) {
             fputs(usage_text, stdout);
@@ -673,7 +686,7 @@ int main(int argc, char **argv)
             config = optarg;
             continue;
         }
-        if (c < O_STATE || c > O_THREADS) {
+        if (c < O_STATE || c > O_METRICS) {
             fputs(usage_text, stderr);
             return 2;
         }
@@ -711,11 +724,13 @@ int main(int argc, char **argv)
         d->opt.max_message = cli.max_message;
     if (seen[O_THREADS])
         d->opt.threads = cli.threads;
+    if (seen[O_METRICS])
+        memcpy(d->opt.metrics, cli.metrics, sizeof cli.metrics);
     default_paths(&d->opt);
 
     loop_init(d);
     if (setup_devices(d, &err) < 0 || open_state(d, &err) < 0 ||
-        nllmd_server_start(d, &err) < 0) {
+        nllmd_server_start(d, &err) < 0 || nllmd_http_start(d, &err) < 0) {
         fprintf(stderr, "nllmd: %s\n", err.msg);
         d->shutting_down = 1;
         finish_if_idle(d);

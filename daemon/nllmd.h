@@ -19,6 +19,7 @@
 #include "catalog.h"
 #include "ckpt.h"
 #include "config.h"
+#include "http.h"
 #include "rpc.h"
 #include "trainer.h"
 
@@ -164,6 +165,7 @@ typedef struct {
     int auto_resume;
     size_t max_message;
     int threads;            /* default CPU threads for jobs (0 = all) */
+    char metrics[256];      /* HTTP monitoring HOST:PORT, "none", "" = default (http.h) */
 } nllmd_opts_t;
 
 struct nllmd {
@@ -193,6 +195,7 @@ struct nllmd {
     int exit_code;
     double started;
     uint64_t requests;
+    nllmd_http_t *http;     /* the monitoring listener (http.c), NULL when off */
     /* one-shot mode (nllmd run): the job it runs, and how to print */
     nllm_job_t *oneshot;
     int oneshot_tty;
@@ -219,8 +222,24 @@ void nllmd_job_event(nllm_job_t *j, const char *kind, const char *fmt, ...)
 json_t *nllmd_job_status_json(nllm_job_t *j);
 int nllmd_resolve_checkpoint(nllmd_t *d, const char *spec, nllm_job_origin_t *o,
                              nllm_err_t *err);
-int nllmd_verify_job(nllmd_t *d, nllm_job_t *j, json_t *results, int *checked, int *bad,
-                     nllm_err_t *err);
+typedef struct {
+    char job[NLLM_CATALOG_NAME_MAX + 1];
+    char name[96];
+    char path[NLLM_PATH_MAX];
+    char checksum[17];
+    int64_t id;
+    int was_ok;
+    char reason[1024]; /* empty: the file verifies */
+} nllmd_verify_item_t;
+
+typedef struct {
+    nllmd_verify_item_t *items;
+    int n;
+} nllmd_verify_t;
+
+int nllmd_verify_collect(nllmd_t *d, nllm_job_t *j, nllmd_verify_t *v, nllm_err_t *err);
+void nllmd_verify_hash(nllmd_verify_t *v);           /* any thread: no catalog */
+json_t *nllmd_verify_apply(nllmd_t *d, nllmd_verify_t *v, int *bad); /* loop */
 void nllmd_log(nllmd_t *d, const char *job, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

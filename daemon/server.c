@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,9 +223,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- accepting -------------------------------------------------------- */
 
+/* Root, the daemon's user, or a member (primary or supplementary group) of
+ * the socket's group -- the group that mode 0660 grants access to. */
 static int peer_allowed(nllmd_t *d, uv_stream_t *s)
 {
-    (void)d;
     uv_os_fd_t fd;
     if (uv_fileno((uv_handle_t *)s, &fd) < 0)
         return 0;
@@ -232,12 +234,40 @@ static int peer_allowed(nllmd_t *d, uv_stream_t *s)
     socklen_t len = sizeof cr;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
         return 0;
-    if (cr.uid == 0 || cr.uid == getuid() || cr.gid == getgid())
+    if (cr.uid == 0 || cr.uid == getuid())
         return 1;
-    /* a member of the socket's group (supplementary groups of the peer) */
+    gid_t sock_gid = getgid();
+    char name[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    size_t nlen = sizeof name;
     struct stat st;
-    if (stat(d->opt.socket_path, &st) == 0 && cr.gid == st.st_gid)
+    if (uv_pipe_getsockname(&d->unix_server, name, &nlen) == 0 && nlen < sizeof name) {
+        name[nlen] = '\0';
+        if (stat(name, &st) == 0)
+            sock_gid = st.st_gid;
+    }
+    if (cr.gid == sock_gid)
         return 1;
+#ifdef SO_PEERGROUPS
+    gid_t groups[256];
+    socklen_t glen = sizeof groups;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0) {
+        for (size_t i = 0; i < glen / sizeof(gid_t); i++)
+            if (groups[i] == sock_gid)
+                return 1;
+        return 0;
+    }
+#endif
+    /* older kernels: the peer user's groups from the group database */
+    struct passwd pw, *pp = NULL;
+    char buf[4096];
+    if (getpwuid_r(cr.uid, &pw, buf, sizeof buf, &pp) == 0 && pp) {
+        gid_t g[256];
+        int ng = 256;
+        if (getgrouplist(pp->pw_name, pp->pw_gid, g, &ng) >= 0)
+            for (int i = 0; i < ng; i++)
+                if (g[i] == sock_gid)
+                    return 1;
+    }
     return 0;
 }
 
@@ -315,7 +345,12 @@ static int listen_unix(nllmd_t *d, nllm_err_t *err)
     d->have_unix = 1;
     /* systemd socket activation: adopt fd 3 */
     const char *lfds = getenv("LISTEN_FDS"), *lpid = getenv("LISTEN_PID");
-    if (lfds && atoi(lfds) >= 1 && (!lpid || atoi(lpid) == getpid())) {
+    struct stat fst;
+    if (lfds && atoi(lfds) >= 1 && lpid && atoi(lpid) == getpid()) {
+        if (fstat(3, &fst) != 0 || !S_ISSOCK(fst.st_mode))
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "socket activation: LISTEN_FDS is set but fd 3 is not a socket; "
+                                "check nllmd.socket");
         int rc = uv_pipe_open(&d->unix_server, 3);
         if (rc < 0)
             return nllm_err_set(err, NLLM_EIO, "socket activation: cannot adopt fd 3: %s",

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
-scripts/deps.sh
+scripts/deps.sh --test
 
 jobs=$(nproc)
 passed=0; failed=0; skipped=0
@@ -34,7 +34,7 @@ if [ $quick -eq 0 ]; then
       -Db_sanitize=address,undefined -Dbuildtype=debugoptimized -Db_lundef=false
   ninja -C build-asan
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    run_suite build-asan || status=1
+    NLLM_TEST_SANITIZED=1 run_suite build-asan || status=1
 
   nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
   if [ -n "$nvcc" ]; then

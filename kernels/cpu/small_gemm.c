@@ -49,10 +49,13 @@ typedef struct {
  * the pool's hand-off (a condition-variable wake-up) costs more than it
  * saves. Measured with nllm-bench at B = 16 on 2 cores. */
 #define SG_PAR_MIN_WORK ((int64_t)1 << 21)
+/* Chunks a split call is cut into (at most): enough that a late participant
+ * costs little, few enough that claiming them is free. */
+#define SG_CHUNKS 16
 
 #define SG_TEMPLATE
 #ifndef SG_PF_LOC
-#define SG_PF_LOC 3
+#define SG_PF_LOC 2
 #endif
 #ifndef SG_NT_PFD
 #define SG_NT_PFD 1
@@ -170,20 +173,41 @@ int nllm_small_gemm_force_isa(const char *name)
     return NLLM_EINVAL;
 }
 
+/* A call split over the pool. Each participant claims chunks of column
+ * blocks from `next` until none are left, so a participant that starts late
+ * (its core busy with something else) just gets less; which thread computes
+ * a block never changes its result. */
 typedef struct {
     const sg_isa_t *isa;
     int transB;
     sg_args_t g;
+    int64_t blocks, chunk;
+    _Atomic int64_t next;
 } sg_job_t;
 
-static void sg_run(void *arg, int64_t b0, int64_t b1)
+static void sg_blocks(const sg_job_t *job, int64_t b0, int64_t b1)
 {
-    const sg_job_t *job = arg;
     if (job->transB)
         job->isa->nt(&job->g, b0, b1);
     else
         job->isa->nn(&job->g, b0, b1);
 }
+
+static void sg_participant(void *arg, int64_t begin, int64_t end)
+{
+    (void)begin;
+    (void)end;
+    sg_job_t *job = arg;
+    for (;;) {
+        int64_t b0 = atomic_fetch_add_explicit(&job->next, job->chunk, memory_order_relaxed);
+        if (b0 >= job->blocks)
+            return;
+        int64_t b1 = b0 + job->chunk < job->blocks ? b0 + job->chunk : job->blocks;
+        sg_blocks(job, b0, b1);
+    }
+}
+
+static void sg_static(void *arg, int64_t b, int64_t e) { sg_blocks(arg, b, e); }
 
 void nllm_small_gemm(nllm_pool_t *pool, int transB, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
@@ -199,16 +223,23 @@ void nllm_small_gemm(nllm_pool_t *pool, int transB, int M, int N, int K, float a
         }
         return;
     }
-    sg_job_t job = {sg_isa(), transB != 0, {M, N, K, lda, ldb, ldc, alpha, beta, A, B, C}};
+    sg_job_t job = {.isa = sg_isa(),
+                    .transB = transB != 0,
+                    .g = {M, N, K, lda, ldb, ldc, alpha, beta, A, B, C}};
     int cols = job.transB ? job.isa->nt_cols : job.isa->nn_cols;
-    int64_t blocks = ((int64_t)N + cols - 1) / cols;
+    job.blocks = ((int64_t)N + cols - 1) / cols;
     int64_t work = (int64_t)M * N * K;
-    static int64_t parmin = -1; /* EXPERIMENT */
-    if (parmin < 0) { const char *e = getenv("NLLM_SG_PAR"); parmin = e ? atoll(e) : SG_PAR_MIN_WORK; }
-    if (pool && work >= parmin)
-        nllm_pool_for(pool, sg_run, &job, blocks, work);
-    else
-        sg_run(&job, 0, blocks);
+    static int mode = -1; /* EXPERIMENT 0 none 1 static 2 dynamic */
+    if (mode < 0) { const char *e = getenv("NLLM_SG_MODE"); mode = e ? atoi(e) : 2; }
+    if (!pool || work < SG_PAR_MIN_WORK || job.blocks < 2 || mode == 0) {
+        sg_blocks(&job, 0, job.blocks);
+        return;
+    }
+    if (mode == 1) { nllm_pool_for(pool, sg_static, &job, job.blocks, work); return; }
+    job.chunk = job.blocks / SG_CHUNKS > 1 ? job.blocks / SG_CHUNKS : 1;
+    atomic_init(&job.next, 0);
+    /* one range per thread; each range's call is one participant */
+    nllm_pool_for(pool, sg_participant, &job, job.blocks, work);
 }
 
 #else /* SG_TEMPLATE ------------------------------------------------------- */

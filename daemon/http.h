@@ -1,0 +1,38 @@
+/* http.h -- nllmd's read-only HTTP listener for monitoring (http.c): the
+ * Prometheus exposition at /metrics, job status as JSON under /api/, and
+ * the dashboard page at /. It runs on the daemon's libuv loop; every
+ * function here is called on the loop thread only. Callers: nllmd.c
+ * (start/close next to the RPC listeners), methods.c (request counting).
+ */
+#ifndef NLLM_HTTP_H
+#define NLLM_HTTP_H
+
+#include "nllm_err.h"
+
+typedef struct nllmd nllmd_t;
+typedef struct nllmd_http nllmd_http_t;
+
+#define NLLMD_HTTP_DEFAULT_ADDR "127.0.0.1:9477"
+#define NLLMD_HTTP_MAX_CONNS 512        /* concurrent HTTP connections */
+#define NLLMD_HTTP_MAX_HEAD 8192        /* request line + headers, else 431 */
+#define NLLMD_HTTP_HEAD_TIMEOUT_MS 10000 /* a request must arrive in full within */
+#define NLLMD_HTTP_IDLE_TIMEOUT_MS 30000 /* idle keep-alive connections close after */
+
+/* Starts listening on d->opt.metrics: "HOST:PORT" or "[V6]:PORT"; "none"
+ * = off; "" = NLLMD_HTTP_DEFAULT_ADDR, where a busy port only logs a
+ * warning (so several daemons can run side by side). The timeouts can be
+ * overridden (for tests) with NLLMD_HTTP_HEAD_TIMEOUT_MS and
+ * NLLMD_HTTP_IDLE_TIMEOUT_MS in the environment. Returns 0 or an NLLM_E*
+ * code with err filled. */
+int nllmd_http_start(nllmd_t *d, nllm_err_t *err);
+
+/* Closes the listener and every HTTP connection; their memory is freed in
+ * the close callbacks, so uv_run() returns once they have run. */
+void nllmd_http_close(nllmd_t *d);
+
+/* Counts one RPC request for nllm_requests_total: method is the method
+ * name (NULL when the daemon does not know it), code 0 or the NLLM_E*
+ * code of the reply. A no-op while the listener is off. */
+void nllmd_http_count_request(nllmd_t *d, const char *method, int code);
+
+#endif /* NLLM_HTTP_H */
