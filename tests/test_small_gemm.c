@@ -170,8 +170,8 @@ static void test_accuracy(void)
         /* every N against a few M, K; every K against a few M, N */
         for (int t = 0; t < 2; t++) {
             for (int ni = 0; ni < nN; ni++)
-                check_shape(isas[v], t, 1 + ni % 9, Ns[ni], 33 + ni, ni % 3, 1.0f, ni % 2 ? 0.5f : 0.0f,
-                            100 + (uint64_t)ni);
+                check_shape(isas[v], t, 1 + ni % 9, Ns[ni], 33 + ni, ni % 3, 1.0f,
+                            ni % 2 ? 0.5f : 0.0f, 100 + (uint64_t)ni);
             for (int ki = 0; ki < nK; ki++)
                 check_shape(isas[v], t, 16, 35, Ks[ki], 2, 1.0f, 1.0f, 200 + (uint64_t)ki);
         }
@@ -285,7 +285,10 @@ static void test_backend_routing(void)
             double e = prob_error(&p, &pad_changed);
             CHECK(e < 1e-5 && pad_changed == 0, "cpu_gemm %s M=%d: error %g, %d pad changed",
                   t ? "NT" : "NN", M, e, pad_changed);
-            if (M <= NLLM_SMALL_GEMM_MAX_M)
+            CHECK(nllm_small_gemm_use(M) == (M <= NLLM_SMALL_GEMM_MAX_M &&
+                                             strcmp(nllm_small_gemm_isa(), "generic") != 0),
+                  "nllm_small_gemm_use(%d) is wrong", M);
+            if (nllm_small_gemm_use(M))
                 CHECK(memcmp(small, p.C, sizeof(float) * p.nc) == 0,
                       "cpu_gemm %s M=%d: not the small-M kernel's result", t ? "NT" : "NN", M);
             free(small);

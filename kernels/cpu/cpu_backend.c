@@ -1,6 +1,8 @@
 /* cpu_backend.c -- the CPU implementation of backend.h.
  *
- * GEMMs go to OpenBLAS (CBLAS); the fused element-wise kernels are plain C
+ * GEMMs with few rows (the per-time-step products of the recurrence) go to
+ * small_gemm.c, which reads the weights in place; the large ones (output
+ * head, weight gradients) go to OpenBLAS (CBLAS). The fused element-wise kernels are plain C
  * loops written so the compiler vectorises them, split across the backend's
  * worker threads where the work is large enough. "Device" memory is host
  * memory. Results depend only on the inputs and the thread count (every
@@ -11,6 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backend.h"
 #include "cpu_pool.h"
@@ -40,8 +43,13 @@ static void *cpu_alloc(nllm_backend_t *be, size_t bytes)
     void *p = NULL;
     if (bytes == 0)
         bytes = 64;
-    if (posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63) != 0)
+    /* large buffers on 2 MiB boundaries, marked for transparent huge pages:
+     * fewer TLB misses when GEMMs stream the weights every time step */
+    size_t align = bytes >= ((size_t)4 << 20) ? ((size_t)2 << 20) : 64;
+    if (posix_memalign(&p, align, (bytes + 63) & ~(size_t)63) != 0)
         return NULL;
+    if (align > 64)
+        (void)madvise(p, bytes & ~(align - 1), MADV_HUGEPAGE);
     memset(p, 0, bytes);
     return p;
 }
@@ -108,7 +116,7 @@ static void cpu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, i
     }
     /* Few rows (the per-time-step products): OpenBLAS would re-pack all of B
      * on every call, so multiply in place instead. */
-    if (!transA && M <= NLLM_SMALL_GEMM_MAX_M) {
+    if (!transA && nllm_small_gemm_use(M)) {
         nllm_small_gemm(pool_of(be), transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }

@@ -24,7 +24,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <stdlib.h>
 
 #include "nllm_err.h"
 
@@ -45,28 +44,32 @@ typedef struct {
     int nt_cols, nn_cols; /* columns of C per block */
 } sg_isa_t;
 
-/* Fewer multiply-adds than this run on the calling thread alone: below it
- * the pool's hand-off (a condition-variable wake-up) costs more than it
- * saves. Measured with nllm-bench at B = 16 on 2 cores. */
+/* Products of fewer multiply-adds than this run on the calling thread
+ * alone. A pool hand-off (condition-variable wake-up and join) costs about
+ * 10 us on the 2-core Zen 4 VM; 2^21 multiply-adds take about 60 us on one
+ * core, so splitting them still saves ~20 us. */
+#ifndef SG_PAR_MIN_WORK
 #define SG_PAR_MIN_WORK ((int64_t)1 << 21)
-/* Chunks a split call is cut into (at most): enough that a late participant
- * costs little, few enough that claiming them is free. */
+#endif
+/* A split call is cut into at most this many chunks: enough that a
+ * participant that starts late costs little, few enough that claiming them
+ * is free. */
 #define SG_CHUNKS 16
 
-#define SG_TEMPLATE
-#ifndef SG_PF_LOC
+/* Software prefetch of the next block of B: into L2 (locality 2 is
+ * prefetcht1; it measured 10-15% faster per time step than prefetching into
+ * L1, with 16 MB of weights streamed from L3), one block ahead. */
 #define SG_PF_LOC 2
-#endif
-#ifndef SG_NT_PFD
-#define SG_NT_PFD 1
-#endif
-#ifndef SG_NN_PFD
-#define SG_NN_PFD 1
-#endif
+
+#define SG_TEMPLATE
 
 #if defined(__x86_64__) || defined(__i386__)
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
+#endif
 #define SG_SFX avx512
 #define SG_VW 16    /* floats per vector */
 #define SG_NT_MR 4  /* NT tile: rows of A ... */
@@ -74,10 +77,18 @@ typedef struct {
 #define SG_NN_MR 8  /* NN tile: rows of A ... */
 #define SG_NN_NV 3  /* ... by vectors of columns (24 accumulators) */
 #include "small_gemm.c"
+#ifdef __clang__
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 #define SG_SFX avx2
 #define SG_VW 8
 #define SG_NT_MR 3 /* 12 accumulators + 3 rows of A of 16 registers */
@@ -85,7 +96,11 @@ typedef struct {
 #define SG_NN_MR 4 /* 12 accumulators + 3 of B + 1 broadcast */
 #define SG_NN_NV 3
 #include "small_gemm.c"
+#ifdef __clang__
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #endif
 
 /* Baseline: SSE2 on x86-64, whatever the target has elsewhere. */
@@ -157,6 +172,11 @@ const char *nllm_small_gemm_isa(void)
     return sg_isa()->name;
 }
 
+int nllm_small_gemm_use(int M)
+{
+    return M <= NLLM_SMALL_GEMM_MAX_M && sg_isa() != &sg_isas[SG_NISA - 1];
+}
+
 int nllm_small_gemm_force_isa(const char *name)
 {
     if (!name) {
@@ -207,8 +227,6 @@ static void sg_participant(void *arg, int64_t begin, int64_t end)
     }
 }
 
-static void sg_static(void *arg, int64_t b, int64_t e) { sg_blocks(arg, b, e); }
-
 void nllm_small_gemm(nllm_pool_t *pool, int transB, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
                      int ldc)
@@ -229,16 +247,13 @@ void nllm_small_gemm(nllm_pool_t *pool, int transB, int M, int N, int K, float a
     int cols = job.transB ? job.isa->nt_cols : job.isa->nn_cols;
     job.blocks = ((int64_t)N + cols - 1) / cols;
     int64_t work = (int64_t)M * N * K;
-    static int mode = -1; /* EXPERIMENT 0 none 1 static 2 dynamic */
-    if (mode < 0) { const char *e = getenv("NLLM_SG_MODE"); mode = e ? atoi(e) : 2; }
-    if (!pool || work < SG_PAR_MIN_WORK || job.blocks < 2 || mode == 0) {
+    if (!pool || work < SG_PAR_MIN_WORK || job.blocks < 2) {
         sg_blocks(&job, 0, job.blocks);
         return;
     }
-    if (mode == 1) { nllm_pool_for(pool, sg_static, &job, job.blocks, work); return; }
     job.chunk = job.blocks / SG_CHUNKS > 1 ? job.blocks / SG_CHUNKS : 1;
     atomic_init(&job.next, 0);
-    /* one range per thread; each range's call is one participant */
+    /* the pool calls sg_participant once per thread (each gets a range) */
     nllm_pool_for(pool, sg_participant, &job, job.blocks, work);
 }
 
@@ -274,23 +289,27 @@ enum { SG(k_nt_cols) = SG_NT_NR, SG(k_nn_cols) = SG_NN_NV * SG_VW };
 #define SG_LO(o, w) ((o) < SG_VW / 2 ? SG_LO1(o, w, 0) : SG_VW + SG_LO1((o) - SG_VW / 2, w, 0))
 #define SG_HI(o, w) (SG_LO(o, w) + (w) / 2)
 #if SG_VW == 16
-#define SG_MASK(F, w)                                                                        \
-    {F(0, w), F(1, w), F(2, w),  F(3, w),  F(4, w),  F(5, w),  F(6, w),  F(7, w),          \
-     F(8, w), F(9, w), F(10, w), F(11, w), F(12, w), F(13, w), F(14, w), F(15, w)}
+#define SG_IDX(F, w)                                                                         \
+    F(0, w), F(1, w), F(2, w), F(3, w), F(4, w), F(5, w), F(6, w), F(7, w), F(8, w), F(9, w),  \
+        F(10, w), F(11, w), F(12, w), F(13, w), F(14, w), F(15, w)
 #elif SG_VW == 8
-#define SG_MASK(F, w) {F(0, w), F(1, w), F(2, w), F(3, w), F(4, w), F(5, w), F(6, w), F(7, w)}
+#define SG_IDX(F, w) F(0, w), F(1, w), F(2, w), F(3, w), F(4, w), F(5, w), F(6, w), F(7, w)
 #elif SG_VW == 4
-#define SG_MASK(F, w) {F(0, w), F(1, w), F(2, w), F(3, w)}
+#define SG_IDX(F, w) F(0, w), F(1, w), F(2, w), F(3, w)
 #else
 #error "SG_VW must be 4, 8 or 16"
+#endif
+#if defined(__clang__) || __GNUC__ >= 12
+#define SG_SHUF(x, y, F, w) __builtin_shufflevector(x, y, SG_IDX(F, w))
+#else
+#define SG_SHUF(x, y, F, w) __builtin_shuffle(x, y, (VI){SG_IDX(F, w)})
 #endif
 
 #define SG_STAGE(x, w)                                                                       \
     do {                                                                                     \
-        const VI lo_ = SG_MASK(SG_LO, w), hi_ = SG_MASK(SG_HI, w);                          \
         for (int p_ = 0; p_ < (w) / 2; p_++)                                                \
-            (x)[p_] = __builtin_shuffle((x)[2 * p_], (x)[2 * p_ + 1], lo_) +                 \
-                      __builtin_shuffle((x)[2 * p_], (x)[2 * p_ + 1], hi_);                  \
+            (x)[p_] = SG_SHUF((x)[2 * p_], (x)[2 * p_ + 1], SG_LO, w) +                      \
+                      SG_SHUF((x)[2 * p_], (x)[2 * p_ + 1], SG_HI, w);                       \
     } while (0)
 
 /* x[0..SG_VW) -> one vector whose lane q is the sum of the lanes of x[q],
@@ -416,8 +435,8 @@ static void SG(nt_blocks)(const sg_args_t *g, int64_t b0, int64_t b1)
         int nr = N - j0 < SG_NT_NR ? N - j0 : SG_NT_NR;
         const float *next[SG_NT_NR];
         int nnext = 0;
-        for (int c = 0; c < SG_NT_NR && j0 + SG_NT_PFD * SG_NT_NR + c < N; c++)
-            next[nnext++] = g->B + (size_t)(j0 + SG_NT_PFD * SG_NT_NR + c) * g->ldb;
+        for (int c = 0; c < SG_NT_NR && j0 + SG_NT_NR + c < N; c++)
+            next[nnext++] = g->B + (size_t)(j0 + SG_NT_NR + c) * g->ldb;
         for (int i0 = 0, t = 0; i0 < M; i0 += SG_NT_MR, t++) {
             const float *const *pf = next;
             int npf = 0;
@@ -562,7 +581,7 @@ static void SG(nn_blocks)(const sg_args_t *g, int64_t b0, int64_t b1)
         int j0 = (int)blk * cols;
         int width = N - j0 < cols ? N - j0 : cols;
         int nvec = width / SG_VW, w = width % SG_VW;
-        const float *next = j0 + (SG_NN_PFD + 1) * cols <= N ? g->B + j0 + SG_NN_PFD * cols : NULL;
+        const float *next = j0 + 2 * cols <= N ? g->B + j0 + cols : NULL;
         for (int i0 = 0; i0 < M; i0 += SG_NN_MR) {
             int mr = M - i0 < SG_NN_MR ? M - i0 : SG_NN_MR;
             const float *pf = i0 == 0 ? next : NULL;
@@ -587,7 +606,8 @@ static void SG(nn_blocks)(const sg_args_t *g, int64_t b0, int64_t b1)
 #undef SG_NT_NRCASE
 #undef SG_NT_COLS
 #undef SG_STAGE
-#undef SG_MASK
+#undef SG_IDX
+#undef SG_SHUF
 #undef SG_LO1
 #undef SG_LO
 #undef SG_HI
