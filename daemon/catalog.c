@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1188,6 +1189,40 @@ static int check_ckpt_spec(const char *job, const nllm_catalog_ckpt_spec_t *s, c
     return 0;
 }
 
+/* Test hook of the reliability campaign (tests/reliability/), off unless the
+ * environment sets NLLM_CATALOG_FAULT="ckpt_add:N:ACTION" (at the N-th
+ * checkpoint-row commit of this process, just before COMMIT) or
+ * "ckpt_added:N:kill" (just after COMMIT returned). ACTION: kill
+ * (raise(SIGKILL): a crash at that instant), ENOSPC or EIO (the transaction is
+ * rolled back and the call fails as if SQLite had reported SQLITE_FULL /
+ * SQLITE_IOERR). Loop thread only, like the rest of the catalog. */
+static int ckpt_commit_fault(int after, nllm_err_t *err, const char *what)
+{
+    static int parsed;
+    static char point[16], action[16];
+    static long nth, count[2];
+    if (!parsed) {
+        parsed = 1;
+        const char *spec = getenv("NLLM_CATALOG_FAULT");
+        if (spec && sscanf(spec, "%15[a-z_]:%ld:%15s", point, &nth, action) != 3)
+            nth = 0;
+    }
+    if (nth <= 0 || strcmp(point, after ? "ckpt_added" : "ckpt_add") != 0 ||
+        ++count[after] != nth)
+        return 0;
+    if (strcmp(action, "kill") == 0)
+        raise(SIGKILL);
+    if (after)
+        return 0;
+    if (strcmp(action, "ENOSPC") == 0)
+        return nllm_err_set(err, NLLM_ENOSPC, "%s: database or disk is full (injected by "
+                            "NLLM_CATALOG_FAULT)", what);
+    if (strcmp(action, "EIO") == 0)
+        return nllm_err_set(err, NLLM_EIO, "%s: disk I/O error (injected by "
+                            "NLLM_CATALOG_FAULT)", what);
+    return 0;
+}
+
 int nllm_catalog_ckpt_add(nllm_catalog_t *cat, const char *job,
                           const nllm_catalog_ckpt_spec_t *spec, int64_t *id_out, nllm_err_t *err)
 {
@@ -1225,8 +1260,9 @@ int nllm_catalog_ckpt_add(nllm_catalog_t *cat, const char *job,
     if (ret)
         goto fail;
     int64_t id = sqlite3_last_insert_rowid(cat->db);
-    if ((ret = tx_commit(cat, err, what)))
+    if ((ret = ckpt_commit_fault(0, err, what)) || (ret = tx_commit(cat, err, what)))
         goto fail;
+    ckpt_commit_fault(1, err, what);
     if (id_out)
         *id_out = id;
     return 0;

@@ -375,33 +375,43 @@ static int load_progress(const nllm_st_file_t *f, const char *path, nllm_progres
 static int load_tensors(const nllm_st_file_t *f, const char *path, nllm_ckpt_t *c,
                         int plain, nllm_err_t *err)
 {
-    c->weights = calloc((size_t)c->nfloats, sizeof(float));
-    if (!c->weights)
-        return nllm_err_set(err, NLLM_ENOMEM, "checkpoint %s: out of memory", path);
     int has_opt = nllm_st_find(f, "optimizer.exp_avg.token_embedding.weight") != NULL;
-    if (has_opt) {
-        c->exp_avg = calloc((size_t)c->nfloats, sizeof(float));
-        c->exp_avg_sq = calloc((size_t)c->nfloats, sizeof(float));
-        if (!c->exp_avg || !c->exp_avg_sq)
-            return nllm_err_set(err, NLLM_ENOMEM, "checkpoint %s: out of memory", path);
-    }
     int expected = c->nparams * (has_opt ? 3 : 1);
     char name[128];
-    for (int k = 0; k < (has_opt ? 3 : 1); k++)
-        for (int i = 0; i < c->nparams; i++) {
-            const nllm_param_info_t *p = &c->params[i];
-            if (k == 0)
-                snprintf(name, sizeof name, "%s", p->name);
-            else
-                snprintf(name, sizeof name, "optimizer.%s.%s", k == 1 ? "exp_avg" : "exp_avg_sq",
-                         p->name);
-            const float *src;
-            int rc = nllm_st_get_f32(f, name, p->ndim, p->shape, &src, err);
-            if (rc < 0)
-                return rc;
-            float *dst = (k == 0 ? c->weights : k == 1 ? c->exp_avg : c->exp_avg_sq) + p->offset;
-            memcpy(dst, src, sizeof(float) * (size_t)p->numel);
+    /* pass 0 checks that every tensor is there with its shape, before the
+     * buffers are allocated: a small file whose config claims a huge model
+     * is refused as corrupt instead of costing gigabytes; pass 1 copies */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            c->weights = calloc((size_t)c->nfloats, sizeof(float));
+            if (!c->weights)
+                return nllm_err_set(err, NLLM_ENOMEM, "checkpoint %s: out of memory", path);
+            if (has_opt) {
+                c->exp_avg = calloc((size_t)c->nfloats, sizeof(float));
+                c->exp_avg_sq = calloc((size_t)c->nfloats, sizeof(float));
+                if (!c->exp_avg || !c->exp_avg_sq)
+                    return nllm_err_set(err, NLLM_ENOMEM, "checkpoint %s: out of memory", path);
+            }
         }
+        for (int k = 0; k < (has_opt ? 3 : 1); k++)
+            for (int i = 0; i < c->nparams; i++) {
+                const nllm_param_info_t *p = &c->params[i];
+                if (k == 0)
+                    snprintf(name, sizeof name, "%s", p->name);
+                else
+                    snprintf(name, sizeof name, "optimizer.%s.%s",
+                             k == 1 ? "exp_avg" : "exp_avg_sq", p->name);
+                const float *src;
+                int rc = nllm_st_get_f32(f, name, p->ndim, p->shape, &src, err);
+                if (rc < 0)
+                    return rc;
+                if (pass == 0)
+                    continue;
+                float *dst =
+                    (k == 0 ? c->weights : k == 1 ? c->exp_avg : c->exp_avg_sq) + p->offset;
+                memcpy(dst, src, sizeof(float) * (size_t)p->numel);
+            }
+    }
     if (!plain && nllm_st_count(f) != expected) {
         /* name the first tensor that is not ours */
         for (int i = 0; i < nllm_st_count(f); i++) {

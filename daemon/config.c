@@ -163,12 +163,20 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
             *(double *)base = x;
         return 0;
     }
-    case F_PATH:
+    case F_PATH: {
         if (strlen(v) >= NLLM_PATH_MAX)
             return nllm_err_set(err, NLLM_EINVAL, "%s: path is longer than %d bytes", f->key,
                                 NLLM_PATH_MAX - 1);
+        json_t *utf8 = json_string(v); /* settings are stored as JSON: UTF-8 only */
+        if (!utf8)
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "%s: path is not valid UTF-8 (job settings are stored as "
+                                "JSON): rename the file or link it under a UTF-8 name",
+                                f->key);
+        json_decref(utf8);
         snprintf(base, NLLM_PATH_MAX, "%s", v);
         return 0;
+    }
     case F_TOK:
         if (strcmp(v, "word") == 0)
             c->tokenizer = NLLM_TOK_WORD;
@@ -321,7 +329,13 @@ json_t *nllm_job_config_to_json(const nllm_job_config_t *c)
             v = json_boolean(*(const int32_t *)base);
             break;
         case F_U64:
-            v = json_integer((json_int_t)*(const uint64_t *)base);
+            /* above INT64_MAX as a decimal string: a JSON integer would turn negative */
+            if (*(const uint64_t *)base > (uint64_t)INT64_MAX) {
+                field_text(c, f, buf, sizeof buf);
+                v = json_string(buf);
+            } else {
+                v = json_integer((json_int_t)*(const uint64_t *)base);
+            }
             break;
         case F_F32:
             /* shortest decimal that round-trips the float */

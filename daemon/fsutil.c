@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,11 @@ static atomic_int g_env_state;       /* 0 not read, 1 reading, 2 done */
 static atomic_ulong g_tmp_counter;
 
 static const char *const op_names[NLLM_FS_OP_COUNT_] = {"write", "fsync", "rename", "dirsync"};
+
+/* Not an errno: the fault action "kill" (spec "write:3:kill") makes the call
+ * raise(SIGKILL) instead of failing -- a crash at that exact instant, for the
+ * reliability campaign (tests/reliability/kill.py). */
+#define FAULT_KILL 1000000
 
 static void fault_store(int op, long nth, int errnum)
 {
@@ -93,7 +99,8 @@ static int errno_from_name(const char *s, size_t n)
         int val;
     } tab[] = {{"ENOSPC", ENOSPC}, {"EIO", EIO},       {"EDQUOT", EDQUOT}, {"EROFS", EROFS},
                {"EACCES", EACCES}, {"EINTR", EINTR},   {"EPERM", EPERM},   {"ENOMEM", ENOMEM},
-               {"EFBIG", EFBIG},   {"EAGAIN", EAGAIN}, {"EBADF", EBADF},   {"EINVAL", EINVAL}};
+               {"EFBIG", EFBIG},   {"EAGAIN", EAGAIN}, {"EBADF", EBADF},   {"EINVAL", EINVAL},
+               {"kill", FAULT_KILL}};
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
         if (strlen(tab[i].name) == n && memcmp(tab[i].name, s, n) == 0)
             return tab[i].val;
@@ -145,7 +152,7 @@ static int parse_spec(const char *spec, int apply, nllm_err_t *err)
                                 spec);
         int e = errno_from_name(c2 + 1, len - (size_t)(c2 + 1 - p));
         if (e <= 0)
-            return nllm_err_set(err, NLLM_EINVAL, "fault spec '%s': unknown errno '%.*s'; use a name like ENOSPC or a number",
+            return nllm_err_set(err, NLLM_EINVAL, "fault spec '%s': unknown errno '%.*s'; use a name like ENOSPC, a number or kill",
                                 spec, (int)(len - (size_t)(c2 + 1 - p)), c2 + 1);
         if (apply)
             fault_store(op, sticky ? -nth : nth, e);
@@ -197,8 +204,12 @@ static int fault_hit(int op)
     long at = atomic_load_explicit(&s->fail_at, memory_order_acquire);
     if (at == 0)
         return 0;
-    if (n == at || (n > at && atomic_load(&s->sticky)))
-        return atomic_load(&s->fail_errno);
+    if (n == at || (n > at && atomic_load(&s->sticky))) {
+        int e = atomic_load(&s->fail_errno);
+        if (e == FAULT_KILL)
+            raise(SIGKILL);
+        return e;
+    }
     return 0;
 }
 

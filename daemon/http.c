@@ -105,6 +105,10 @@ struct http_conn {
     char hosthdr[256];
     size_t host_len;
     int host_count, host_overflow;
+    /* nllmd_http_parse_request: no socket, no timer; responses are built
+     * and counted but not sent */
+    int detached;
+    int first_status, nresponses;
 };
 
 typedef struct {
@@ -248,7 +252,7 @@ static void on_timer(uv_timer_t *t)
 
 static void timer_set(http_conn_t *c, uint64_t ms)
 {
-    if (!c->closing)
+    if (!c->closing && !c->detached)
         uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
@@ -266,7 +270,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 /* Called whenever a write completes or the connection's plans change. */
 static void conn_after_writes(http_conn_t *c)
 {
-    if (c->closing || c->nwrites > 0)
+    if (c->closing || c->nwrites > 0 || c->detached)
         return;
     if (c->eof) {
         conn_close(c);
@@ -295,7 +299,7 @@ static void on_written(uv_write_t *req, int status)
 
 static void conn_write(http_conn_t *c, const char *data, size_t len)
 {
-    if (c->closing)
+    if (c->closing || c->detached)
         return;
     if (c->pending + len > WRITE_QUEUE_MAX) {
         conn_close(c); /* a client that does not read what it asked for */
@@ -331,6 +335,8 @@ static void respond(http_conn_t *c, int status, const char *ctype, const char *b
     if (c->closing)
         return;
     count_response(c->srv, status);
+    if (!c->nresponses++)
+        c->first_status = status;
     buf_t b = {0};
     const char *reason = http_status_str((enum http_status)status);
     buf_printf(&b,
@@ -1003,6 +1009,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(slab, sizeof slab);
 }
 
+static void conn_feed(http_conn_t *c, const char *data, size_t n);
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     http_conn_t *c = st->data;
@@ -1016,9 +1024,17 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             conn_close(c);
         return;
     }
-    if (nread == 0 || c->finishing)
+    if (nread == 0)
+        return;
+    conn_feed(c, buf->base, (size_t)nread);
+}
+
+/* Parses bytes the connection received; answers what they complete. */
+static void conn_feed(http_conn_t *c, const char *data, size_t n)
+{
+    if (c->finishing)
         return; /* lingering: discard */
-    http_parser_execute(&c->parser, &c->srv->settings, buf->base, (size_t)nread);
+    http_parser_execute(&c->parser, &c->srv->settings, data, n);
     enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
     if (c->closing || c->finishing)
         return;
@@ -1091,6 +1107,18 @@ static void listener_closed(uv_handle_t *h)
     srv_unref(h->data);
 }
 
+static void settings_init(nllmd_http_t *s)
+{
+    http_parser_settings_init(&s->settings);
+    s->settings.on_message_begin = on_message_begin;
+    s->settings.on_url = on_url;
+    s->settings.on_header_field = on_header_field;
+    s->settings.on_header_value = on_header_value;
+    s->settings.on_headers_complete = on_headers_complete;
+    s->settings.on_message_complete = on_message_complete;
+    http_parser_set_max_header_size(NLLMD_HTTP_MAX_HEAD);
+}
+
 int nllmd_http_start(nllmd_t *d, nllm_err_t *err)
 {
     const char *spec = d->opt.metrics[0] ? d->opt.metrics : NLLMD_HTTP_DEFAULT_ADDR;
@@ -1139,14 +1167,7 @@ int nllmd_http_start(nllmd_t *d, nllm_err_t *err)
         s->hostname[0] = '\0';
     s->head_timeout_ms = env_ms("NLLMD_HTTP_HEAD_TIMEOUT_MS", NLLMD_HTTP_HEAD_TIMEOUT_MS);
     s->idle_timeout_ms = env_ms("NLLMD_HTTP_IDLE_TIMEOUT_MS", NLLMD_HTTP_IDLE_TIMEOUT_MS);
-    http_parser_settings_init(&s->settings);
-    s->settings.on_message_begin = on_message_begin;
-    s->settings.on_url = on_url;
-    s->settings.on_header_field = on_header_field;
-    s->settings.on_header_value = on_header_value;
-    s->settings.on_headers_complete = on_headers_complete;
-    s->settings.on_message_complete = on_message_complete;
-    http_parser_set_max_header_size(NLLMD_HTTP_MAX_HEAD);
+    settings_init(s);
 
     struct sockaddr_storage sa;
     int rc = s->family == AF_INET6 ? uv_ip6_addr(s->host, (int)port, (struct sockaddr_in6 *)&sa)
@@ -1196,4 +1217,42 @@ void nllmd_http_close(nllmd_t *d)
     for (http_conn_t *c = s->conns; c; c = c->next)
         conn_close(c);
     uv_close((uv_handle_t *)&s->listener, listener_closed);
+}
+
+int nllmd_http_parse_request(nllmd_t *d, const char *host, int port, const char *data,
+                             size_t len, size_t piece, int *nresponses)
+{
+    nllmd_http_t *s = xrealloc(NULL, sizeof *s);
+    memset(s, 0, sizeof *s);
+    s->d = d;
+    snprintf(s->host, sizeof s->host, "%s", host);
+    if (!is_ip_literal(s->host, s->addr, &s->family) || port < 0 || port > 65535) {
+        free(s);
+        return NLLM_EINVAL;
+    }
+    static const unsigned char zero[16];
+    s->loopback = is_loopback_ip(s->addr, s->family);
+    s->wildcard = !memcmp(s->addr, zero, s->family == AF_INET ? 4 : 16);
+    snprintf(s->hostname, sizeof s->hostname, "nllm-host.example");
+    s->port = port;
+    settings_init(s);
+    http_conn_t *c = xrealloc(NULL, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->srv = s;
+    c->detached = 1;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    if (piece == 0 || piece > 65536)
+        piece = 65536; /* on_alloc's slab: the most one read delivers */
+    for (size_t off = 0; off < len && !c->finishing;) {
+        size_t n = len - off < piece ? len - off : piece;
+        conn_feed(c, data + off, n);
+        off += n;
+    }
+    int status = c->first_status;
+    if (nresponses)
+        *nresponses = c->nresponses;
+    free(c);
+    free(s);
+    return status;
 }

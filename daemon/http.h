@@ -35,4 +35,15 @@ void nllmd_http_close(nllmd_t *d);
  * code of the reply. A no-op while the listener is off. */
 void nllmd_http_count_request(nllmd_t *d, const char *method, int code);
 
+/* Parses len bytes as what one connection to a listener on HOST:port (an
+ * IP literal) received, through the same http_parser callbacks, limits and
+ * checks as a socket connection, delivered in reads of `piece` bytes (0:
+ * as large as a real read). No socket and no timer: responses are built
+ * and counted, not sent; the host name a non-loopback listener accepts is
+ * "nllm-host.example". Returns the status of the first response (0: none,
+ * e.g. the head is incomplete) or NLLM_EINVAL for a bad host; *nresponses
+ * (may be NULL) gets how many. For tests and tests/fuzz/fuzz_http.c. */
+int nllmd_http_parse_request(nllmd_t *d, const char *host, int port, const char *data,
+                             size_t len, size_t piece, int *nresponses);
+
 #endif /* NLLM_HTTP_H */

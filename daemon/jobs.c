@@ -149,9 +149,10 @@ static void job_set_state(nllm_job_t *j, const char *state, const char *error)
 {
     nllm_err_t err;
     snprintf(j->state, sizeof j->state, "%s", state);
-    if (error)
-        snprintf(j->error, sizeof j->error, "%s", error);
-    else if (strcmp(state, "failed") != 0)
+    if (error) {
+        if (error != j->error) /* callers pass j->error itself to keep it */
+            snprintf(j->error, sizeof j->error, "%s", error);
+    } else if (strcmp(state, "failed") != 0)
         j->error[0] = '\0';
     j->updated = wall_now();
     if (nllm_catalog_job_set_state(j->d->cat, j->name, state, j->error[0] ? j->error : NULL,
@@ -547,16 +548,32 @@ static void retention(nllm_job_t *j)
     for (size_t i = 0; i < n && periodic > (size_t)j->cfg.keep; i++) {
         if (strcmp(cks[i].kind, "epoch") != 0)
             continue;
-        if (unlink(cks[i].path) != 0 && errno != ENOENT) {
-            nllmd_log(j->d, j->name, "retention: cannot delete %s: %s", cks[i].path,
-                      strerror(errno));
+        /* the row first: a crash in between leaves a file no row names, never a
+         * row whose file is gone */
+        if (nllm_catalog_ckpt_delete(j->d->cat, j->name, cks[i].id, &err) < 0) {
+            nllmd_log(j->d, j->name, "retention: cannot delete %s: %s", cks[i].name, err.msg);
             continue;
         }
-        nllm_catalog_ckpt_delete(j->d->cat, j->name, cks[i].id, &err);
+        if (unlink(cks[i].path) != 0 && errno != ENOENT)
+            nllmd_log(j->d, j->name, "retention: cannot delete %s: %s", cks[i].path,
+                      strerror(errno));
         nllmd_job_event(j, "retention", "deleted %s (keep %d)", cks[i].name, j->cfg.keep);
         periodic--;
     }
     nllm_catalog_ckpts_free(cks, n);
+}
+
+/* A checkpoint that could not be made durable or recorded: the job pauses at
+ * the next step with the reason (j->error; EV_DONE keeps it). */
+static void checkpoint_failed(nllm_job_t *j, const char *msg)
+{
+    nllmd_job_event(j, "checkpoint_failed", "%s", msg);
+    snprintf(j->error, sizeof j->error, "%s", msg);
+    if (j->thread_live && !atomic_load(&j->ctl.pause)) {
+        atomic_store(&j->ctl.pause, 1);
+        if (strcmp(j->state, "running") == 0)
+            job_set_state(j, "pausing", msg);
+    }
 }
 
 static void handle_event(nllmd_t *d, nllmd_ev_t *e)
@@ -622,8 +639,9 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                                          sum, wh,
                                          e->val_loss};
         if (nllm_catalog_ckpt_add(d->cat, j->name, &spec, NULL, &err) < 0) {
-            nllmd_job_event(j, "checkpoint_failed", "%s written but not recorded: %s", nm,
-                            err.msg);
+            char msg[NLLM_ERR_MSG_MAX];
+            snprintf(msg, sizeof msg, "%s written but not recorded: %s", nm, err.msg);
+            checkpoint_failed(j, msg);
             break;
         }
         pthread_mutex_lock(&j->mu);
@@ -643,13 +661,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         break;
     }
     case EV_CKPT_FAIL:
-        nllmd_job_event(j, "checkpoint_failed", "%s", e->err.msg);
-        snprintf(j->error, sizeof j->error, "%s", e->err.msg);
-        if (j->thread_live && !atomic_load(&j->ctl.pause)) {
-            atomic_store(&j->ctl.pause, 1);
-            if (strcmp(j->state, "running") == 0)
-                job_set_state(j, "pausing", e->err.msg);
-        }
+        checkpoint_failed(j, e->err.msg);
         break;
     case EV_DONE: {
         uv_thread_join(&j->thread);
@@ -657,7 +669,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         if (j->device >= 0)
             d->devices[j->device].busy = NULL;
         j->device = -1;
-        int ckpt_failed = (int)e->ck_step;
+        int ckpt_failed = (int)e->ck_step || j->error[0]; /* written, or not recorded */
         if (e->rc < 0) {
             nllmd_job_event(j, "failed", "%s", e->err.msg);
             job_set_state(j, "failed", e->err.msg);
@@ -819,7 +831,53 @@ static int owns_file(const nllm_catalog_ckpt_t *cks, size_t n, size_t i)
     return 1;
 }
 
-/* Marks rows whose file is missing, short or fails its checksum. */
+/* A crash between the rename of a new checkpoint over an older one of the same
+ * name (best, paused, final, or epoch_N saved again after a resume) and the
+ * commit of its row leaves that row naming the new, complete file -- the job's
+ * newest state, while the old content is gone. Record the file in place of the
+ * row when it is this job's checkpoint of that kind and every epoch it has
+ * completed is current history. Returns 1 when recorded. */
+static int adopt_checkpoint(nllm_job_t *j, const nllm_catalog_ckpt_t *row, uint64_t h,
+                            int64_t size)
+{
+    nllm_ckpt_t *c;
+    nllm_err_t err;
+    if (nllm_ckpt_load(row->path, h, NULL, &c, &err) < 0)
+        return 0;
+    const nllm_progress_t *p = &c->progress;
+    int ok = strcmp(c->job, j->name) == 0 && strcmp(nllm_ckpt_kind_name(c->kind), row->kind) == 0;
+    nllm_catalog_epoch_t *eps;
+    size_t ne;
+    if (ok && (ok = nllm_catalog_epoch_list(j->d->cat, j->name, 0, &eps, &ne, &err) == 0)) {
+        int64_t have = 0;
+        for (size_t k = 0; k < ne; k++)
+            have += eps[k].epoch <= p->epoch;
+        nllm_catalog_epochs_free(eps, ne);
+        ok = have == p->epoch;
+    }
+    if (ok) {
+        char sum[17], wh[17];
+        snprintf(sum, sizeof sum, "%016llx", (unsigned long long)h);
+        snprintf(wh, sizeof wh, "%016llx", (unsigned long long)c->weights_hash);
+        double vl = c->kind == NLLM_CKPT_BEST ? p->best_val_loss
+                    : p->hist.n > 0          ? p->hist.val_loss[p->hist.n - 1]
+                                             : NAN;
+        nllm_catalog_ckpt_spec_t spec = {row->kind, row->name, p->epoch, p->global_step,
+                                         row->path, size, sum, wh, vl};
+        ok = nllm_catalog_ckpt_add(j->d->cat, j->name, &spec, NULL, &err) == 0;
+        if (ok)
+            nllmd_job_event(j, "recovered",
+                            "%s: recorded the complete file a save wrote just before the daemon "
+                            "stopped (epoch %lld, step %lld, xxh64 %s); its row had not been "
+                            "committed",
+                            row->name, (long long)p->epoch, (long long)p->global_step, sum);
+    }
+    nllm_ckpt_free(c);
+    return ok;
+}
+
+/* Marks rows whose file is missing, short or fails its checksum (after trying
+ * adopt_checkpoint on a complete file). */
 static void reconcile_checkpoints(nllm_job_t *j)
 {
     nllm_catalog_ckpt_t *cks;
@@ -831,6 +889,10 @@ static void reconcile_checkpoints(nllm_job_t *j)
     if (nllm_fs_remove_temp_files(dir, &removed, &err) == 0 && removed)
         nllmd_job_event(j, "recovered", "removed %d unfinished temporary file(s) in %s", removed,
                         dir);
+    /* the job folder's training-curve SVGs are written the same way */
+    if (nllm_fs_remove_temp_files(j->dir, &removed, &err) == 0 && removed)
+        nllmd_job_event(j, "recovered", "removed %d unfinished temporary file(s) in %s", removed,
+                        j->dir);
     if (nllm_catalog_ckpt_list(j->d->cat, j->name, 0, &cks, &n, &err) < 0)
         return;
     for (size_t i = 0; i < n; i++) {
@@ -838,28 +900,32 @@ static void reconcile_checkpoints(nllm_job_t *j)
             continue;
         struct stat st;
         char reason[512] = "";
-        if (stat(cks[i].path, &st) != 0)
+        uint64_t h = 0;
+        int complete = 0; /* a whole, well-formed safetensors file */
+        if (stat(cks[i].path, &st) != 0) {
             snprintf(reason, sizeof reason, "file %s is missing (%s)", cks[i].path,
                      strerror(errno));
-        else if ((int64_t)st.st_size != cks[i].size)
-            snprintf(reason, sizeof reason, "file %s has %lld bytes, the catalog says %lld",
-                     cks[i].path, (long long)st.st_size, (long long)cks[i].size);
-        if (!reason[0]) {
+        } else {
             nllm_st_file_t *f;
-            uint64_t h;
             nllm_err_t e2;
-            if (nllm_st_open(cks[i].path, &f, &h, &e2) < 0)
-                snprintf(reason, sizeof reason, "%s", e2.msg);
-            else {
+            if (nllm_st_open(cks[i].path, &f, &h, &e2) == 0) {
                 nllm_st_close(f);
-                char sum[17];
-                snprintf(sum, sizeof sum, "%016llx", (unsigned long long)h);
-                if (strcmp(sum, cks[i].checksum) != 0)
-                    snprintf(reason, sizeof reason,
-                             "file %s fails its checksum (file %s, catalog %s)", cks[i].path,
-                             sum, cks[i].checksum);
+                complete = 1;
             }
+            char sum[17];
+            snprintf(sum, sizeof sum, "%016llx", (unsigned long long)h);
+            if ((int64_t)st.st_size != cks[i].size)
+                snprintf(reason, sizeof reason, "file %s has %lld bytes, the catalog says %lld",
+                         cks[i].path, (long long)st.st_size, (long long)cks[i].size);
+            else if (!complete)
+                snprintf(reason, sizeof reason, "%s", e2.msg);
+            else if (strcmp(sum, cks[i].checksum) != 0)
+                snprintf(reason, sizeof reason,
+                         "file %s fails its checksum (file %s, catalog %s)", cks[i].path, sum,
+                         cks[i].checksum);
         }
+        if (reason[0] && complete && adopt_checkpoint(j, &cks[i], h, (int64_t)st.st_size))
+            continue;
         if (reason[0]) {
             nllm_catalog_ckpt_mark_bad(j->d->cat, j->name, cks[i].id, reason, &err);
             nllmd_job_event(j, "checkpoint_bad", "%s: %s", cks[i].name, reason);

@@ -147,17 +147,16 @@ static int cmp_tensor_offset(const void *a, const void *b)
 }
 
 
+static int cmp_index_name(const void *a, const void *b, void *ctx)
+{
+    const nllm_st_tensor_t *t = ctx;
+    return strcmp(t[*(const int *)a].name, t[*(const int *)b].name);
+}
+
 static void sort_by_name(int *idx, int n, const nllm_st_tensor_t *t)
 {
-    /* insertion sort on a small array; n is the tensor count */
-    for (int i = 1; i < n; i++) {
-        int v = idx[i], j = i - 1;
-        while (j >= 0 && strcmp(t[idx[j]].name, t[v].name) > 0) {
-            idx[j + 1] = idx[j];
-            j--;
-        }
-        idx[j + 1] = v;
-    }
+    /* O(n log n): a hostile header may list a million tensors */
+    qsort_r(idx, (size_t)n, sizeof *idx, cmp_index_name, (void *)t);
 }
 
 static int cmp_meta(const void *a, const void *b)

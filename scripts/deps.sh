@@ -15,7 +15,7 @@ for arg in "$@"; do
   case "$arg" in
     --demo) pkgs+=(fortunes-min) ;;
     --torch) pkgs+=(python3-torch python3-numpy) ;;
-    --test) pkgs+=(prometheus chromium fonts-dejavu-core systemd scdoc libxml2-utils) ;;
+    --test) pkgs+=(prometheus chromium fonts-dejavu-core systemd scdoc libxml2-utils clang libclang-rt-14-dev) ;;
     --extra) pkgs+=(clang llvm libclang-rt-14-dev) ;;
     *) echo "deps.sh: unknown option $arg" >&2; exit 2 ;;
   esac
