@@ -30,7 +30,8 @@ fi
 
 if ! "${ctl[@]}" hello >/dev/null 2>&1; then
   echo "demo: starting nllmd (state $demo/state, log $demo/nllmd.log)"
-  nohup build/nllmd --state-dir "$demo/state" --socket "$sock" >>"$demo/nllmd.log" 2>&1 &
+  # its own session: Ctrl-C on the watch below must not reach the daemon
+  setsid nohup build/nllmd --state-dir "$demo/state" --socket "$sock" >>"$demo/nllmd.log" 2>&1 &
   for _ in $(seq 50); do "${ctl[@]}" hello >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 "${ctl[@]}" hello
