@@ -251,7 +251,7 @@ def random_kills(R, tmp, data, nkills, rnd):
             t = time.time()
             found = False
             while time.time() - t < 10:
-                if any(".tmp." in f for f in os.listdir(ckdir)):
+                if os.path.isdir(ckdir) and any(".tmp." in f for f in os.listdir(ckdir)):
                     found = True
                     break
             extra = rnd.uniform(0, 0.003)
@@ -263,7 +263,8 @@ def random_kills(R, tmp, data, nkills, rnd):
         d.logf.close()
         w.join(5)
         committed = list(w.committed)
-        left = [f for f in os.listdir(ckdir) if ".tmp." in f]
+        # a kill at start-up can come before the job (and its folder) exists
+        left = [f for f in os.listdir(ckdir) if ".tmp." in f] if os.path.isdir(ckdir) else []
         if mode == "window" and left:
             counts["window_confirmed"] += 1
         for f in rlib.temp_files(state):
