@@ -251,6 +251,26 @@ static nllm_rpc_decoder_t replies;
 static size_t nreplies, nresponses;
 static int saw_unauthorized; /* a failed auth: the daemon closes after it */
 
+/* connect(), finished when a signal (libFuzzer's timer) interrupts it */
+static int connect_fully(int fd, const struct sockaddr *sa, socklen_t len)
+{
+    if (connect(fd, sa, len) == 0)
+        return 0;
+    if (errno != EINTR && errno != EINPROGRESS)
+        return -1;
+    struct pollfd pf = {.fd = fd, .events = POLLOUT};
+    int e = 0;
+    socklen_t el = sizeof e;
+    while (poll(&pf, 1, 5000) < 0)
+        if (errno != EINTR)
+            return -1;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) < 0 || e) {
+        errno = e ? e : errno;
+        return -1;
+    }
+    return 0;
+}
+
 static void drain(int fd)
 {
     char buf[65536];
@@ -345,7 +365,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct sockaddr_in sa = {.sin_family = AF_INET,
                                  .sin_port = htons((uint16_t)tcp_port),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        if (fd < 0 || connect_fully(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
             die("connect tcp", NULL);
         int one = 1; /* each chunk goes out as it is sent */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -353,7 +373,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fd = socket(AF_UNIX, SOCK_STREAM, 0);
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         snprintf(sa.sun_path, sizeof sa.sun_path, "%s", d->opt.socket_path);
-        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        if (fd < 0 || connect_fully(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
             die("connect unix", NULL);
     }
     int before = d->nconns;
@@ -364,7 +384,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     size_t off = 0;
     for (size_t c = 0; c < ncut && d->conns; c++) {
-        ssize_t w = send(fd, p + off, cut[c], MSG_NOSIGNAL);
+        ssize_t w;
+        while ((w = send(fd, p + off, cut[c], MSG_NOSIGNAL)) < 0 && errno == EINTR)
+            ;
         off += cut[c];
         uv_run(d->loop, UV_RUN_NOWAIT);
         drain(fd);
@@ -397,7 +419,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     /* the daemon's side is closed: read what is still in flight, up to EOF */
     struct pollfd pf = {.fd = fd, .events = POLLIN};
-    while (poll(&pf, 1, 5000) > 0) {
+    int pr;
+    while ((pr = poll(&pf, 1, 5000)) > 0 || (pr < 0 && errno == EINTR)) {
+        if (pr < 0)
+            continue;
         char buf[4096];
         ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
         if (n <= 0)
