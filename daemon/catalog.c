@@ -650,6 +650,11 @@ void nllm_catalog_close(nllm_catalog_t *cat)
     free(cat);
 }
 
+int64_t nllm_catalog_generation(const nllm_catalog_t *cat)
+{
+    return cat && cat->db ? (int64_t)sqlite3_total_changes64(cat->db) : -1;
+}
+
 struct sqlite3 *nllm_catalog_db(nllm_catalog_t *cat)
 {
     return cat ? cat->db : NULL;

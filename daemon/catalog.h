@@ -53,6 +53,10 @@ struct sqlite3;
 int nllm_catalog_open(const char *path, nllm_catalog_t **out, nllm_err_t *err);
 /* Close the connection (NULL is fine). Last closer folds the WAL back. */
 void nllm_catalog_close(nllm_catalog_t *cat);
+/* A counter that changes whenever a row of the catalog is inserted, updated
+ * or deleted through this connection (the daemon's only one): readers cache
+ * what they derived from the catalog until it moves. */
+int64_t nllm_catalog_generation(const nllm_catalog_t *cat);
 
 typedef struct {
     char journal_mode[16]; /* "wal" */

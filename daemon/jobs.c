@@ -529,6 +529,8 @@ static void job_unref(nllm_job_t *j)
             break;
         }
     pthread_mutex_destroy(&j->mu);
+    json_decref(j->ckpt_reply[0]);
+    json_decref(j->ckpt_reply[1]);
     free(j);
 }
 

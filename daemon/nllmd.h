@@ -98,6 +98,10 @@ struct nllm_job {
     uint64_t ckpt_bytes;
     char resumed_label[96];
     double progress_sent; /* loop only: last progress notification time */
+    /* loop only: the `checkpoints` reply ([0] current, [1] all) and the
+     * catalog generation it was read at */
+    json_t *ckpt_reply[2];
+    int64_t ckpt_reply_gen[2];
 };
 
 typedef struct nllm_wbuf {

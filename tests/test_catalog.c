@@ -396,8 +396,19 @@ static void test_checkpoints(void)
     int64_t paused_id = c.id;
     nllm_catalog_ckpt_free(&c);
 
+    /* The generation moves with every row change and only then (the
+     * daemon's `checkpoints` reply is cached on it). */
+    int64_t g0 = nllm_catalog_generation(cat);
+    CHECK_RC(nllm_catalog_ckpt_list(cat, "j", 0, &list, &n, &err), 0);
+    nllm_catalog_ckpts_free(list, n);
+    CHECK_RC(nllm_catalog_ckpt_find(cat, "j", "latest", &c, &err), 0);
+    nllm_catalog_ckpt_free(&c);
+    EXPECT(nllm_catalog_generation(cat) == g0);
+
     /* Bad marking: latest skips bad checkpoints. */
     CHECK_RC(nllm_catalog_ckpt_mark_bad(cat, "j", paused_id, "checksum mismatch", &err), 0);
+    EXPECT(nllm_catalog_generation(cat) != g0);
+    g0 = nllm_catalog_generation(cat);
     CHECK_RC(nllm_catalog_ckpt_mark_bad(cat, "j", best2, "truncated file", &err), 0);
     CHECK_RC(nllm_catalog_ckpt_mark_bad(cat, "j", id3, "truncated file", &err), 0);
     CHECK_RC(nllm_catalog_ckpt_find(cat, "j", "latest", &c, &err), 0);
@@ -407,7 +418,10 @@ static void test_checkpoints(void)
     EXPECT(strcmp(c.status, "bad") == 0 && c.bad_reason &&
            strcmp(c.bad_reason, "truncated file") == 0);
     nllm_catalog_ckpt_free(&c);
+    EXPECT(nllm_catalog_generation(cat) != g0);
+    g0 = nllm_catalog_generation(cat);
     CHECK_RC(nllm_catalog_ckpt_mark_ok(cat, "j", id3, &err), 0);
+    EXPECT(nllm_catalog_generation(cat) != g0);
     CHECK_RC(nllm_catalog_ckpt_find(cat, "j", "latest", &c, &err), 0);
     EXPECT(c.id == id3 && strcmp(c.status, "ok") == 0 && c.bad_reason == NULL);
     nllm_catalog_ckpt_free(&c);
@@ -418,7 +432,9 @@ static void test_checkpoints(void)
     /* Re-saving epoch_3 replaces its row: one row per job+epoch_N. */
     s = ck_spec("epoch", 3, 300, 2.1);
     int64_t id3b;
+    g0 = nllm_catalog_generation(cat);
     CHECK_RC(nllm_catalog_ckpt_add(cat, "j", &s, &id3b, &err), 0);
+    EXPECT(nllm_catalog_generation(cat) != g0);
     EXPECT(id3b != id3);
     EXPECT(raw_int(path, "SELECT count(*) FROM checkpoints WHERE name = 'epoch_3'") == 1);
 
