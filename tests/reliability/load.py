@@ -620,6 +620,11 @@ def soak(R, tmp, minutes):
     fd0, rss0 = d.nfds(), d.rss_kb()
     samples = [(0, fd0, rss0)]
     lat_all, errs, cycles, dropped_total = [], 0, 0, 0
+    tid = training_tid(d)
+    bl = Blocked(d.pid, tid)
+    bl.start()
+    loads = []
+    s0 = schedstat(d.pid, tid)
     t_start = time.perf_counter()
     t_end = t_start + 60 * minutes
     while time.perf_counter() < t_end:
@@ -632,7 +637,15 @@ def soak(R, tmp, minutes):
         dropped, _, _ = flooding_consumers(d.sock, 1)
         dropped_total += dropped
         samples.append((round(time.perf_counter() - t_start), d.nfds(), d.rss_kb()))
-        print("     soak %ds: fds %d, VmRSS %d kB" % samples[-1], flush=True)
+        with open("/proc/loadavg") as f:
+            loads.append(float(f.read().split()[0]))
+        print("     soak %ds: fds %d, VmRSS %d kB, load average %.2f" % (samples[-1] + (
+            loads[-1],)), flush=True)
+    t_stop = time.perf_counter()
+    s1 = schedstat(d.pid, tid)
+    stall = bl.longest(t_start, t_stop)
+    bl.stop.set()
+    bl.join()
     rate, gap = poll.window(t_start, time.perf_counter())
     poll.stop.set()
     poll.join()
@@ -649,6 +662,12 @@ def soak(R, tmp, minutes):
     R.fig("soak_rss_kb", "%d -> %d (max %d)" % (rss0, rss1, max(s[2] for s in samples)))
     R.fig("soak_rss_samples", samples)
     R.fig("soak_step_gap_max_ms", round(1e3 * gap))
+    R.fig("soak_train_stall_max_ms", round(1e3 * stall))
+    R.fig("soak_train_cpu_share_pct", round(100 * (s1[0] - s0[0]) / (t_stop - t_start)))
+    R.fig("soak_load_average", "mean %.2f, max %.2f" % (sum(loads) / max(1, len(loads)),
+                                                       max(loads + [0])))
+    R.check(stall < 0.2, "soak: the training thread was never blocked for long (longest %d ms)"
+            % (1e3 * stall))
     R.fig("soak_steps_per_s", round(rate, 1))
     R.check(errs == 0, "soak: no failed request or connection (%d)" % errs)
     R.check(fd1 <= fd0, "soak: fds %d -> %d" % (fd0, fd1))
@@ -656,10 +675,13 @@ def soak(R, tmp, minutes):
     R.check(not half or max(half) - min(half) < 20000,
             "soak: VmRSS flat over the second half (%s kB)" % ((half and (min(half), max(half))),))
     R.note("soak %g min: %d requests p50 %.2f ms p99 %.2f ms, %d connect cycles, %d slow consumers "
-           "dropped, fds %d -> %d, VmRSS %d -> %d kB, longest step gap %d ms" % (
+           "dropped, fds %d -> %d, VmRSS %d -> %d kB, longest step gap seen by status %d ms, "
+           "longest training-thread block %d ms, training thread on a CPU %d%% of the time, "
+           "load average mean %.2f" % (
                minutes, len(lat_all), 1e3 * percentile(lat_all, 50),
                1e3 * percentile(lat_all, 99), cycles, dropped_total, fd0, fd1, rss0, rss1,
-               1e3 * gap))
+               1e3 * gap, 1e3 * stall, 100 * (s1[0] - s0[0]) / (t_stop - t_start),
+               sum(loads) / max(1, len(loads))))
     R.check(d.shutdown() == 0, "soak: shutdown exit 0")
 
 
