@@ -9,6 +9,8 @@
 #     RUNS                stop a target after this many executions (-runs=N)
 #   tests/fuzz/run.sh --available   exit 0 when clang can build a fuzzer
 #   FUZZ_TARGETS="rpc http" tests/fuzz/run.sh ...   a subset
+#   FUZZ_OUT=DIR tests/fuzz/run.sh ...   build and run in DIR (default
+#                                        build-fuzz; two runs at once need two)
 #
 # Memory: every target runs with -rss_limit_mb=256 and -malloc_limit_mb=256
 # (one allocation over 256 MiB is reported as a crash at once, and so is a
@@ -26,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CC=${CC_FUZZ:-clang}
-out=build-fuzz
+out=${FUZZ_OUT:-build-fuzz}
 all_targets="rpc safetensors ckpt jobfile http"
 
 available() {

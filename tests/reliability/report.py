@@ -2,7 +2,7 @@
 """report.py -- the table of figures of the reliability campaigns, and
 docs/reliability.md (from doc.md.in: prose by hand, figures filled in).
 
-Reads OUT/{kill,powerloss,faults,access,load,soak}.json (rlib.Results files).
+Reads OUT/{kill,powerloss,faults,access,load,soak,fuzz}.json (rlib.Results files).
 Placeholders in doc.md.in: {{DATE}}, {{MACHINE}}, {{COMMIT}}, {{SUMMARY}},
 {{FIGURES:name}} (every figure of a campaign), {{FIG:name:key}} (one value),
 {{FAILURES}} (failed checks of this run, or "none").
@@ -20,9 +20,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rlib import arg  # noqa: E402
 
-NAMES = ["kill", "powerloss", "faults", "access", "load", "soak"]
+NAMES = ["kill", "powerloss", "faults", "access", "load", "soak", "fuzz"]
 TITLES = {"kill": "1. kills", "powerloss": "2. power loss", "faults": "3. I/O faults",
-          "access": "4. access", "load": "5. load", "soak": "5b. soak"}
+          "access": "4. access", "load": "5. load", "soak": "5b. soak",
+          "fuzz": "6. hostile input"}
 
 
 def load(out):
@@ -72,6 +73,13 @@ def key_figures(n, r):
         return ("%s min, %s requests p99 %s ms, fds %s, VmRSS %s kB" % (
             g(r, "soak_minutes"), g(r, "soak_requests"), g(r, "soak_p99_ms"), g(r, "soak_fds"),
             g(r, "soak_rss_kb")))
+    if n == "fuzz":
+        return ("%s targets, %s executions (rpc %s, safetensors %s, ckpt %s, jobfile %s, http %s),"
+                " %s crashes, %s leaks, peak RSS <= %s MB" % (
+                    g(r, "targets"), g(r, "executions"), g(r, "rpc_executions"),
+                    g(r, "safetensors_executions"), g(r, "ckpt_executions"),
+                    g(r, "jobfile_executions"), g(r, "http_executions"), g(r, "crashes"),
+                    g(r, "leaks"), g(r, "peak_rss_mb_max")))
     return ""
 
 

@@ -6,11 +6,13 @@
 #   3 faults     EIO/ENOSPC at every call site, SQLite errors, a full disk
 #   4 access     socket permissions, peer uid, TCP token auth, HTTP, names
 #   5 load       64 clients, connect/disconnect churn, stalled consumers
+#   6 fuzz       every libFuzzer target 10^6 executions (full run only: CI
+#                runs them 5 s each from scripts/test.sh)
 # Prints a table of figures; a full run (no --quick) also writes
 # docs/reliability.md. Python 3 stdlib and the built binaries only.
 #
 # Usage: tests/reliability/run.sh [--quick] [--soak MINUTES] [--build DIR]
-#                                 [--only kill,powerloss,faults,access,load]
+#                                 [--only kill,powerloss,faults,access,load,fuzz]
 #   --quick   the CI size (whole run under 4 minutes on 2 cores): 30 kills and
 #             a sampled sweep, 100 power-loss cycles, performance aims reported
 #             but not asserted; never touches docs/
@@ -23,8 +25,8 @@ cd "$(dirname "$0")/../.."
 src=$PWD
 here=tests/reliability
 py=/usr/bin/python3
-mode=full soak="" build=build only=kill,powerloss,faults,access,load
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+mode=full soak="" build=build only=kill,powerloss,faults,access,load,fuzz
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) mode=quick ;;
@@ -57,6 +59,7 @@ run() { # name limit_seconds command...
   timeout --kill-after=30 "$limit" "$@" >"$out/$name.log" 2>&1 || rc=$?
   grep -v '^ok ' "$out/$name.log" | tail -n 40 || true
   [ $rc -eq 124 ] && echo "$name: timed out after $limit s (log: $out/$name.log)"
+  [ $rc -eq 77 ] && echo "$name: SKIPPED (the machine lacks what it needs; see the log)"
   [ $rc -eq 0 ] || failed+=("$name")
   echo "   $name: exit $rc, $((SECONDS - t0)) s"
 }
@@ -68,7 +71,7 @@ else
   if [ $mode = quick ]; then
     kills=30 sweep=sample cycles=100 every=2 tk=170 tp=90 tf=150 ta=90 tl=150
   else
-    kills=200 sweep=full cycles=300 every=1 tk=7200 tp=1800 tf=1800 ta=600 tl=1800
+    kills=200 sweep=full cycles=300 every=1 tk=7200 tp=1800 tf=1800 ta=600 tl=1800 tz=5400
   fi
   # the power-loss simulator links the engine library of the build
   case ",$only," in *,powerloss,*) ;; *) cycles=0 ;; esac
@@ -86,6 +89,7 @@ else
   run faults $tf "$py" $here/faults.py --out "$out" "${q[@]}"
   run access $ta "$py" $here/access.py --out "$out"
   run load $tl "$py" $here/load.py --out "$out" "${q[@]}"
+  [ $mode = quick ] || run fuzz $tz "$py" $here/fuzz.py --out "$out" --runs 1000000
 fi
 
 doc=()
