@@ -242,6 +242,95 @@ static int parse_entry(const char *label, const char *name, json_t *v, uint64_t 
     return 0;
 }
 
+/* The JSON text of the string token h[b..e) (quotes included) for a message:
+ * printable ASCII as is, any other byte as \xHH, at most 80 bytes. */
+static void show_token(char *out, size_t cap, const uint8_t *h, size_t b, size_t e)
+{
+    size_t k = 0;
+    for (size_t i = b; i < e && k + 8 < cap; i++) {
+        if (i - b == 80) {
+            k += (size_t)snprintf(out + k, cap - k, "...");
+            break;
+        }
+        if (h[i] >= 0x20 && h[i] < 0x7f)
+            out[k++] = (char)h[i];
+        else
+            k += (size_t)snprintf(out + k, cap - k, "\\x%02x", h[i]);
+    }
+    out[k] = '\0';
+}
+
+/* Names, metadata keys and values are C strings here and in the writer, so a
+ * NUL in one (JSON "\u0000"; a raw control byte is invalid JSON) would cut it
+ * short -- "a\u0000b" would read back as the key "a" and collide with it --
+ * and could never be written back. Refuse such a header, naming the string,
+ * before jansson sees it (whether jansson's parser accepts a NUL in a key
+ * differs between its versions). One pass over the header; a header that is
+ * not valid JSON is left to jansson. Every other string jansson decodes
+ * (valid UTF-8) the writer writes back unchanged. */
+static int refuse_nul(const char *label, const uint8_t *h, size_t n, nllm_err_t *err)
+{
+    char stack[64];     /* '{' or '[' of each open container */
+    int depth = 0;
+    int meta = -1;      /* depth of the __metadata__ object while inside it */
+    uint8_t prev = 0;   /* last byte outside strings and whitespace */
+    size_t kb = 0, ke = 0; /* the last object key seen */
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = h[i];
+        if (c == '"') {
+            size_t b = i;
+            int nul = 0;
+            for (i++; i < n && h[i] != '"'; i++)
+                if (h[i] == '\\' && i + 1 < n) {
+                    nul |= h[i + 1] == 'u' && i + 5 < n && memcmp(h + i + 2, "0000", 4) == 0;
+                    i++;
+                }
+            if (i >= n)
+                return 0;
+            size_t e = i + 1;
+            int is_key = depth > 0 && stack[depth - 1] == '{' && (prev == '{' || prev == ',');
+            if (nul) {
+                char s[400], k[400];
+                show_token(s, sizeof s, h, b, e);
+                if (is_key && depth == 1)
+                    return corrupt(err, label, "tensor name %s contains a NUL byte; names, metadata keys and values "
+                                   "cannot hold NUL", s);
+                if (is_key && depth == meta)
+                    return corrupt(err, label, "__metadata__ key %s contains a NUL byte; names, metadata keys and "
+                                   "values cannot hold NUL", s);
+                if (!is_key && depth == meta && ke > kb) {
+                    show_token(k, sizeof k, h, kb, ke);
+                    return corrupt(err, label, "__metadata__ value of %s contains a NUL byte (%s); names, metadata "
+                                   "keys and values cannot hold NUL", k, s);
+                }
+                return corrupt(err, label, "%s %s at byte %zu of the header contains a NUL byte", is_key ? "key" : "string",
+                               s, b);
+            }
+            if (is_key) {
+                kb = b;
+                ke = e;
+            }
+            prev = '"';
+            continue;
+        }
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
+            continue;
+        if (c == '{' || c == '[') {
+            if (depth == (int)sizeof stack)
+                return 0; /* deeper than any safetensors header: jansson decides */
+            if (c == '{' && depth == 1 && prev == ':' && ke - kb == 14 && memcmp(h + kb, "\"__metadata__\"", 14) == 0)
+                meta = depth + 1;
+            stack[depth++] = (char)c;
+        } else if ((c == '}' || c == ']') && depth > 0) {
+            if (meta == depth)
+                meta = -1;
+            depth--;
+        }
+        prev = c;
+    }
+    return 0;
+}
+
 /* Validate header (hdr, hlen) against a data buffer of data_len bytes; takes
  * ownership of data (freed on failure). */
 static int build(const char *label, const uint8_t *hdr, uint64_t hlen, uint8_t *data, uint64_t data_len,
@@ -263,6 +352,8 @@ static int build(const char *label, const uint8_t *hdr, uint64_t hlen, uint8_t *
         rc = corrupt(err, label, "header does not start with '{'");
         goto fail;
     }
+    if ((rc = refuse_nul(label, hdr, hlen, err)))
+        goto fail;
     json_error_t je;
     root = json_loadb((const char *)hdr, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
@@ -296,10 +387,24 @@ static int build(const char *label, const uint8_t *hdr, uint64_t hlen, uint8_t *
             rc = nllm_err_set(err, NLLM_ENOMEM, "out of memory reading safetensors file %s", label);
             goto fail;
         }
-        const char *k;
-        json_t *v;
-        json_object_foreach(meta, k, v)
-        {
+        for (void *mi = json_object_iter(meta); mi; mi = json_object_iter_next(meta, mi)) {
+            const char *k = json_object_iter_key(mi);
+            json_t *v = json_object_iter_value(mi);
+#if JANSSON_VERSION_HEX >= 0x020e00
+            size_t klen = json_object_iter_key_len(mi);
+#else
+            size_t klen = strlen(k);
+#endif
+            /* refuse_nul already refused these; kept so that a key is never cut short */
+            if (klen != strlen(k)) {
+                rc = corrupt(err, label, "__metadata__ key '%.64s...' contains a NUL byte", k);
+                goto fail;
+            }
+            if (klen > NLLM_ST_MAX_NAME) {
+                rc = corrupt(err, label, "__metadata__ key '%.40s...' is %zu bytes, longer than %d", k, klen,
+                             NLLM_ST_MAX_NAME);
+                goto fail;
+            }
             if (!json_is_string(v)) {
                 rc = corrupt(err, label, "__metadata__ value of '%.64s' is not a string", k);
                 goto fail;
@@ -326,12 +431,12 @@ static int build(const char *label, const uint8_t *hdr, uint64_t hlen, uint8_t *
 #else
         size_t nlen = strlen(name); /* older jansson cannot hold NUL in keys */
 #endif
-        if (strcmp(name, "__metadata__") == 0)
-            continue;
-        if (nlen != strlen(name)) {
-            rc = corrupt(err, label, "a tensor name contains a NUL byte");
+        if (nlen != strlen(name)) { /* before the __metadata__ test: "__metadata__\0x" is a tensor name */
+            rc = corrupt(err, label, "tensor name '%.64s...' contains a NUL byte", name);
             goto fail;
         }
+        if (strcmp(name, "__metadata__") == 0)
+            continue;
         if (nlen > NLLM_ST_MAX_NAME) {
             rc = corrupt(err, label, "tensor name '%.40s...' is %zu bytes, longer than %d", name, nlen,
                          NLLM_ST_MAX_NAME);
@@ -714,6 +819,9 @@ int nllm_st_writer_meta(nllm_st_writer_t *w, const char *key, const char *value,
         return nllm_err_set(err, NLLM_EINVAL, "nllm_st_writer_meta: writer, key and value are required");
     if (!valid_utf8_string(key) || !valid_utf8_string(value))
         return nllm_err_set(err, NLLM_EINVAL, "metadata '%.64s': key and value must be UTF-8", key);
+    if (strlen(key) > NLLM_ST_MAX_NAME) /* the reader refuses longer keys */
+        return nllm_err_set(err, NLLM_EINVAL, "metadata key '%.40s...' is %zu bytes, longer than %d", key,
+                            strlen(key), NLLM_ST_MAX_NAME);
     for (int i = 0; i < w->nmeta; i++)
         if (strcmp(w->meta[2 * i], key) == 0)
             return nllm_err_set(err, NLLM_EINVAL, "metadata key '%s' set twice; keys must be unique", key);

@@ -60,7 +60,10 @@ size_t nllm_st_dtype_size(nllm_st_dtype_t dt);
 typedef struct nllm_st_file nllm_st_file_t; /* owns its bytes, names and metadata */
 
 /* Parse a whole file held in buf (copied: buf may be freed afterwards).
- * label names the file in messages. Any format violation -> NLLM_ECORRUPT. */
+ * label names the file in messages. Any format violation -> NLLM_ECORRUPT,
+ * among them a tensor name, metadata key or value that holds a NUL byte (the
+ * message names the file and the string) and a name or metadata key longer
+ * than NLLM_ST_MAX_NAME: what the writer cannot write back unchanged. */
 int nllm_st_parse(const uint8_t *buf, size_t len, const char *label, nllm_st_file_t **out, nllm_err_t *err);
 /* Read and parse path; xxh64_out (may be NULL) gets XXH64 (seed 0) of the
  * whole file. Missing file -> NLLM_ENOENT, read error -> NLLM_EIO. */
@@ -97,7 +100,9 @@ nllm_st_writer_t *nllm_st_writer_new(void); /* NULL when out of memory */
  * for a zero-size tensor. Bad name/shape/dtype or a duplicate -> NLLM_EINVAL. */
 int nllm_st_writer_add(nllm_st_writer_t *w, const char *name, nllm_st_dtype_t dtype, int ndim, const int64_t *shape,
                        const void *data, nllm_err_t *err);
-/* Key and value are copied; a repeated key -> NLLM_EINVAL. */
+/* Key and value are copied; a repeated key, a key longer than
+ * NLLM_ST_MAX_NAME or one that is not UTF-8 -> NLLM_EINVAL. Both are C
+ * strings, so neither can hold a NUL byte ("a\0b" is the key "a"). */
 int nllm_st_writer_meta(nllm_st_writer_t *w, const char *key, const char *value, nllm_err_t *err);
 /* Stream header and data to fd (short writes and EINTR handled). xxh64_out
  * and size_out (may be NULL) get XXH64 (seed 0) and size of what was written. */

@@ -438,7 +438,18 @@ static void test_bad_headers(void)
         {"{\"__metadata__\":{\"k\":1}}", 0, "__metadata__ value of 'k'"},
         {"{\"__metadata__\":{\"k\":{}}}", 0, "__metadata__ value of 'k'"},
         {"{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0, "duplicate"},
-        {"{\"a\\u0000b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, NULL},
+        {"{\"a\\u0000b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+         "tensor name \"a\\u0000b\" contains a NUL byte"},
+        /* a NUL would end the name at "__metadata__": still a tensor name, refused */
+        {"{\"__metadata__\\u0000x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+         "tensor name \"__metadata__\\u0000x\" contains a NUL byte"},
+        /* metadata keys "a\0b" and "a" would both read back as "a" */
+        {"{\"__metadata__\":{\"a\\u0000b\":\"1\",\"a\":\"2\"}}", 0,
+         "__metadata__ key \"a\\u0000b\" contains a NUL byte"},
+        {"{\"__metadata__\":{\"\\u0000\":\"1\"}}", 0, "__metadata__ key \"\\u0000\" contains a NUL byte"},
+        {"{\"__metadata__\":{\"k\\u0000\":\"1\"}}", 0, "__metadata__ key \"k\\u0000\" contains a NUL byte"},
+        {"{\"__metadata__\":{\"a\\nb\\u0000\":\"1\"}}", 0, "__metadata__ key \"a\\nb\\u0000\" contains a NUL byte"},
+        {"{\"__metadata__\":{\"k\":\"v\\u0000w\"}}", 0, "__metadata__ value of \"k\" contains a NUL byte"},
         {"{\"\xff\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, "not valid JSON"},
         {"{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,18446744073709551616]}}", 1, NULL},
     };
@@ -469,6 +480,28 @@ static void test_bad_headers(void)
             nllm_st_file_t *f = NULL;
             int rc = nllm_st_parse(b, len, "name1024", &f, &err);
             CHECK(rc == 0, "1024-byte name rc=%d %s", rc, err.msg);
+            nllm_st_close(f);
+        }
+        free(b);
+        free(hdr);
+    }
+    /* a metadata key of 1025 bytes is refused, 1024 accepted (as the writer) */
+    for (int extra = 0; extra < 2; extra++) {
+        size_t nl = 1024 + (size_t)extra;
+        char *hdr = malloc(nl + 64);
+        strcpy(hdr, "{\"__metadata__\":{\"");
+        size_t pre = strlen(hdr);
+        memset(hdr + pre, 'k', nl);
+        strcpy(hdr + pre + nl, "\":\"v\"}}");
+        size_t len;
+        uint8_t *b = make_file(hdr, 0, &len);
+        if (extra) {
+            expect_corrupt(b, len, "longkey.safetensors", "longer than 1024", "1025-byte metadata key");
+        } else {
+            nllm_err_t err;
+            nllm_st_file_t *f = NULL;
+            int rc = nllm_st_parse(b, len, "key1024", &f, &err);
+            CHECK(rc == 0 && nllm_st_meta_count(f) == 1, "1024-byte metadata key rc=%d %s", rc, err.msg);
             nllm_st_close(f);
         }
         free(b);
@@ -543,6 +576,21 @@ static void test_writer_errors(void)
     CHECK(nllm_st_writer_add(w, "y", NLLM_ST_F32, 2, huge, x, &err) == NLLM_EINVAL, "overflowing shape");
     CHECK(nllm_st_writer_meta(w, "k", "v", &err) == 0, "meta");
     CHECK(nllm_st_writer_meta(w, "k", "v2", &err) == NLLM_EINVAL, "duplicate meta");
+    /* keys the reader would refuse are refused here too (a NUL cannot reach
+     * the writer: its keys are C strings, so "a\0b" is the key "a") */
+    CHECK(nllm_st_writer_meta(w, "a\0b", "v", &err) == 0 && nllm_st_writer_meta(w, "a", "v", &err) == NLLM_EINVAL,
+          "\"a\\0b\" is the key \"a\"");
+    CHECK(nllm_st_writer_meta(w, "bad\xff", "v", &err) == NLLM_EINVAL, "invalid UTF-8 key");
+    CHECK(nllm_st_writer_meta(w, "k2", "bad\xff", &err) == NLLM_EINVAL, "invalid UTF-8 value");
+    {
+        char key[1026];
+        memset(key, 'k', 1025);
+        key[1025] = '\0';
+        CHECK(nllm_st_writer_meta(w, key, "v", &err) == NLLM_EINVAL && strstr(err.msg, "1024"),
+              "1025-byte metadata key: %s", err.msg);
+        key[1024] = '\0';
+        CHECK(nllm_st_writer_meta(w, key, "v", &err) == 0, "1024-byte metadata key: %s", err.msg);
+    }
 
     /* a full disk while saving: ENOSPC, previous file intact, no temp */
     const char *p = pjoin("full.safetensors");
