@@ -78,9 +78,12 @@ enum {
  * NLLM_FS_FAULT environment variable. */
 void nllm_fs_fault_set(int op, long nth, int errnum);
 void nllm_fs_fault_clear_all(void);
-/* Apply a spec "op:nth[+]:ERRNO[,op:nth[+]:ERRNO...]", e.g. "write:3:ENOSPC"
- * or "fsync:1+:EIO" ('+' = sticky). op: write|fsync|rename|dirsync; ERRNO: a
- * name (ENOSPC, EIO, EDQUOT, EROFS, EACCES, EINTR, EPERM, ENOMEM) or a number.
+/* Apply a spec "op:nth[+]:ACTION[,op:nth[+]:ACTION...]", e.g. "write:3:ENOSPC",
+ * "fsync:1+:EIO" ('+' = sticky) or "rename:1:kill". op: write|fsync|rename|
+ * dirsync; ACTION: an errno name (ENOSPC, EIO, EDQUOT, EROFS, EACCES, EINTR,
+ * EPERM, ENOMEM, EFBIG, EAGAIN, EBADF, EINVAL) or number, which the call
+ * fails with, or "kill": the call raises SIGKILL instead (a crash at that
+ * instant, for the reliability campaign's kill sweep).
  * The environment variable NLLM_FS_FAULT is applied this way once, at the
  * first file operation. Returns NLLM_EINVAL for a bad spec (nothing set). */
 int nllm_fs_fault_parse(const char *spec, nllm_err_t *err);
