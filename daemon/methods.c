@@ -30,6 +30,17 @@ static int get_job(nllmd_t *d, const msgpack_object *p, nllm_job_t **j, nllm_err
     return 0;
 }
 
+/* The job named by "name" and the optional boolean "all" (default false). */
+static int get_job_all(nllmd_t *d, const msgpack_object *p, nllm_job_t **j, int *all,
+                       nllm_err_t *err)
+{
+    *all = 0;
+    int rc = get_job(d, p, j, err);
+    if (rc == 0)
+        rc = nllm_rpc_get_bool(p, "all", all, 0, err) < 0 ? -1 : 0;
+    return rc;
+}
+
 /* Applies a params map's "config" (if any) on top of cfg. */
 static int apply_config(const msgpack_object *p, nllm_job_config_t *cfg, nllm_err_t *err)
 {
@@ -236,10 +247,8 @@ static int m_checkpoints(nllm_conn_t *c, uint32_t id, const msgpack_object *p, j
 {
     (void)id;
     nllm_job_t *j;
-    int all = 0;
-    int rc = get_job(c->d, p, &j, err);
-    if (rc == 0)
-        rc = nllm_rpc_get_bool(p, "all", &all, 0, err) < 0 ? -1 : 0;
+    int all;
+    int rc = get_job_all(c->d, p, &j, &all, err);
     if (rc < 0)
         return rc;
     /* monitors poll this: answer from the last reply while no catalog row
@@ -270,10 +279,8 @@ static int m_history(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_
 {
     (void)id;
     nllm_job_t *j;
-    int all = 0;
-    int rc = get_job(c->d, p, &j, err);
-    if (rc == 0)
-        rc = nllm_rpc_get_bool(p, "all", &all, 0, err) < 0 ? -1 : 0;
+    int all;
+    int rc = get_job_all(c->d, p, &j, &all, err);
     if (rc < 0)
         return rc;
     nllm_catalog_epoch_t *eps;
