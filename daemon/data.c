@@ -1625,13 +1625,22 @@ static int fsync_dir_of(const char *path)
 }
 
 /* Write the cache atomically: temp file in the same folder, fsync, rename,
- * fsync the folder. Failure leaves the old file (if any) in place. */
+ * fsync the folder. Failure leaves the old file (if any) in place. The temp
+ * file is named as fsutil.h's nllm_fs_write_atomic names its own,
+ * "<dir>/.<base>.tmp.<pid>.<n>", so that the start-up cleanup
+ * (nllm_fs_remove_temp_files on the job folder) removes one a crash left, and
+ * a name without the leading dot can never be taken for a cache. Not
+ * nllm_fs_write_atomic itself: its writes and fsyncs count towards the
+ * NLLM_FS_FAULT hooks, which the reliability campaigns aim at checkpoint
+ * saves (faults.py: "write #1" is a checkpoint header). */
 static int cache_write(const char *path, uint64_t key, const nllm_data_opts_t *o,
                        const nllm_dataset_t *d, nllm_err_t *err)
 {
     static atomic_uint counter;
     char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(),
+    const char *slash = strrchr(path, '/');
+    int dlen = slash ? (int)(slash - path) + 1 : 0; /* the folder with its '/' */
+    if (snprintf(tmp, sizeof tmp, "%.*s.%s.tmp.%ld.%u", dlen, path, path + dlen, (long)getpid(),
                  atomic_fetch_add(&counter, 1)) >= (int)sizeof tmp)
         return nllm_err_set(err, NLLM_EINVAL, "token cache %s: path too long", path);
     wbuf_t *w = malloc(sizeof *w);

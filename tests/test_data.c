@@ -21,6 +21,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#include "../daemon/fsutil.h"
 #include "../kernels/nllm_math.h"
 
 static int failures;
@@ -530,6 +535,76 @@ static void test_cache(void)
     nllm_data_free(&a);
 }
 
+/* A crash while the cache is being written leaves its temp file behind; the
+ * start-up cleanup of the job folder (nllm_fs_remove_temp_files, which
+ * matches ".*.tmp.*") must remove it, and it must never pass for a cache.
+ * The crash: a child whose file size limit stops the write (SIGXFSZ). */
+static void test_cache_crash(void)
+{
+    const char *sub = tpath("crashdir");
+    char cp[600];
+    snprintf(cp, sizeof cp, "%s/tokens.cache", sub);
+    CHECK(mkdir(sub, 0755) == 0, "mkdir %s: %s", sub, strerror(errno));
+    char *text = malloc(64 * 400), *p = text;
+    for (int i = 0; i < 400; i++)
+        p += sprintf(p, "line %d has five words\n", i);
+    const char *tr = write_file("k_train.txt", text, (size_t)(p - text));
+    free(text);
+    nllm_data_opts_t o = opts(tr, NULL, 50, 8);
+    o.cache_path = cp;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit fsz = {1024, 1024}, core = {0, 0};
+        setrlimit(RLIMIT_CORE, &core);
+        setrlimit(RLIMIT_FSIZE, &fsz);
+        nllm_dataset_t a;
+        nllm_err_t e;
+        nllm_data_load(&o, &a, &e); /* killed by SIGXFSZ past byte 1024 of the cache */
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait: %s", strerror(errno));
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGXFSZ, "the cache writer was not stopped "
+          "mid-write (status %#x)", status);
+    DIR *d = opendir(sub);
+    struct dirent *de;
+    int left = 0;
+    char name[256] = "";
+    while (d && (de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            left++;
+            snprintf(name, sizeof name, "%s", de->d_name);
+        }
+    if (d)
+        closedir(d);
+    CHECK(left == 1 && strcmp(name, "tokens.cache") != 0, "after the crash: %d file(s), last %s",
+          left, name);
+    int removed = -1;
+    nllm_err_t e;
+    CHECK(nllm_fs_remove_temp_files(sub, &removed, &e) == 0 && removed == 1,
+          "start-up cleanup removed %d file(s), not the cache temp file '%s'", removed, name);
+    if (removed != 1 && name[0]) { /* clean up for the checks below */
+        char q[900];
+        snprintf(q, sizeof q, "%s/%s", sub, name);
+        unlink(q);
+    }
+    nllm_dataset_t a;
+    int rc = nllm_data_load(&o, &a, &e);
+    CHECK(rc == 0 && a.from_cache == 0 && a.cache_err.code == 0, "after the crash: %s %s", e.msg,
+          a.cache_err.msg);
+    nllm_data_free(&a);
+    rc = nllm_data_load(&o, &a, &e);
+    CHECK(rc == 0 && a.from_cache == 1, "cache written after the crash not used: %s", e.msg);
+    nllm_data_free(&a);
+    removed = -1;
+    CHECK(nllm_fs_remove_temp_files(sub, &removed, &e) == 0 && removed == 0 &&
+              file_size(cp) > 1024,
+          "a finished cache is not a temp file (removed %d)", removed);
+    unlink(cp);
+    rmdir(sub);
+}
+
 /* ---- errors ------------------------------------------------------------ */
 
 static void expect_err(const nllm_data_opts_t *o, int code, const char *name, const char *p1,
@@ -811,6 +886,7 @@ int main(void)
     test_split();
     test_shuffle();
     test_cache();
+    test_cache_crash();
     test_errors();
     test_codec();
     test_corpus();
