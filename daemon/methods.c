@@ -711,6 +711,22 @@ void nllmd_dispatch(nllm_conn_t *c, nllm_rpc_msg_t *msg)
 {
     nllm_err_t err;
     nllm_err_clear(&err);
+    /* Before auth (TCP with a token; Unix peers are authed at accept) only a
+     * well-formed auth request is served. Anything else -- another method, a
+     * malformed message, also one server.c found fatal -- gets this one reply
+     * (when it has a msgid), echoing nothing it said, and the connection
+     * closes. */
+    if (!c->authed &&
+        !(msg->type == NLLM_RPC_REQUEST && strcmp(msg->method, "auth") == 0)) {
+        if (msg->type == NLLM_RPC_REQUEST || msg->type == NLLM_RPC_INVALID) {
+            nllm_err_set(&err, NLLM_EAUTH,
+                         "authenticate first: the first call on this connection must be auth "
+                         "with the token");
+            nllmd_conn_send_json(c, NLLM_RPC_RESPONSE, msg->msgid, NULL, &err, NULL);
+        }
+        nllmd_conn_close_after_writes(c);
+        return;
+    }
     if (msg->type == NLLM_RPC_INVALID) {
         nllm_err_set(&err, NLLM_EPROTO, "%s", msg->reason);
         nllmd_conn_send_json(c, NLLM_RPC_RESPONSE, msg->msgid, NULL, &err, NULL);
@@ -718,12 +734,6 @@ void nllmd_dispatch(nllm_conn_t *c, nllm_rpc_msg_t *msg)
     }
     if (msg->type != NLLM_RPC_REQUEST) /* clients send no responses or notifications */
         return;
-    if (!c->authed && strcmp(msg->method, "auth") != 0) {
-        nllm_err_set(&err, NLLM_EAUTH, "authenticate first: call auth with the token");
-        nllmd_conn_send_json(c, NLLM_RPC_RESPONSE, msg->msgid, NULL, &err, NULL);
-        nllmd_conn_close_after_writes(c);
-        return;
-    }
     method_fn fn = NULL;
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (strcmp(methods[i].name, msg->method) == 0)

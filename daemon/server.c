@@ -6,6 +6,8 @@
  * A connection is freed only in its close callback; writes in flight hold
  * a pointer to it, so close waits for them (libuv runs write callbacks
  * with UV_ECANCELED before the close callback).
+ * Before auth (TCP with a token) nothing but the auth result and the
+ * "authenticate first" error is sent (nllmd_dispatch decides).
  */
 #include <errno.h>
 #include <grp.h>
@@ -173,6 +175,27 @@ static void conn_close(nllm_conn_t *c)
     uv_close((uv_handle_t *)&c->h.stream, conn_free_cb);
 }
 
+/* A request that breaks the decoder's limits gets one last error reply when
+ * its msgid could be read -- but on a TCP connection that has not
+ * authenticated, nllmd_dispatch answers it only "authenticate first". */
+static void reply_fatal(nllm_conn_t *c, nllm_rpc_msg_t *msg, const nllm_err_t *err)
+{
+    if (!c->authed) {
+        nllmd_dispatch(c, msg);
+        return;
+    }
+    nllm_err_t e;
+    nllm_err_set(&e, NLLM_EPROTO, "%s", msg->reason[0] ? msg->reason : err->msg);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    nllm_rpc_pack_response_error(&pk, msg->msgid,
+                                 msg->error_code ? msg->error_code : "bad_request", e.msg);
+    conn_write(c, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     nllm_conn_t *c = s->data;
@@ -195,19 +218,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             break;
         if (rc < 0) {
             /* fatal: one last error reply when a msgid could be read */
-            if (msg.type == NLLM_RPC_INVALID && msg.has_msgid) {
-                nllm_err_t e;
-                nllm_err_set(&e, NLLM_EPROTO, "%s", msg.reason[0] ? msg.reason : err.msg);
-                msgpack_sbuffer sb;
-                msgpack_sbuffer_init(&sb);
-                msgpack_packer pk;
-                msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-                nllm_rpc_pack_response_error(&pk, msg.msgid,
-                                             msg.error_code ? msg.error_code : "bad_request",
-                                             e.msg);
-                conn_write(c, sb.data, sb.size);
-                msgpack_sbuffer_destroy(&sb);
-            }
+            if (msg.type == NLLM_RPC_INVALID && msg.has_msgid)
+                reply_fatal(c, &msg, &err);
             nllm_rpc_msg_free(&msg);
             nllmd_log(c->d, NULL, "closing a connection: %s", err.msg);
             nllmd_conn_close_after_writes(c);

@@ -12,7 +12,10 @@
     message, a token shorter than 16 bytes too; with a token, every method but
     auth is answered `unauthorized` (and does nothing) before auth, a wrong
     token gets `unauthorized` and the connection closed, the right one is
-    served (raw msgpack and `nllmctl --connect --token-file`);
+    served (raw msgpack and `nllmctl --connect --token-file`); a malformed
+    message before auth (bad types, bad msgpack, over the size limit, a
+    notification or response) gets at most that same `unauthorized` reply,
+    nothing the decoder found, and the connection closed;
   - the HTTP listener answers GET and HEAD, 405 for other methods, 421 for a
     foreign Host, 400 without one;
   - job and checkpoint names with "..", "/", NUL, 65 characters, a leading
@@ -198,6 +201,40 @@ def tcp_checks(R, tmp):
             ok = e is not None and e.get("code") == "unauthorized" and r is None and closed
             served += not ok
             R.check(ok, "TCP before auth: %s -> unauthorized, connection closed (%s)" % (m, e))
+        # malformed messages before auth: the only possible answer is the auth
+        # error (nothing of what the decoder found), then the connection closes
+        hostile = [("a request whose method is an int", rlib.packb([0, 5, 42, []])),
+                   ("a request whose params are a string", rlib.packb([0, 5, "auth", "x"])),
+                   ("a 5-element request", rlib.packb([0, 5, "auth", [], 1])),
+                   ("a request with a byte that is not msgpack", b"\x94\x00\x05\xc1"),
+                   ("a request over the size limit", b"\x94\x00\x05\xdb\x7f\xff\xff\xff"),
+                   ("a notification", rlib.packb([2, "auth", [{"token": "x"}]])),
+                   ("a response", rlib.packb([1, 5, None, None]))]
+        leaked = 0
+        for what, raw in hostile:
+            c = rlib.Conn(addr, timeout=5)
+            c.send_raw(raw)
+            got, closed = [], False
+            try:
+                while True:
+                    m = c.recv_msg(5)
+                    if m is None:
+                        closed = True
+                        break
+                    got.append(m)
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+            except socket.timeout:
+                pass
+            c.close()
+            ok = closed and len(got) <= 1 and all(
+                m[0] == 1 and m[1] == 5 and m[3] is None and isinstance(m[2], dict) and
+                m[2].get("code") == "unauthorized" and
+                m[2].get("message", "").startswith("authenticate first") for m in got)
+            leaked += not ok
+            R.check(ok, "TCP before auth, %s: %s, connection closed (%s)" % (
+                what, "only the auth error" if got else "no reply", got))
+        R.fig("tcp_malformed_answered_beyond_auth_error", leaked)
         R.check(d.alive(), "shutdown before auth did nothing: nllmd still up")
         R.check(not os.path.exists(os.path.join(state, "jobs", "pwn")) and
                 d.call("list")[1]["jobs"] == [], "start before auth created nothing")
