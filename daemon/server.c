@@ -5,7 +5,8 @@
  *
  * A connection is freed only in its close callback; writes in flight hold
  * a pointer to it, so close waits for them (libuv runs write callbacks
- * with UV_ECANCELED before the close callback).
+ * with UV_ECANCELED before the close callback). EOF from a client is a
+ * half-close: it still gets every reply, also async ones, before the close.
  * Before auth (TCP with a token) nothing but the auth result and the
  * "authenticate first" error is sent (nllmd_dispatch decides).
  */
@@ -138,10 +139,16 @@ void nllmd_conn_ref(nllm_conn_t *c)
     c->refs++;
 }
 
+/* The last reference: free a closed connection, or finish the close that a
+ * half-close (on_read, UV_EOF) deferred until every async reply was sent. */
 void nllmd_conn_unref(nllm_conn_t *c)
 {
-    if (--c->refs == 0 && c->handle_closed)
+    if (--c->refs > 0)
+        return;
+    if (c->handle_closed)
         conn_free(c);
+    else if (c->closing_after_reply && !c->closing)
+        nllmd_conn_close_after_writes(c);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -196,9 +203,29 @@ static void reply_fatal(nllm_conn_t *c, nllm_rpc_msg_t *msg, const nllm_err_t *e
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* EOF is a half-close: the peer sends no more, but still reads. Reading
+ * stops; the connection closes once every reply is written -- at once when
+ * no async work (generate, verify) is in flight, else from the
+ * nllmd_conn_unref that drops the last reference (closing_after_reply marks
+ * it). The write-queue bound keeps applying until then. Any other read
+ * error closes now. */
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     nllm_conn_t *c = s->data;
+    if (nread == UV_EOF) {
+        if (c->closing)
+            return;
+        uv_read_stop(s);
+        if (nllm_rpc_buffered(&c->dec) > 0)
+            nllmd_log(c->d, NULL, "a client half-closed in the middle of a message (%zu bytes "
+                      "unread); answering what came before it",
+                      nllm_rpc_buffered(&c->dec));
+        if (c->refs > 0)
+            c->closing_after_reply = 1;
+        else
+            nllmd_conn_close_after_writes(c);
+        return;
+    }
     if (nread < 0) {
         conn_close(c);
         return;

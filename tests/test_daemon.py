@@ -7,6 +7,8 @@ from `paused`, resume from `epoch_3` after completion, bit-identical final
 weights for a straight run and for both interrupted runs, extend, stop,
 list, checkpoints, history (superseded rows), events, verify, generate,
 a job that fails (its data file vanished) while the daemon keeps serving,
+replies (also generate/verify from the thread pool) to a client that
+half-closed (shutdown(SHUT_WR)) before they were ready, then EOF,
 SIGKILL then restart (job `interrupted`, checkpoints verify, resumes),
 SIGTERM (paused checkpoint, exit 0), and 50 concurrent clients calling
 status while a job trains.
@@ -108,6 +110,32 @@ SMALL = ["--vocab", "30", "--embed-dim", "8", "--hidden-dim", "24", "--context-d
          "--save-every", "3", "--dropout", "0.1", "--threads", "1"]
 
 
+def half_closed(sock_path, requests, timeout=60):
+    """Sends [(msgid, method, params)], then shutdown(SHUT_WR); returns the
+    messages read until EOF and whether EOF came (not a reset or timeout)."""
+    import msgpack
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(sock_path)
+    for mid, method, params in requests:
+        s.sendall(msgpack.packb([0, mid, method, [params]]))
+    s.shutdown(socket.SHUT_WR)
+    u = msgpack.Unpacker(raw=False)
+    got, eof = [], False
+    try:
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                eof = True
+                break
+            u.feed(b)
+            got.extend(u)
+    except OSError as e:
+        print("     half-closed connection: %r" % e)
+    s.close()
+    return got, eof
+
+
 def final_hash(d, name):
     cks = d.ctl("checkpoints", name)[1]["checkpoints"]
     for c in cks:
@@ -136,6 +164,10 @@ def run(tmp):
     d = Daemon(tmp)
     rc, hello, _ = d.ctl("hello")
     check(rc == 0 and hello["protocol"] == 1 and hello["devices"][0]["name"] == "cpu", "hello")
+    got, eof = half_closed(d.sock, [(7, "status", {"name": "nosuch"}), (8, "list", {})])
+    check(eof and [m[:2] for m in got] == [[1, 7], [1, 8]] and got[0][2]["code"] == "not_found"
+          and "jobs" in got[1][3], "request then shutdown(SHUT_WR): both replies, then EOF (%s)"
+          % [m[:3] for m in got])
 
     # --- a straight run of 6 epochs (reference weights) ---
     rc, st, err = d.ctl("start", "ref", "--data", data, "--epochs", "6", *SMALL)
@@ -229,6 +261,15 @@ def run(tmp):
           "events recorded (%s)" % sorted(kinds))
     rc, ls, _ = d.ctl("list")
     check(rc == 0 and {j["name"] for j in ls["jobs"]} >= {"ref", "pz"}, "list")
+    # async replies (thread pool) still go out after the client half-closes
+    got, eof = half_closed(d.sock, [(1, "generate", {"name": "ref", "tokens": 200, "seed": 2}),
+                                    (2, "verify", {"name": "ref"}), (3, "status", {"name": "ref"})])
+    ids = sorted(m[1] for m in got if m[0] == 1)
+    res = {m[1]: m for m in got}
+    check(eof and ids == [1, 2, 3] and all(m[2] is None for m in got) and
+          isinstance(res[1][3]["text"], str) and res[2][3]["bad"] == 0,
+          "generate + verify + status then shutdown(SHUT_WR): all 3 replies, then EOF (%s)" % ids)
+    check(d.ctl("hello")[0] == 0, "daemon still serving after half-closed clients")
 
     # --- errors ---
     rc, _, err = d.ctl("status", "nosuch", ok=False)
