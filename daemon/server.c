@@ -357,6 +357,8 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
+    if (tcp)
+        uv_tcp_nodelay(&c->h.tcp, 1); /* replies are small: send each at once */
     uv_read_start(&c->h.stream, on_alloc, on_read);
 }
 
