@@ -528,6 +528,11 @@ static void job_unref(nllm_job_t *j)
             *pp = j->next;
             break;
         }
+    nllmd_job_free(j);
+}
+
+void nllmd_job_free(nllm_job_t *j)
+{
     pthread_mutex_destroy(&j->mu);
     json_decref(j->ckpt_reply[0]);
     json_decref(j->ckpt_reply[1]);

@@ -429,8 +429,7 @@ static int loop_finish(nllmd_t *d)
     while (d->jobs) {
         nllm_job_t *j = d->jobs;
         d->jobs = j->next;
-        pthread_mutex_destroy(&j->mu);
-        free(j);
+        nllmd_job_free(j);
     }
     pthread_mutex_destroy(&d->evmu);
     return rc;

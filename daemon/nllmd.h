@@ -224,6 +224,9 @@ void nllmd_events_drain(nllmd_t *d);
 void nllmd_job_event(nllm_job_t *j, const char *kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 json_t *nllmd_job_status_json(nllm_job_t *j);
+/* Frees a job's memory (no thread may still use it; the loop has ended or
+ * its last reference is gone). */
+void nllmd_job_free(nllm_job_t *j);
 int nllmd_resolve_checkpoint(nllmd_t *d, const char *spec, nllm_job_origin_t *o,
                              nllm_err_t *err);
 typedef struct {
