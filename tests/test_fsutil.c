@@ -6,9 +6,7 @@
  * environment variable, short writes, temp cleanup, mkdir_p, read_file.
  */
 #ifndef _GNU_SOURCE
-#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
-#endif
 #endif
 #include <dirent.h>
 #include <errno.h>
@@ -22,27 +20,7 @@
 
 #include "../daemon/fsutil.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                                                               \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            failures++;                                                                                                \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                                      \
-            printf(__VA_ARGS__);                                                                                       \
-            printf("\n");                                                                                              \
-        }                                                                                                              \
-    } while (0)
-
-static char root[256];
-
-static char *pjoin(const char *name)
-{
-    static char buf[8][512];
-    static int k;
-    char *b = buf[k++ % 8];
-    snprintf(b, 512, "%s/%s", root, name);
-    return b;
-}
+#include "tmproot.h" /* CHECK, failures, root, pjoin */
 
 static void put(const char *path, const char *s)
 {

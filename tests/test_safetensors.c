@@ -6,9 +6,7 @@
  * with NLLM_ECORRUPT and a message naming the file. Run under ASan/UBSan.
  */
 #ifndef _GNU_SOURCE
-#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
-#endif
 #endif
 #include <errno.h>
 #include <fcntl.h>
@@ -23,27 +21,7 @@
 #include "../daemon/fsutil.h"
 #include "../daemon/safetensors.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                                                               \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            failures++;                                                                                                \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                                      \
-            printf(__VA_ARGS__);                                                                                       \
-            printf("\n");                                                                                              \
-        }                                                                                                              \
-    } while (0)
-
-static char root[256];
-
-static char *pjoin(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    char *b = buf[k++ % 4];
-    snprintf(b, 512, "%s/%s", root, name);
-    return b;
-}
+#include "tmproot.h" /* CHECK, failures, root, pjoin */
 
 static uint8_t *slurp(const char *path, size_t *len)
 {
