@@ -16,13 +16,8 @@
 
 #include "ckpt.h"
 
-#define ASSERT(c)                                                                \
-    do {                                                                         \
-        if (!(c)) {                                                              \
-            fprintf(stderr, "fuzz_ckpt: %s:%d: %s\n", __FILE__, __LINE__, #c);   \
-            abort();                                                             \
-        }                                                                        \
-    } while (0)
+#define FUZZ_NAME "fuzz_ckpt"
+#include "fuzz_assert.h"
 
 static char path[128];
 static int fd = -1;

@@ -7,79 +7,20 @@
  * in /dev/shm and two jobs (one queued, one paused), so /metrics and
  * /api/jobs/NAME reach the catalog. Built by tests/fuzz/run.sh.
  */
-#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "fsutil.h"
-#include "nllmd.h"
-
-static nllmd_t D;
-static char state_dir[256];
-
-static void rm_tree(const char *path)
-{
-    DIR *dir = opendir(path);
-    if (!dir) {
-        unlink(path);
-        return;
-    }
-    struct dirent *de;
-    char p[1024];
-    while ((de = readdir(dir))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        snprintf(p, sizeof p, "%s/%s", path, de->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            rm_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(dir);
-    rmdir(path);
-}
-
-static void cleanup(void)
-{
-    if (state_dir[0])
-        rm_tree(state_dir);
-}
-
-static void die(const char *what, const nllm_err_t *err)
-{
-    fprintf(stderr, "fuzz_http: %s: %s\n", what, err ? err->msg : "");
-    abort();
-}
+#define FUZZ_NAME "fuzz_http"
+#include "fuzz_daemon.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
     nllm_err_t err;
-    snprintf(state_dir, sizeof state_dir, "/dev/shm/nllm-fuzz-http-XXXXXX");
-    if (!mkdtemp(state_dir)) {
-        snprintf(state_dir, sizeof state_dir, "/tmp/nllm-fuzz-http-XXXXXX");
-        if (!mkdtemp(state_dir))
-            die("mkdtemp", NULL);
-    }
-    atexit(cleanup);
+    fuzz_daemon_init("http");
     nllmd_t *d = &D;
-    snprintf(d->opt.state_dir, sizeof d->opt.state_dir, "%s", state_dir);
-    d->opt.max_jobs = 1;
-    d->loop = uv_default_loop();
-    d->started = uv_now(d->loop) / 1000.0;
-    pthread_mutex_init(&d->evmu, NULL);
     char p[512];
-    snprintf(p, sizeof p, "%s/jobs", state_dir);
-    if (nllm_fs_mkdir_p(p, 0750, &err) < 0)
-        die("state dir", &err);
-    snprintf(p, sizeof p, "%s/catalog.db", state_dir);
-    if (nllm_catalog_open(p, &d->cat, &err) < 0)
-        die("catalog", &err);
     snprintf(p, sizeof p, "%s/train.txt", state_dir);
     FILE *f = fopen(p, "w");
     if (!f)

@@ -14,13 +14,8 @@
 
 #include "config.h"
 
-#define ASSERT(c)                                                                  \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "fuzz_jobfile: %s:%d: %s\n", __FILE__, __LINE__, #c);  \
-            abort();                                                               \
-        }                                                                          \
-    } while (0)
+#define FUZZ_NAME "fuzz_jobfile"
+#include "fuzz_assert.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

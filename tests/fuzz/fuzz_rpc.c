@@ -16,7 +16,6 @@
  * auth has closed the connection).
  * Built by tests/fuzz/run.sh.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -27,46 +26,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "fsutil.h"
-#include "nllmd.h"
+#define FUZZ_NAME "fuzz_rpc"
+#include "fuzz_daemon.h" /* D, state_dir, diag, die() */
 
-static nllmd_t D;
-static char state_dir[256];
 static int tcp_port;
-static FILE *diag; /* stderr as it was: run.sh closes fd 2 (nllmd's log) */
-
-static void rm_tree(const char *path)
-{
-    DIR *dir = opendir(path);
-    if (!dir) {
-        unlink(path);
-        return;
-    }
-    struct dirent *de;
-    char p[1024];
-    while ((de = readdir(dir))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        snprintf(p, sizeof p, "%s/%s", path, de->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            rm_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(dir);
-    rmdir(path);
-}
-
-static void cleanup(void)
-{
-    if (state_dir[0])
-        rm_tree(state_dir);
-}
 
 /* The daemon's on_async without the shutdown: the shutdown method may be
  * called, but the fuzzed daemon goes on. */
@@ -91,12 +57,6 @@ static int free_port(void)
     return port;
 }
 
-static void die(const char *what, const nllm_err_t *err)
-{
-    fprintf(diag, "fuzz_rpc: %s: %s\n", what, err ? err->msg : strerror(errno));
-    abort();
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
@@ -108,15 +68,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     else
         diag = stderr;
     signal(SIGPIPE, SIG_IGN);
-    snprintf(state_dir, sizeof state_dir, "/dev/shm/nllm-fuzz-rpc-XXXXXX");
-    if (!mkdtemp(state_dir)) {
-        snprintf(state_dir, sizeof state_dir, "/tmp/nllm-fuzz-rpc-XXXXXX");
-        if (!mkdtemp(state_dir))
-            die("mkdtemp", NULL);
-    }
-    atexit(cleanup);
+    fuzz_daemon_init("rpc");
     nllmd_t *d = &D;
-    snprintf(d->opt.state_dir, sizeof d->opt.state_dir, "%s", state_dir);
     snprintf(d->opt.socket_path, sizeof d->opt.socket_path, "%s/nllmd.sock", state_dir);
     snprintf(d->opt.token_file, sizeof d->opt.token_file, "%s/token", state_dir);
     tcp_port = free_port();
@@ -127,23 +80,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         die("token file", NULL);
     fputs("fuzz-token-0123456789abcdef\n", t);
     fclose(t);
-    d->opt.max_jobs = 1;
     d->ndevices = 0; /* no device: jobs queue, never train */
-
-    d->loop = uv_default_loop();
-    d->started = uv_now(d->loop) / 1000.0;
-    pthread_mutex_init(&d->evmu, NULL);
     uv_async_init(d->loop, &d->async, on_async);
     d->async.data = d;
     uv_unref((uv_handle_t *)&d->async);
-
-    char p[512];
-    snprintf(p, sizeof p, "%s/jobs", state_dir);
-    if (nllm_fs_mkdir_p(p, 0750, &err) < 0)
-        die("state dir", &err);
-    snprintf(p, sizeof p, "%s/catalog.db", state_dir);
-    if (nllm_catalog_open(p, &d->cat, &err) < 0)
-        die("catalog", &err);
     if (nllmd_jobs_load(d, &err) < 0)
         die("jobs", &err);
     if (nllmd_server_start(d, &err) < 0)

@@ -16,13 +16,8 @@
 
 #include "safetensors.h"
 
-#define ASSERT(c)                                                                    \
-    do {                                                                             \
-        if (!(c)) {                                                                  \
-            fprintf(stderr, "fuzz_safetensors: %s:%d: %s\n", __FILE__, __LINE__, #c); \
-            abort();                                                                 \
-        }                                                                            \
-    } while (0)
+#define FUZZ_NAME "fuzz_safetensors"
+#include "fuzz_assert.h"
 
 static int memfd = -1;
 
