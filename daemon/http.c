@@ -404,7 +404,9 @@ typedef struct {
     int64_t epoch, num_epochs, step, steps_per_epoch, global_step, attempt, best_epoch;
     double running_loss, train_loss, val_loss, val_ppl, val_acc, best_val_loss, tokens_per_s;
     double last_ckpt_time; /* wall seconds, <= 0: none known */
-    uint64_t ckpt_bytes;
+    uint64_t ckpt_bytes, ckpt_failures;
+    int error_code; /* with an error: its nllm_err code (0: not classified) */
+    int has_error;
 } job_snap_t;
 
 static void snap_job(nllmd_t *d, nllm_job_t *j, job_snap_t *o)
@@ -428,6 +430,9 @@ static void snap_job(nllmd_t *d, nllm_job_t *j, job_snap_t *o)
     o->ckpt_bytes = j->ckpt_bytes;
     pthread_mutex_unlock(&j->mu);
     o->attempt = j->attempt;
+    o->has_error = j->error[0] != '\0';
+    o->error_code = j->error_code;
+    o->ckpt_failures = j->ckpt_failures;
     o->step = o->have_step ? st.step_in_epoch : 0;
     o->running_loss = o->have_step ? st.running_loss : NAN;
     o->tokens_per_s = o->have_step ? st.tokens_per_s : 0.0;
@@ -597,7 +602,19 @@ static void metrics_text(nllmd_http_t *s, buf_t *b)
                J->last_ckpt_time > 0 ? fmax(0.0, now - J->last_ckpt_time) : NAN);
     JOB_FAMILY("nllm_job_checkpoint_bytes", "gauge", "Size of the job's newest checkpoint file.",
                J->last_ckpt_time > 0 ? (double)J->ckpt_bytes : NAN);
+    JOB_FAMILY("nllm_job_checkpoint_failures_total", "counter",
+               "Checkpoints that could not be written or recorded since nllmd started (each "
+               "pauses the job; the reason is in nllm_job_error_info, status and events).",
+               J->ckpt_failures);
 #undef JOB_FAMILY
+    family(b, "nllm_job_error_info", "gauge",
+           "1 while the job has an error (paused or failed with a reason), by its code: "
+           "ENOSPC, EIO, ... for a checkpoint failure, error otherwise; the text is in "
+           "/api/jobs/NAME and nllmctl status.");
+    for (int i = 0; i < n; i++)
+        if (js[i].has_error)
+            sample(b, "nllm_job_error_info", "job_name", js[i].name, "code",
+                   js[i].error_code ? nllm_err_name(js[i].error_code) : "error", 1);
 
     refresh_devices(d, s);
     family(b, "nllm_device_busy", "gauge", "1 when a job is training on the device.");

@@ -150,10 +150,14 @@ static void job_set_state(nllm_job_t *j, const char *state, const char *error)
     nllm_err_t err;
     snprintf(j->state, sizeof j->state, "%s", state);
     if (error) {
-        if (error != j->error) /* callers pass j->error itself to keep it */
+        if (error != j->error) { /* callers pass j->error itself to keep it */
             snprintf(j->error, sizeof j->error, "%s", error);
-    } else if (strcmp(state, "failed") != 0)
+            j->error_code = 0;
+        }
+    } else if (strcmp(state, "failed") != 0) {
         j->error[0] = '\0';
+        j->error_code = 0;
+    }
     j->updated = wall_now();
     if (nllm_catalog_job_set_state(j->d->cat, j->name, state, j->error[0] ? j->error : NULL,
                                    &err) < 0)
@@ -572,15 +576,17 @@ static void retention(nllm_job_t *j)
 
 /* A checkpoint that could not be made durable or recorded: the job pauses at
  * the next step with the reason (j->error; EV_DONE keeps it). */
-static void checkpoint_failed(nllm_job_t *j, const char *msg)
+static void checkpoint_failed(nllm_job_t *j, int code, const char *msg)
 {
     nllmd_job_event(j, "checkpoint_failed", "%s", msg);
     snprintf(j->error, sizeof j->error, "%s", msg);
+    j->ckpt_failures++;
     if (j->thread_live && !atomic_load(&j->ctl.pause)) {
         atomic_store(&j->ctl.pause, 1);
         if (strcmp(j->state, "running") == 0)
-            job_set_state(j, "pausing", msg);
+            job_set_state(j, "pausing", j->error);
     }
+    j->error_code = code < 0 ? code : NLLM_EINTERNAL; /* /metrics: nllm_job_error_info */
 }
 
 static void handle_event(nllmd_t *d, nllmd_ev_t *e)
@@ -648,7 +654,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         if (nllm_catalog_ckpt_add(d->cat, j->name, &spec, NULL, &err) < 0) {
             char msg[NLLM_ERR_MSG_MAX];
             snprintf(msg, sizeof msg, "%s written but not recorded: %s", nm, err.msg);
-            checkpoint_failed(j, msg);
+            checkpoint_failed(j, err.code, msg);
             break;
         }
         pthread_mutex_lock(&j->mu);
@@ -668,7 +674,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         break;
     }
     case EV_CKPT_FAIL:
-        checkpoint_failed(j, e->err.msg);
+        checkpoint_failed(j, e->err.code ? e->err.code : e->rc, e->err.msg);
         break;
     case EV_DONE: {
         uv_thread_join(&j->thread);

@@ -74,6 +74,8 @@ struct nllm_job {
     int64_t attempt;
     double created, updated;
     char error[NLLM_ERR_MSG_MAX];
+    int error_code;          /* nllm_err code of a checkpoint failure in error, else 0 */
+    uint64_t ckpt_failures;  /* loop only: checkpoints not written or not recorded */
     nllm_job_origin_t origin;
     int refs;                /* thread + loop; freed at 0 */
     int removing;

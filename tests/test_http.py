@@ -246,7 +246,7 @@ def run(tmp):
             "nllm_job_global_step", "nllm_job_train_loss", "nllm_job_val_loss",
             "nllm_job_val_ppl", "nllm_job_val_accuracy", "nllm_job_best_val_loss",
             "nllm_job_tokens_per_second", "nllm_job_seconds_since_checkpoint",
-            "nllm_job_checkpoint_bytes"]
+            "nllm_job_checkpoint_bytes", "nllm_job_checkpoint_failures_total"]
     absent = [m for m in want if not any(n == m and l.get("job_name") == "web"
                                          for n, l, _ in samples)]
     check(not absent, "/metrics: job gauges for web (missing: %s)" % absent)

@@ -26,6 +26,7 @@ restart without it resumes the job and saves `best`.
 Usage: faults.py --out DIR [--quick]
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,19 @@ def prepare_template(tmp, data):
     return tpl, rows[-1]
 
 
+def metrics_reason(R, met, label):
+    """/metrics names the failure: nllm_job_error_info{code=ENOSPC|EIO} 1 and
+    a checkpoint failure counted."""
+    want = "ENOSPC" if ("ENOSPC" in label or "full disk" in label) else \
+        "EIO" if "EIO" in label else None
+    codes = re.findall(r'^nllm_job_error_info\{job_name="J",code="(\w+)"\} 1$', met, re.M)
+    R.check(codes and (want is None or codes == [want]),
+            "%s: /metrics nllm_job_error_info code %s (want %s)" % (label, codes, want))
+    n = re.findall(r'^nllm_job_checkpoint_failures_total\{job_name="J"\} (\d+)$', met, re.M)
+    R.check(n and int(n[0]) >= 1, "%s: /metrics nllm_job_checkpoint_failures_total %s" % (
+        label, n))
+
+
 def common_checks(R, d, label, port, sticky, tpl_paused, expect_errtext):
     st = d.wait_state("J", ["paused", "failed", "completed"], 90)
     R.check(d.alive(), "%s: nllmd alive" % label)
@@ -84,6 +98,7 @@ def common_checks(R, d, label, port, sticky, tpl_paused, expect_errtext):
     met = http_get(port, "/metrics")
     R.check('nllm_job_state{job_name="J",state="paused"} 1' in met,
             "%s: /metrics nllm_job_state{state=paused} 1" % label)
+    metrics_reason(R, met, label)
     tmps = rlib.temp_files(d.state)
     R.check(not tmps, "%s: no temp file left: %s" % (label, tmps))
     rc, out, _ = d.ctl("checkpoints", "J", "--all")
@@ -174,6 +189,7 @@ def catalog_scenario(R, tmp, tpl, action):
     met = http_get(port, "/metrics")
     R.check('nllm_job_state{job_name="J",state="paused"} 1' in met,
             "%s: /metrics shows paused" % label)
+    metrics_reason(R, met, label)
     rows = d.ctl("checkpoints", "J", "--all")[1]["checkpoints"]
     R.check(not any(r["name"] == "best" for r in rows), "%s: no best row" % label)
     rc, v, e = d.ctl("verify", "J")
@@ -242,6 +258,7 @@ def tmpfs_scenario(R, tmp, data):
         met = http_get(port, "/metrics")
         R.check('nllm_job_state{job_name="J",state="paused"} 1' in met,
                 "%s: /metrics shows paused" % label)
+        metrics_reason(R, met, label)
         R.check(not rlib.temp_files(state), "%s: no temp file left" % label)
         rc, v, e = d.ctl("verify", "J")
         R.check(rc == 0 and v["bad"] == 0, "%s: every row verifies" % label)
