@@ -560,7 +560,8 @@ static void retention(nllm_job_t *j)
         if (strcmp(cks[i].kind, "epoch") != 0)
             continue;
         /* the row first: a crash in between leaves a file no row names, never a
-         * row whose file is gone */
+         * row whose file is gone; the next start-up removes that file
+         * (reconcile_unlisted) */
         if (nllm_catalog_ckpt_delete(j->d->cat, j->name, cks[i].id, &err) < 0) {
             nllmd_log(j->d, j->name, "retention: cannot delete %s: %s", cks[i].name, err.msg);
             continue;
@@ -848,17 +849,20 @@ static int owns_file(const nllm_catalog_ckpt_t *cks, size_t n, size_t i)
  * name (best, paused, final, or epoch_N saved again after a resume) and the
  * commit of its row leaves that row naming the new, complete file -- the job's
  * newest state, while the old content is gone. Record the file in place of the
- * row when it is this job's checkpoint of that kind and every epoch it has
- * completed is current history. Returns 1 when recorded. */
+ * row when it is this job's checkpoint of that kind (for epoch_N: of epoch N),
+ * at epoch min_epoch or later, and every epoch it has completed is current
+ * history. Also used for a file no row names (reconcile_unlisted), with a
+ * row made up from its name. Returns 1 when recorded. */
 static int adopt_checkpoint(nllm_job_t *j, const nllm_catalog_ckpt_t *row, uint64_t h,
-                            int64_t size)
+                            int64_t size, int64_t min_epoch)
 {
     nllm_ckpt_t *c;
     nllm_err_t err;
     if (nllm_ckpt_load(row->path, h, NULL, &c, &err) < 0)
         return 0;
     const nllm_progress_t *p = &c->progress;
-    int ok = strcmp(c->job, j->name) == 0 && strcmp(nllm_ckpt_kind_name(c->kind), row->kind) == 0;
+    int ok = strcmp(c->job, j->name) == 0 && strcmp(nllm_ckpt_kind_name(c->kind), row->kind) == 0 &&
+             (c->kind != NLLM_CKPT_EPOCH || p->epoch == row->epoch) && p->epoch >= min_epoch;
     nllm_catalog_epoch_t *eps;
     size_t ne;
     if (ok && (ok = nllm_catalog_epoch_list(j->d->cat, j->name, 0, &eps, &ne, &err) == 0)) {
@@ -889,8 +893,134 @@ static int adopt_checkpoint(nllm_job_t *j, const nllm_catalog_ckpt_t *row, uint6
     return ok;
 }
 
+/* The kind of checkpoint of job j a file name is (nllm_ckpt_filename's names;
+ * *epoch gets N of epoch_N), or -1 for any other name. */
+static int ckpt_kind_of_file(const char *job, const char *name, int64_t *epoch)
+{
+    static const nllm_ckpt_kind_t fixed[] = {NLLM_CKPT_BEST, NLLM_CKPT_FINAL, NLLM_CKPT_PAUSED};
+    char buf[NLLM_CATALOG_NAME_MAX + 64];
+    for (size_t k = 0; k < sizeof fixed / sizeof fixed[0]; k++) {
+        nllm_ckpt_filename(job, fixed[k], 0, buf, sizeof buf);
+        if (strcmp(buf, name) == 0)
+            return (int)fixed[k];
+    }
+    size_t jl = strlen(job);
+    if (strncmp(name, job, jl) != 0 || strncmp(name + jl, "_epoch_", 7) != 0 ||
+        name[jl + 7] < '1' || name[jl + 7] > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    long long n = strtoll(name + jl + 7, &end, 10);
+    if (errno != 0 || strcmp(end, ".safetensors") != 0)
+        return -1;
+    nllm_ckpt_filename(job, NLLM_CKPT_EPOCH, n, buf, sizeof buf);
+    if (strcmp(buf, name) != 0)
+        return -1;
+    *epoch = n;
+    return NLLM_CKPT_EPOCH;
+}
+
+/* Checkpoint files of this job in dir that no catalog row names. Retention
+ * deletes an epoch_N row, then its file (F5): a crash in between leaves the
+ * file, listed nowhere, never resumed from, never deleted. A save of a name
+ * the job never used before (epoch_N, or the first best/paused/final) that
+ * died after its rename and before its row committed leaves one too, and that
+ * one is the job's newest state. So, against the newest ok checkpoint on the
+ * job's current history (after reconcile_checkpoints' own repairs):
+ *  - a file of an older epoch is removed (an event each);
+ *  - one at that epoch or later is recorded as adopt_checkpoint records the
+ *    complete file under a stale row (F4), by the same tests -- this job's,
+ *    of the kind and epoch its name says, every epoch it completed current
+ *    history -- which is as straightforward here and keeps what a crash
+ *    would otherwise throw away; one that fails them is removed, as a row
+ *    naming it would contradict the catalog's history.
+ * Never touched: a file any row names (ok, bad or superseded), other names,
+ * and files older than the job itself (a job of the same name removed
+ * without --delete-files left them). Start-up only: nothing writes in dir. */
+static void reconcile_unlisted(nllm_job_t *j, const char *dir)
+{
+    nllm_catalog_ckpt_t *cks;
+    size_t n;
+    nllm_err_t err;
+    if (nllm_catalog_ckpt_list(j->d->cat, j->name, 0, &cks, &n, &err) < 0)
+        return;
+    DIR *dd = opendir(dir);
+    if (!dd) {
+        nllm_catalog_ckpts_free(cks, n);
+        return;
+    }
+    int64_t newest = -1;
+    const char *newest_name = "";
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(cks[i].status, "ok") == 0 && cks[i].current && cks[i].epoch > newest) {
+            newest = cks[i].epoch;
+            newest_name = cks[i].name;
+        }
+    int adopted_periodic = 0;
+    struct dirent *de;
+    while ((de = readdir(dd))) {
+        int64_t epoch = -1;
+        int kind = ckpt_kind_of_file(j->name, de->d_name, &epoch);
+        if (kind < 0)
+            continue;
+        int named = 0;
+        for (size_t i = 0; i < n && !named; i++) {
+            const char *slash = strrchr(cks[i].path, '/');
+            named = strcmp(slash ? slash + 1 : cks[i].path, de->d_name) == 0;
+        }
+        char path[NLLM_PATH_MAX + 300];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        struct stat st;
+        if (named || lstat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
+            (double)st.st_mtim.tv_sec + 1e-9 * (double)st.st_mtim.tv_nsec < j->created - 1.0)
+            continue;
+        char why[NLLM_ERR_MSG_MAX + 64];
+        if (kind == NLLM_CKPT_EPOCH && epoch < newest) {
+            snprintf(why, sizeof why, "of epoch %lld, older than checkpoint %s (epoch %lld) "
+                     "(what a retention delete stopped between its row and its file leaves)",
+                     (long long)epoch, newest_name, (long long)newest);
+        } else {
+            nllm_st_file_t *f;
+            nllm_err_t e2;
+            uint64_t h = 0;
+            if (nllm_st_open(path, &f, &h, &e2) == 0) {
+                nllm_st_close(f);
+                char rname[32];
+                if (kind == NLLM_CKPT_EPOCH)
+                    snprintf(rname, sizeof rname, "epoch_%lld", (long long)epoch);
+                else
+                    snprintf(rname, sizeof rname, "%s", nllm_ckpt_kind_name(kind));
+                nllm_catalog_ckpt_t row = {0};
+                snprintf(row.kind, sizeof row.kind, "%s", nllm_ckpt_kind_name(kind));
+                row.name = rname;
+                row.path = path;
+                row.epoch = epoch;
+                if (adopt_checkpoint(j, &row, h, (int64_t)st.st_size, newest)) {
+                    adopted_periodic |= kind == NLLM_CKPT_EPOCH;
+                    continue;
+                }
+                snprintf(why, sizeof why, "not this job's %s at epoch %lld or later on its "
+                         "current history", rname, (long long)(newest < 0 ? 0 : newest));
+            } else {
+                snprintf(why, sizeof why, "incomplete: %s", e2.msg);
+            }
+        }
+        if (unlink(path) == 0 || errno == ENOENT)
+            nllmd_job_event(j, "recovered", "removed %s: no checkpoint row names it and it is %s",
+                            path, why);
+        else
+            nllmd_log(j->d, j->name, "cannot remove %s (no checkpoint row names it): %s", path,
+                      strerror(errno));
+    }
+    closedir(dd);
+    nllm_catalog_ckpts_free(cks, n);
+    if (adopted_periodic)
+        retention(j); /* keep at most cfg.keep epoch_N, as after a save */
+}
+
 /* Marks rows whose file is missing, short or fails its checksum (after trying
- * adopt_checkpoint on a complete file). */
+ * adopt_checkpoint on a complete file), then settles the checkpoint files no
+ * row names (reconcile_unlisted). */
 static void reconcile_checkpoints(nllm_job_t *j)
 {
     nllm_catalog_ckpt_t *cks;
@@ -937,7 +1067,7 @@ static void reconcile_checkpoints(nllm_job_t *j)
                          "file %s fails its checksum (file %s, catalog %s)", cks[i].path, sum,
                          cks[i].checksum);
         }
-        if (reason[0] && complete && adopt_checkpoint(j, &cks[i], h, (int64_t)st.st_size))
+        if (reason[0] && complete && adopt_checkpoint(j, &cks[i], h, (int64_t)st.st_size, 0))
             continue;
         if (reason[0]) {
             nllm_catalog_ckpt_mark_bad(j->d->cat, j->name, cks[i].id, reason, &err);
@@ -945,6 +1075,7 @@ static void reconcile_checkpoints(nllm_job_t *j)
         }
     }
     nllm_catalog_ckpts_free(cks, n);
+    reconcile_unlisted(j, dir);
 }
 
 int nllmd_jobs_load(nllmd_t *d, nllm_err_t *err)

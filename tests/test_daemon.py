@@ -9,7 +9,10 @@ list, checkpoints, history (superseded rows), events, verify, generate,
 a job that fails (its data file vanished) while the daemon keeps serving,
 replies (also generate/verify from the thread pool) to a client that
 half-closed (shutdown(SHUT_WR)) before they were ready, then EOF,
-SIGKILL then restart (job `interrupted`, checkpoints verify, resumes),
+SIGKILL then restart (job `interrupted`, checkpoints verify, resumes,
+checkpoint files no row names removed, a token cache temp file removed), a
+kill between a first epoch_1 save and its row commit (the restart records
+the file),
 SIGTERM (paused checkpoint, exit 0), and 50 concurrent clients calling
 status while a job trains.
 
@@ -411,11 +414,35 @@ def run(tmp):
     t = time.time()
     while time.time() - t < 30 and d.status("blocker")["epoch"] < 4:
         time.sleep(0.05)
+    # files a crash could leave, planted for the restart: in ft's folder (rows
+    # epoch_3, epoch_4, best, final) epoch_1 and epoch_2 files no row names
+    # (retention stopped between row and file), an epoch_7 file no row names
+    # that is not epoch 7; a token cache temp file in blocker's job folder
+    ftck = os.path.join(d.state, "jobs", "ft", "checkpoints")
+    shutil.copy(os.path.join(ftck, "ft_epoch_3.safetensors"), os.path.join(ftck, "ft_epoch_1.safetensors"))
+    with open(os.path.join(ftck, "ft_epoch_2.safetensors"), "wb") as f:
+        f.write(b"\0" * 100)
+    shutil.copy(os.path.join(ftck, "ft_epoch_4.safetensors"), os.path.join(ftck, "ft_epoch_7.safetensors"))
+    for keep in ("notes.txt", "other_epoch_1.safetensors"):
+        with open(os.path.join(ftck, keep), "w") as f:
+            f.write("not a checkpoint of ft\n")
+    ft_named = sorted({os.path.basename(c["path"]) for c in
+                       d.ctl("checkpoints", "ft", "--all")[1]["checkpoints"]})
+    cache_tmp = os.path.join(d.state, "jobs", "blocker", ".tokens.cache.tmp.12345.0")
+    with open(cache_tmp, "wb") as f:
+        f.write(b"NLLMTOK1")
     d.p.send_signal(signal.SIGKILL)
     d.p.wait()
     d = Daemon(tmp)
     st = d.status("blocker")
     check(st["state"] == "interrupted", "after SIGKILL the job is interrupted")
+    left = sorted(os.listdir(ftck))
+    check(left == sorted(ft_named + ["notes.txt", "other_epoch_1.safetensors"]),
+          "restart removed ft's checkpoint files no row names, kept the rest: %s" % left)
+    msgs = [e["message"] for e in d.ctl("events", "ft")[1]["events"] if e["kind"] == "recovered"]
+    check(all(any("ft_epoch_%d.safetensors" % k in m and "no checkpoint row names it" in m
+                  for m in msgs) for k in (1, 2, 7)), "one event per removed file: %s" % msgs)
+    check(not os.path.exists(cache_tmp), "restart removed a leftover token cache temp file")
     rc, v, _ = d.ctl("verify", "--all")
     check(rc == 0 and v["bad"] == 0, "every listed checkpoint verifies after SIGKILL (%s checked)"
           % (v or {}).get("checked"))
@@ -444,6 +471,39 @@ def run(tmp):
     d.wait_state("blocker", ["stopped", "completed"])
     d.ctl("shutdown")
     check(d.p.wait(30) == 0, "shutdown: exit 0")
+
+    # --- killed after the rename of a first epoch_1 save, before its row committed ---
+    # (commit 1 is best of epoch 1, commit 2 is epoch_1): the restart records
+    # the file, no file is left that no row names
+    os.environ["NLLM_CATALOG_FAULT"] = "ckpt_add:2:kill"
+    try:
+        d = Daemon(tmp)
+    finally:
+        del os.environ["NLLM_CATALOG_FAULT"]
+    d.ctl("start", "orph", "--data", data, "--epochs", "3",
+          *(SMALL[:-6] + ["--save-every", "1", "--threads", "1"]))
+    try:
+        code = d.p.wait(300)
+    except subprocess.TimeoutExpired:
+        d.p.kill()
+        code = d.p.wait()
+    check(code == -signal.SIGKILL, "nllmd killed at the epoch_1 row commit (exit %s)" % code)
+    orck = os.path.join(d.state, "jobs", "orph", "checkpoints")
+    check(os.path.exists(os.path.join(orck, "orph_epoch_1.safetensors")),
+          "orph_epoch_1 was written before the kill")
+    d = Daemon(tmp)
+    rows = {c["name"]: c for c in d.ctl("checkpoints", "orph")[1]["checkpoints"]}
+    check("epoch_1" in rows and rows["epoch_1"]["status"] == "ok" and rows["epoch_1"]["epoch"] == 1,
+          "restart recorded the unrecorded epoch_1 file (rows %s)" % sorted(rows))
+    rc, v, _ = d.ctl("verify", "orph")
+    check(rc in (0, 1) and any(r["name"] == "epoch_1" and r["status"] == "ok"
+                               for r in (v or {}).get("results", [])), "epoch_1 verifies")
+    named = {os.path.basename(c["path"]) for c in
+             d.ctl("checkpoints", "orph", "--all")[1]["checkpoints"]}
+    check(set(os.listdir(orck)) <= named, "every orph checkpoint file is named by a row "
+          "(files %s)" % sorted(os.listdir(orck)))
+    d.ctl("shutdown")
+    d.p.wait(30)
 
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
