@@ -9,10 +9,11 @@ list, checkpoints, history (superseded rows), events, verify, generate,
 a job that fails (its data file vanished) while the daemon keeps serving,
 replies (also generate/verify from the thread pool) to a client that
 half-closed (shutdown(SHUT_WR)) before they were ready, then EOF,
-SIGKILL then restart (job `interrupted`, checkpoints verify, resumes,
-checkpoint files no row names removed, a token cache temp file removed), a
-kill between a first epoch_1 save and its row commit (the restart records
-the file),
+a refused resume of a completed job without more epochs (conflict, nothing
+touched) and one with --epochs that trains on, SIGKILL then restart (job
+`interrupted`, checkpoints verify, resumes, checkpoint files no row names
+removed, a token cache temp file removed), a kill between a first epoch_1
+save and its row commit (the restart records the file),
 SIGTERM (paused checkpoint, exit 0), and 50 concurrent clients calling
 status while a job trains.
 
@@ -244,6 +245,35 @@ def run(tmp):
     cur = d.ctl("history", "pz")[1]["epochs"]
     check(len(cur) == 6 and sum(1 for h in allh if h["superseded"]) >= 3,
           "history: 6 current epochs, superseded ones kept (%d rows)" % len(allh))
+
+    # --- resume a completed job without more epochs: conflict, job and files untouched ---
+    before = d.ctl("checkpoints", "pz", "--all")[1]["checkpoints"]
+    ckdir = os.path.join(d.state, "jobs", "pz", "checkpoints")
+    stamps = {f: os.stat(os.path.join(ckdir, f)).st_mtime_ns for f in os.listdir(ckdir)}
+    for extra in ([], ["final"], ["--epochs", "6"]):
+        rc, _, err = d.ctl("resume", "pz", *extra, ok=False)
+        check(rc == 1 and "pz" in err and "nllmctl extend pz" in err and "--epochs" in err,
+              "resume pz %s of a completed job: refused, says what to do (%s)"
+              % (" ".join(extra), err.strip()))
+    sk = socket.socket(socket.AF_UNIX)
+    sk.connect(d.sock)
+    sk.sendall(msgpack.packb([0, 9, "resume", [{"name": "pz"}]]))
+    up, reply = msgpack.Unpacker(raw=False), None
+    while reply is None:
+        up.feed(sk.recv(1 << 20))
+        reply = next((m for m in up if m[0] == 1), None)
+    sk.close()
+    check(reply[2] and reply[2]["code"] == "conflict", "the wire code is conflict (%s)" % reply[2])
+    st = d.status("pz")
+    check(st["state"] == "completed" and st["attempt"] == 3 and st["epoch"] == 6,
+          "refused resume left the job as it was (%s, attempt %s)" % (st["state"], st["attempt"]))
+    check(d.ctl("checkpoints", "pz", "--all")[1]["checkpoints"] == before and
+          {f: os.stat(os.path.join(ckdir, f)).st_mtime_ns for f in os.listdir(ckdir)} == stamps,
+          "refused resume left the checkpoint rows and files untouched")
+    rc, _, _ = d.ctl("resume", "pz", "--epochs", "7")
+    st = d.wait_state("pz", ["completed"], timeout=300)
+    check(rc == 0 and st["state"] == "completed" and st["epoch"] == 7,
+          "resume --epochs 7 of the completed job trains on (epoch %s)" % st["epoch"])
 
     # --- extend a completed job ---
     rc, _, _ = d.ctl("extend", "ref", "8")
