@@ -122,6 +122,15 @@ void nllm_fmt_field(const json_t *obj, const char *key, int prec, char *buf, siz
         snprintf(buf, n, "-");
 }
 
+void nllm_fmt_percent_field(const json_t *obj, const char *key, char *buf, size_t n)
+{
+    double v;
+    if (nllm_j_num(obj, key, &v))
+        snprintf(buf, n, "%.2f%%", v * 100);
+    else
+        snprintf(buf, n, "-");
+}
+
 double nllm_model_params_of(const json_t *c)
 {
     double V = (double)nllm_j_int(c, "vocab_size", 0), De = (double)nllm_j_int(c, "embed_dim", 0);

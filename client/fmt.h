@@ -29,6 +29,9 @@ void nllm_fmt_count(double x, char *buf, size_t n);
 void nllm_fmt_time(double t, char *buf, size_t n);
 /* A number with %.*f, or "-" when the field is absent/null. */
 void nllm_fmt_field(const json_t *obj, const char *key, int prec, char *buf, size_t n);
+/* A fraction as a percentage with two decimals ("12.34%"), or "-" when the
+ * field is absent/null. */
+void nllm_fmt_percent_field(const json_t *obj, const char *key, char *buf, size_t n);
 
 /* Parameter count of the model a config map (vocab_size, ...) describes;
  * 0 when a field is missing. Mirrors model.md's parameter table. */

@@ -502,11 +502,7 @@ static void print_status(const json_t *st)
     printf("train loss:      %s\n", a);
     nllm_fmt_field(st, "val_loss", 4, a, sizeof a);
     nllm_fmt_field(st, "val_ppl", 2, b, sizeof b);
-    double acc;
-    if (nllm_j_num(st, "val_acc", &acc))
-        snprintf(c, sizeof c, "%.2f%%", acc * 100);
-    else
-        snprintf(c, sizeof c, "-");
+    nllm_fmt_percent_field(st, "val_acc", c, sizeof c);
     printf("val loss:        %s (PPL %s, accuracy %s)\n", a, b, c);
     double best;
     if (nllm_j_num(st, "best_val_loss", &best))
@@ -589,6 +585,36 @@ static int need_name(const cmd_t *c, int argc, char **argv, int max_pos)
     return -1;
 }
 
+/* parse_opts, then the positionals: with max_pos 0 none, else the job NAME
+ * and at most max_pos - 1 more (need_name). Returns -1 to go on, else an
+ * exit code. */
+static int parse_args(global_t *g, const cmd_t *c, int argc, char **argv,
+                      const struct option *opts, opt_fn fn, void *ctx, int max_pos)
+{
+    int rc = parse_opts(g, c, argc, argv, opts, fn, ctx);
+    if (rc >= 0)
+        return rc;
+    if (max_pos > 0)
+        return need_name(c, argc, argv, max_pos);
+    if (optind < argc)
+        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
+    return -1;
+}
+
+/* call1, and with --json the result printed. Returns the exit code; *res
+ * is NULL unless the result is still to be printed as text and freed (the
+ * call succeeded and --json is off). */
+static int call_json_or_text(global_t *g, const char *method, json_t *params, json_t **res)
+{
+    *res = NULL;
+    int rc = call1(g, method, params, res);
+    if (rc == EXIT_OK && g->json) {
+        print_json(*res);
+        json_decref(*res);
+        *res = NULL;
+    }
+    return rc;
+}
 
 /* -- start -- */
 
@@ -596,9 +622,15 @@ typedef struct {
     const char *key, *value, *flag;
 } setting_t;
 
+/* The settings flags of start and resume, in the order given. */
 typedef struct {
     setting_t set[128];
-    int nset;
+    int nset, max;      /* max: how many the command takes (at most 128) */
+    char keys[128][64]; /* the keys of --set flags */
+} settings_t;
+
+typedef struct {
+    settings_t s;
     const char *data, *val, *config, *init_from;
     int init_optimizer, watch;
 } start_opts_t;
@@ -650,21 +682,44 @@ static const struct {
     {O_DEVICE, "device", "--device"},             {O_THREADS, "threads", "--threads"},
 };
 
-static int add_setting(start_opts_t *o, const cmd_t *c, const char *key, const char *value,
+static int add_setting(settings_t *s, const cmd_t *c, const char *key, const char *value,
                        const char *flag)
 {
-    if (o->nset >= (int)(sizeof o->set / sizeof o->set[0]))
+    if (s->nset >= s->max)
         return usage_error(c, "too many settings");
-    o->set[o->nset++] = (setting_t){key, value, flag};
+    s->set[s->nset++] = (setting_t){key, value, flag};
     return -1;
+}
+
+/* A flag of flag_keys or --set KEY=VALUE: added to s (-1), a usage error,
+ * or 0 when opt is neither. A key too long to keep is named in the message
+ * with name_long_key, else the message is the one of a malformed --set. */
+static int setting_opt(settings_t *s, const cmd_t *c, int opt, const char *arg, int name_long_key)
+{
+    for (size_t i = 0; i < sizeof flag_keys / sizeof flag_keys[0]; i++)
+        if (flag_keys[i].opt == opt)
+            return add_setting(s, c, flag_keys[i].key, arg, flag_keys[i].flag);
+    if (opt != O_SET)
+        return 0;
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg)
+        return usage_error(c, "--set wants KEY=VALUE, not \"%s\"", arg);
+    size_t n = (size_t)(eq - arg);
+    if (n >= sizeof s->keys[0])
+        return name_long_key ? usage_error(c, "--set: key \"%.*s\" is too long", (int)n, arg)
+                             : usage_error(c, "--set wants KEY=VALUE, not \"%s\"", arg);
+    char *k = s->keys[s->nset % 128];
+    memcpy(k, arg, n);
+    k[n] = '\0';
+    return add_setting(s, c, k, eq + 1, "--set");
 }
 
 static int start_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
 {
     start_opts_t *o = ctx;
-    for (size_t i = 0; i < sizeof flag_keys / sizeof flag_keys[0]; i++)
-        if (flag_keys[i].opt == opt)
-            return add_setting(o, c, flag_keys[i].key, arg, flag_keys[i].flag);
+    int rc = setting_opt(&o->s, c, opt, arg, 1);
+    if (rc)
+        return rc;
     switch (opt) {
     case O_DATA:
         o->data = arg;
@@ -685,20 +740,7 @@ static int start_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
         o->watch = 1;
         return -1;
     case O_RESET_PATIENCE:
-        return add_setting(o, c, "reset_patience", "true", "--reset-patience");
-    case O_SET: {
-        const char *eq = strchr(arg, '=');
-        if (!eq || eq == arg)
-            return usage_error(c, "--set wants KEY=VALUE, not \"%s\"", arg);
-        static char keys[128][64];
-        size_t n = (size_t)(eq - arg);
-        if (n >= sizeof keys[0])
-            return usage_error(c, "--set: key \"%.*s\" is too long", (int)n, arg);
-        char *k = keys[o->nset % 128];
-        memcpy(k, arg, n);
-        k[n] = '\0';
-        return add_setting(o, c, k, eq + 1, "--set");
-    }
+        return add_setting(&o->s, c, "reset_patience", "true", "--reset-patience");
     }
     return usage_error(c, "unexpected flag");
 }
@@ -724,14 +766,51 @@ static int abs_path(const char *p, const char *base_dir, char *out, size_t cap)
     return 0;
 }
 
+/* The end of start and resume: method ("start" or "resume"; params
+ * consumed) with the watch pipelined behind it when watch is set, its
+ * result printed (with --json as one line when a watch follows; as text
+ * only without a watch: the watch display's header says it), then the
+ * watch. */
+static int start_or_resume(global_t *g, const char *method, json_t *params, const char *name,
+                           int watch)
+{
+    nllm_conn_t conn;
+    int rc = connect_daemon(g, &conn);
+    if (rc)
+        return json_decref(params), rc;
+    json_t *res = NULL;
+    uint32_t watch_id = 0;
+    rc = call_then_watch(&conn, method, params, name, watch, &watch_id, &res);
+    if (rc == EXIT_OK) {
+        if (g->json) {
+            if (watch) {
+                json_dumpf(res, stdout, JSON_COMPACT);
+                fputc('\n', stdout);
+            } else {
+                print_json(res);
+            }
+        } else if (!watch) {
+            int start = !strcmp(method, "start");
+            one_line_status(start ? "Started job" : "Resumed job", res);
+            if (start)
+                printf("Follow it with `nllmctl watch %s`.\n", name);
+        }
+        fflush(stdout);
+        json_decref(res);
+        if (watch)
+            rc = nllm_watch_run(&conn, name, g->json, 1, watch_id);
+    }
+    nllm_conn_close(&conn);
+    return rc;
+}
+
 static int cmd_start(global_t *g, const cmd_t *c, int argc, char **argv)
 {
     static start_opts_t o;
     memset(&o, 0, sizeof o);
-    int rc = parse_opts(g, c, argc, argv, start_long, start_opt, &o);
+    o.s.max = 128;
+    int rc = parse_args(g, c, argc, argv, start_long, start_opt, &o, 1);
     if (rc >= 0)
-        return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
         return rc;
     const char *name = argv[optind];
 
@@ -752,10 +831,11 @@ static int cmd_start(global_t *g, const cmd_t *c, int argc, char **argv)
             *(slash == cfg_dir ? slash + 1 : slash) = '\0';
     }
     int vocab_given = 0;
-    for (int i = 0; i < o.nset; i++) {
-        if (nllm_job_config_set(&cfg, o.set[i].key, o.set[i].value, &err) < 0)
-            return usage_error(c, "%s: %s", o.set[i].flag, err.msg);
-        if (!strcmp(o.set[i].key, "vocab_size") || !strcmp(o.set[i].key, "vocab"))
+    for (int i = 0; i < o.s.nset; i++) {
+        const setting_t *set = &o.s.set[i];
+        if (nllm_job_config_set(&cfg, set->key, set->value, &err) < 0)
+            return usage_error(c, "%s: %s", set->flag, err.msg);
+        if (!strcmp(set->key, "vocab_size") || !strcmp(set->key, "vocab"))
             vocab_given = 1;
     }
     /* paths: flags relative to the working directory, job-file ones to the file */
@@ -811,39 +891,13 @@ static int cmd_start(global_t *g, const cmd_t *c, int argc, char **argv)
         return usage_error(c, "--init-optimizer needs --init-from");
     }
 
-    nllm_conn_t conn;
-    if ((rc = connect_daemon(g, &conn)))
-        return json_decref(params), rc;
-    json_t *res = NULL;
-    uint32_t watch_id = 0;
-    rc = call_then_watch(&conn, "start", params, name, o.watch, &watch_id, &res);
-    if (rc == EXIT_OK) {
-        if (g->json) {
-            if (o.watch) {
-                json_dumpf(res, stdout, JSON_COMPACT);
-                fputc('\n', stdout);
-                fflush(stdout);
-            } else {
-                print_json(res);
-            }
-        } else if (!o.watch) { /* with --watch the display's header says it */
-            one_line_status("Started job", res);
-            printf("Follow it with `nllmctl watch %s`.\n", name);
-            fflush(stdout);
-        }
-        json_decref(res);
-        if (o.watch)
-            rc = nllm_watch_run(&conn, name, g->json, 1, watch_id);
-    }
-    nllm_conn_close(&conn);
-    return rc;
+    return start_or_resume(g, "start", params, name, o.watch);
 }
 
 /* -- resume -- */
 
 typedef struct {
-    setting_t set[16];
-    int nset;
+    settings_t s; /* at most 16 */
     int64_t epochs;
     int reset_patience, watch;
 } resume_opts_t;
@@ -864,7 +918,7 @@ static const struct option resume_long[] = {
 static int resume_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
 {
     resume_opts_t *o = ctx;
-    if (o->nset >= (int)(sizeof o->set / sizeof o->set[0]))
+    if (o->s.nset >= o->s.max)
         return usage_error(c, "too many settings");
     switch (opt) {
     case O_EPOCHS:
@@ -877,32 +931,9 @@ static int resume_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
     case O_WATCH:
         o->watch = 1;
         return -1;
-    case O_LR:
-        o->set[o->nset++] = (setting_t){"learning_rate", arg, "--lr"};
-        return -1;
-    case O_BATCH:
-        o->set[o->nset++] = (setting_t){"batch_size", arg, "--batch"};
-        return -1;
-    case O_PATIENCE:
-        o->set[o->nset++] = (setting_t){"patience", arg, "--patience"};
-        return -1;
-    case O_CLIP:
-        o->set[o->nset++] = (setting_t){"clip", arg, "--clip"};
-        return -1;
-    case O_SET: {
-        static char keys[16][64];
-        const char *eq = strchr(arg, '=');
-        size_t n = eq ? (size_t)(eq - arg) : 0;
-        if (!eq || n == 0 || n >= sizeof keys[0])
-            return usage_error(c, "--set wants KEY=VALUE, not \"%s\"", arg);
-        char *k = keys[o->nset];
-        memcpy(k, arg, n);
-        k[n] = '\0';
-        o->set[o->nset++] = (setting_t){k, eq + 1, "--set"};
-        return -1;
     }
-    }
-    return usage_error(c, "unexpected flag");
+    int rc = setting_opt(&o->s, c, opt, arg, 0); /* --lr, --batch, --patience, --clip, --set */
+    return rc ? rc : usage_error(c, "unexpected flag");
 }
 
 /* Resolve an alias ("lr") to its canonical key by setting a scratch config
@@ -939,10 +970,9 @@ static int cmd_resume(global_t *g, const cmd_t *c, int argc, char **argv)
 {
     resume_opts_t o;
     memset(&o, 0, sizeof o);
-    int rc = parse_opts(g, c, argc, argv, resume_long, resume_opt, &o);
+    o.s.max = 16;
+    int rc = parse_args(g, c, argc, argv, resume_long, resume_opt, &o, 2);
     if (rc >= 0)
-        return rc;
-    if ((rc = need_name(c, argc, argv, 2)) >= 0)
         return rc;
     const char *name = argv[optind];
     json_t *params = name_params(name);
@@ -952,40 +982,17 @@ static int cmd_resume(global_t *g, const cmd_t *c, int argc, char **argv)
         json_object_set_new(params, "num_epochs", json_integer(o.epochs));
     if (o.reset_patience)
         json_object_set_new(params, "reset_patience", json_true());
-    if (o.nset) {
+    if (o.s.nset) {
         json_t *cfg = json_object();
-        for (int i = 0; i < o.nset; i++)
-            if ((rc = typed_setting(c, &o.set[i], cfg)) >= 0) {
+        for (int i = 0; i < o.s.nset; i++)
+            if ((rc = typed_setting(c, &o.s.set[i], cfg)) >= 0) {
                 json_decref(cfg);
                 json_decref(params);
                 return rc;
             }
         json_object_set_new(params, "config", cfg);
     }
-    nllm_conn_t conn;
-    if ((rc = connect_daemon(g, &conn)))
-        return json_decref(params), rc;
-    json_t *res = NULL;
-    uint32_t watch_id = 0;
-    rc = call_then_watch(&conn, "resume", params, name, o.watch, &watch_id, &res);
-    if (rc == EXIT_OK) {
-        if (g->json) {
-            if (o.watch) {
-                json_dumpf(res, stdout, JSON_COMPACT);
-                fputc('\n', stdout);
-            } else {
-                print_json(res);
-            }
-        } else if (!o.watch) {
-            one_line_status("Resumed job", res);
-        }
-        fflush(stdout);
-        json_decref(res);
-        if (o.watch)
-            rc = nllm_watch_run(&conn, name, g->json, 1, watch_id);
-    }
-    nllm_conn_close(&conn);
-    return rc;
+    return start_or_resume(g, "resume", params, name, o.watch);
 }
 
 /* -- simple flag sets -- */
@@ -1046,57 +1053,82 @@ static int misc_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
 
 static const struct option plain_long[] = {COMMON_OPTS, {0, 0, 0, 0}};
 
-static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
+/* The commands on one job (NAME and flags of misc_opts_t): parses them
+ * into o, sends method with {"name": NAME} and the request's flags that
+ * are set, and with --json prints the result. Returns the exit code; *res
+ * is NULL unless the result is still to be printed as text and freed. */
+static int job_call(global_t *g, const cmd_t *c, int argc, char **argv, const struct option *lo,
+                    misc_opts_t *o, const char *method, json_t **res)
 {
-    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    *res = NULL;
+    int rc = parse_args(g, c, argc, argv, lo, misc_opt, o, 1);
     if (rc >= 0)
         return rc;
-    if (optind < argc)
-        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
-    json_t *res = NULL;
-    if ((rc = call1(g, "hello", NULL, &res)))
+    json_t *params = name_params(argv[optind]);
+    if (o->at_epoch_end)
+        json_object_set_new(params, "at_epoch_end", json_true());
+    if (o->all)
+        json_object_set_new(params, "all", json_true());
+    if (o->delete_files)
+        json_object_set_new(params, "delete_files", json_true());
+    if (o->limit)
+        json_object_set_new(params, "limit", json_integer(o->limit));
+    if (o->checkpoint)
+        json_object_set_new(params, "checkpoint", json_string(o->checkpoint));
+    if (o->prompt)
+        json_object_set_new(params, "prompt", json_string(o->prompt));
+    if (o->have_tokens)
+        json_object_set_new(params, "tokens", json_integer(o->tokens));
+    if (o->have_temp)
+        json_object_set_new(params, "temperature", json_real(o->temperature));
+    if (o->have_seed)
+        json_object_set_new(params, "seed", json_integer(o->seed));
+    return call_json_or_text(g, method, params, res);
+}
+
+static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_args(g, c, argc, argv, plain_long, NULL, NULL, 0);
+    if (rc >= 0)
         return rc;
-    if (g->json) {
-        print_json(res);
-    } else {
-        printf("daemon:     %s\n", nllm_j_str(res, "daemon", "?"));
-        printf("protocol:   %lld (nllmctl speaks %d)\n", (long long)nllm_j_int(res, "protocol", 0),
-               NLLM_PROTOCOL_VERSION);
-        printf("max jobs:   %lld\n", (long long)nllm_j_int(res, "max_jobs", 0));
-        printf("auth:       %s\n", nllm_j_bool(res, "auth_required", 0) ? "required" : "not required");
-        const json_t *devs = json_object_get(res, "devices");
-        if (json_array_size(devs)) {
-            printf("devices:\n");
-            table_t t;
-            table_init(&t, 5);
-            table_row(&t, "  NAME", "KIND", "BUSY", "MEM_FREE", "MEM_TOTAL");
-            size_t i;
-            const json_t *d;
-            json_array_foreach(devs, i, d)
-            {
-                char nm[128], fr[32] = "-", to[32] = "-";
-                double x;
-                snprintf(nm, sizeof nm, "  %s", nllm_j_str(d, "name", "?"));
-                if (nllm_j_num(d, "memory_free", &x) && x > 0)
-                    nllm_fmt_size(x, fr, sizeof fr);
-                if (nllm_j_num(d, "memory_total", &x) && x > 0)
-                    nllm_fmt_size(x, to, sizeof to);
-                table_row(&t, nm, nllm_j_str(d, "kind", "-"), nllm_j_str(d, "busy", "-"), fr, to);
-            }
-            table_print(&t);
+    json_t *res;
+    if ((rc = call_json_or_text(g, "hello", NULL, &res)) || !res)
+        return rc;
+    printf("daemon:     %s\n", nllm_j_str(res, "daemon", "?"));
+    printf("protocol:   %lld (nllmctl speaks %d)\n", (long long)nllm_j_int(res, "protocol", 0),
+           NLLM_PROTOCOL_VERSION);
+    printf("max jobs:   %lld\n", (long long)nllm_j_int(res, "max_jobs", 0));
+    printf("auth:       %s\n", nllm_j_bool(res, "auth_required", 0) ? "required" : "not required");
+    const json_t *devs = json_object_get(res, "devices");
+    if (json_array_size(devs)) {
+        printf("devices:\n");
+        table_t t;
+        table_init(&t, 5);
+        table_row(&t, "  NAME", "KIND", "BUSY", "MEM_FREE", "MEM_TOTAL");
+        size_t i;
+        const json_t *d;
+        json_array_foreach(devs, i, d)
+        {
+            char nm[128], fr[32] = "-", to[32] = "-";
+            double x;
+            snprintf(nm, sizeof nm, "  %s", nllm_j_str(d, "name", "?"));
+            if (nllm_j_num(d, "memory_free", &x) && x > 0)
+                nllm_fmt_size(x, fr, sizeof fr);
+            if (nllm_j_num(d, "memory_total", &x) && x > 0)
+                nllm_fmt_size(x, to, sizeof to);
+            table_row(&t, nm, nllm_j_str(d, "kind", "-"), nllm_j_str(d, "busy", "-"), fr, to);
         }
+        table_print(&t);
     }
     json_decref(res);
-    return rc;
+    return EXIT_OK;
 }
 
 static int cmd_version(global_t *g, const cmd_t *c, int argc, char **argv)
 {
-    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    int rc = parse_args(g, c, argc, argv, plain_long, NULL, NULL, 0);
     if (rc >= 0)
         return rc;
-    if (optind < argc)
-        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
     /* the daemon's version is a bonus: no error when it is not running */
     json_t *res = NULL;
     nllm_conn_t conn;
@@ -1129,11 +1161,9 @@ static int cmd_version(global_t *g, const cmd_t *c, int argc, char **argv)
 
 static int cmd_shutdown(global_t *g, const cmd_t *c, int argc, char **argv)
 {
-    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    int rc = parse_args(g, c, argc, argv, plain_long, NULL, NULL, 0);
     if (rc >= 0)
         return rc;
-    if (optind < argc)
-        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
     json_t *res = NULL;
     nllm_conn_t conn;
     if ((rc = connect_daemon(g, &conn)))
@@ -1165,19 +1195,12 @@ static const char *fnum(const json_t *o, const char *key, int prec, char *buf, s
 
 static int cmd_list(global_t *g, const cmd_t *c, int argc, char **argv)
 {
-    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    int rc = parse_args(g, c, argc, argv, plain_long, NULL, NULL, 0);
     if (rc >= 0)
         return rc;
-    if (optind < argc)
-        return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
-    json_t *res = NULL;
-    if ((rc = call1(g, "list", NULL, &res)))
+    json_t *res;
+    if ((rc = call_json_or_text(g, "list", NULL, &res)) || !res)
         return rc;
-    if (g->json) {
-        print_json(res);
-        json_decref(res);
-        return EXIT_OK;
-    }
     const json_t *jobs = json_object_get(res, "jobs");
     if (!json_array_size(jobs)) {
         printf("No jobs. Start one with `nllmctl start NAME --data FILE`.\n");
@@ -1218,38 +1241,25 @@ static int cmd_list(global_t *g, const cmd_t *c, int argc, char **argv)
 /* Commands taking NAME and printing a job status: status, stop, pause, extend. */
 static int cmd_status(global_t *g, const cmd_t *c, int argc, char **argv)
 {
-    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
-    if (rc >= 0)
+    misc_opts_t o = {0};
+    json_t *res;
+    int rc = job_call(g, c, argc, argv, plain_long, &o, "status", &res);
+    if (rc || !res)
         return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
-        return rc;
-    json_t *res = NULL;
-    if ((rc = call1(g, "status", name_params(argv[optind]), &res)))
-        return rc;
-    if (g->json)
-        print_json(res);
-    else
-        print_status(res);
+    print_status(res);
     json_decref(res);
     return EXIT_OK;
 }
 
 static int cmd_stop(global_t *g, const cmd_t *c, int argc, char **argv)
 {
-    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
-    if (rc >= 0)
+    misc_opts_t o = {0};
+    json_t *res;
+    int rc = job_call(g, c, argc, argv, plain_long, &o, "stop", &res);
+    if (rc || !res)
         return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
-        return rc;
-    json_t *res = NULL;
-    if ((rc = call1(g, "stop", name_params(argv[optind]), &res)))
-        return rc;
-    if (g->json) {
-        print_json(res);
-    } else {
-        one_line_status("Stopping job", res);
-        printf("It ends at the next step boundary and saves checkpoint final.\n");
-    }
+    one_line_status("Stopping job", res);
+    printf("It ends at the next step boundary and saves checkpoint final.\n");
     json_decref(res);
     return EXIT_OK;
 }
@@ -1259,26 +1269,15 @@ static int cmd_pause(global_t *g, const cmd_t *c, int argc, char **argv)
     static const struct option lo[] = {COMMON_OPTS,
                                        {"at-epoch-end", no_argument, 0, O_AT_EPOCH_END},
                                        {0, 0, 0, 0}};
-    misc_opts_t o;
-    memset(&o, 0, sizeof o);
-    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
-    if (rc >= 0)
+    misc_opts_t o = {0};
+    json_t *res;
+    int rc = job_call(g, c, argc, argv, lo, &o, "pause", &res);
+    if (rc || !res)
         return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
-        return rc;
-    json_t *params = name_params(argv[optind]), *res = NULL;
-    if (o.at_epoch_end)
-        json_object_set_new(params, "at_epoch_end", json_true());
-    if ((rc = call1(g, "pause", params, &res)))
-        return rc;
-    if (g->json) {
-        print_json(res);
-    } else {
-        one_line_status("Pausing job", res);
-        if (!strcmp(nllm_j_str(res, "state", ""), "pausing"))
-            printf("It stops %s, saves checkpoint paused and frees its device.\n",
-                   o.at_epoch_end ? "at the end of the epoch" : "at the next step boundary");
-    }
+    one_line_status("Pausing job", res);
+    if (!strcmp(nllm_j_str(res, "state", ""), "pausing"))
+        printf("It stops %s, saves checkpoint paused and frees its device.\n",
+               o.at_epoch_end ? "at the end of the epoch" : "at the next step boundary");
     json_decref(res);
     return EXIT_OK;
 }
@@ -1296,24 +1295,19 @@ static int cmd_extend(global_t *g, const cmd_t *c, int argc, char **argv)
     if (parse_i64(argv[optind + 1], 1, 1000000, &n) < 0)
         return usage_error(c, "NUM_EPOCHS wants a whole number 1..1000000, not \"%s\"",
                            argv[optind + 1]);
-    json_t *params = name_params(argv[optind]), *res = NULL;
+    json_t *params = name_params(argv[optind]), *res;
     json_object_set_new(params, "num_epochs", json_integer(n));
-    if ((rc = call1(g, "extend", params, &res)))
+    if ((rc = call_json_or_text(g, "extend", params, &res)) || !res)
         return rc;
-    if (g->json)
-        print_json(res);
-    else
-        one_line_status("Extended job", res);
+    one_line_status("Extended job", res);
     json_decref(res);
     return EXIT_OK;
 }
 
 static int cmd_watch(global_t *g, const cmd_t *c, int argc, char **argv)
 {
-    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    int rc = parse_args(g, c, argc, argv, plain_long, NULL, NULL, 1);
     if (rc >= 0)
-        return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
         return rc;
     nllm_conn_t conn;
     if ((rc = connect_daemon(g, &conn)))
@@ -1326,8 +1320,7 @@ static int cmd_watch(global_t *g, const cmd_t *c, int argc, char **argv)
 static int cmd_verify(global_t *g, const cmd_t *c, int argc, char **argv)
 {
     static const struct option lo[] = {COMMON_OPTS, {"all", no_argument, 0, O_ALL}, {0, 0, 0, 0}};
-    misc_opts_t o;
-    memset(&o, 0, sizeof o);
+    misc_opts_t o = {0};
     int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
     if (rc >= 0)
         return rc;
@@ -1382,23 +1375,11 @@ static int cmd_verify(global_t *g, const cmd_t *c, int argc, char **argv)
 static int cmd_checkpoints(global_t *g, const cmd_t *c, int argc, char **argv)
 {
     static const struct option lo[] = {COMMON_OPTS, {"all", no_argument, 0, O_ALL}, {0, 0, 0, 0}};
-    misc_opts_t o;
-    memset(&o, 0, sizeof o);
-    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
-    if (rc >= 0)
+    misc_opts_t o = {0};
+    json_t *res;
+    int rc = job_call(g, c, argc, argv, lo, &o, "checkpoints", &res);
+    if (rc || !res)
         return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
-        return rc;
-    json_t *params = name_params(argv[optind]), *res = NULL;
-    if (o.all)
-        json_object_set_new(params, "all", json_true());
-    if ((rc = call1(g, "checkpoints", params, &res)))
-        return rc;
-    if (g->json) {
-        print_json(res);
-        json_decref(res);
-        return EXIT_OK;
-    }
     const json_t *cks = json_object_get(res, "checkpoints");
     if (!json_array_size(cks)) {
         printf("No checkpoints yet for %s.\n", argv[optind]);
@@ -1453,24 +1434,15 @@ static int cmd_history(global_t *g, const cmd_t *c, int argc, char **argv)
 {
     static const struct option lo[] = {COMMON_OPTS, {"all", no_argument, 0, O_ALL},
                                        {"csv", no_argument, 0, O_CSV}, {0, 0, 0, 0}};
-    misc_opts_t o;
-    memset(&o, 0, sizeof o);
-    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
-    if (rc >= 0)
-        return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
-        return rc;
-    json_t *params = name_params(argv[optind]), *res = NULL;
-    if (o.all)
-        json_object_set_new(params, "all", json_true());
-    if ((rc = call1(g, "history", params, &res)))
+    misc_opts_t o = {0};
+    json_t *res;
+    int rc = job_call(g, c, argc, argv, lo, &o, "history", &res);
+    if (rc || !res)
         return rc;
     const json_t *eps = json_object_get(res, "epochs");
     size_t i;
     const json_t *e;
-    if (g->json) {
-        print_json(res);
-    } else if (o.csv) {
+    if (o.csv) {
         printf("epoch,attempt,train_loss,val_loss,train_ppl,val_ppl,val_acc,seconds,"
                "tokens_per_s,superseded\n");
         json_array_foreach(eps, i, e)
@@ -1495,13 +1467,12 @@ static int cmd_history(global_t *g, const cmd_t *c, int argc, char **argv)
                   "VAL_ACC", "TIME", "TOK/S", "NOTE");
         json_array_foreach(eps, i, e)
         {
-            char ep[32], at[32], tl[32], vl[32], tp[32], vp[32], va[32] = "-", tm[32] = "-",
-                                                                 tk[32] = "-";
+            char ep[32], at[32], tl[32], vl[32], tp[32], vp[32], va[32], tm[32] = "-",
+                 tk[32] = "-";
             snprintf(ep, sizeof ep, "%lld", (long long)nllm_j_int(e, "epoch", 0));
             snprintf(at, sizeof at, "%lld", (long long)nllm_j_int(e, "attempt", 1));
             double x;
-            if (nllm_j_num(e, "val_acc", &x))
-                snprintf(va, sizeof va, "%.2f%%", x * 100);
+            nllm_fmt_percent_field(e, "val_acc", va, sizeof va);
             if (nllm_j_num(e, "seconds", &x))
                 nllm_fmt_duration(x, tm, sizeof tm);
             if (nllm_j_num(e, "tokens_per_s", &x))
@@ -1610,42 +1581,31 @@ static int cmd_events(global_t *g, const cmd_t *c, int argc, char **argv)
 {
     static const struct option lo[] = {COMMON_OPTS, {"limit", required_argument, 0, O_LIMIT},
                                        {0, 0, 0, 0}};
-    misc_opts_t o;
-    memset(&o, 0, sizeof o);
-    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
-    if (rc >= 0)
+    misc_opts_t o = {0};
+    json_t *res;
+    int rc = job_call(g, c, argc, argv, lo, &o, "events", &res);
+    if (rc || !res)
         return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
-        return rc;
-    json_t *params = name_params(argv[optind]), *res = NULL;
-    if (o.limit)
-        json_object_set_new(params, "limit", json_integer(o.limit));
-    if ((rc = call1(g, "events", params, &res)))
-        return rc;
-    if (g->json) {
-        print_json(res);
-    } else {
-        const json_t *evs = json_object_get(res, "events");
-        size_t i, kw = 4;
-        const json_t *e;
-        json_array_foreach(evs, i, e)
-        {
-            size_t n = strlen(nllm_j_str(e, "kind", ""));
-            if (n > kw)
-                kw = n;
-        }
-        json_array_foreach(evs, i, e)
-        {
-            char ts[48];
-            double t = 0;
-            nllm_j_num(e, "ts", &t);
-            nllm_fmt_time(t, ts, sizeof ts);
-            printf("%s  %-*s  %s\n", ts, (int)kw, nllm_j_str(e, "kind", "?"),
-                   nllm_j_str(e, "message", ""));
-        }
-        if (!json_array_size(evs))
-            printf("No events for %s.\n", argv[optind]);
+    const json_t *evs = json_object_get(res, "events");
+    size_t i, kw = 4;
+    const json_t *e;
+    json_array_foreach(evs, i, e)
+    {
+        size_t n = strlen(nllm_j_str(e, "kind", ""));
+        if (n > kw)
+            kw = n;
     }
+    json_array_foreach(evs, i, e)
+    {
+        char ts[48];
+        double t = 0;
+        nllm_j_num(e, "ts", &t);
+        nllm_fmt_time(t, ts, sizeof ts);
+        printf("%s  %-*s  %s\n", ts, (int)kw, nllm_j_str(e, "kind", "?"),
+               nllm_j_str(e, "message", ""));
+    }
+    if (!json_array_size(evs))
+        printf("No events for %s.\n", argv[optind]);
     json_decref(res);
     return EXIT_OK;
 }
@@ -1655,21 +1615,12 @@ static int cmd_rm(global_t *g, const cmd_t *c, int argc, char **argv)
     static const struct option lo[] = {COMMON_OPTS,
                                        {"delete-files", no_argument, 0, O_DELETE_FILES},
                                        {0, 0, 0, 0}};
-    misc_opts_t o;
-    memset(&o, 0, sizeof o);
-    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
-    if (rc >= 0)
+    misc_opts_t o = {0};
+    json_t *res;
+    int rc = job_call(g, c, argc, argv, lo, &o, "remove", &res);
+    if (rc || !res)
         return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
-        return rc;
-    json_t *params = name_params(argv[optind]), *res = NULL;
     if (o.delete_files)
-        json_object_set_new(params, "delete_files", json_true());
-    if ((rc = call1(g, "remove", params, &res)))
-        return rc;
-    if (g->json)
-        print_json(res);
-    else if (o.delete_files)
         printf("Removed job %s and deleted %lld file%s.\n", argv[optind],
                (long long)nllm_j_int(res, "deleted_files", 0),
                nllm_j_int(res, "deleted_files", 0) == 1 ? "" : "s");
@@ -1690,35 +1641,16 @@ static int cmd_generate(global_t *g, const cmd_t *c, int argc, char **argv)
                                        {"temperature", required_argument, 0, O_TEMPERATURE},
                                        {"seed", required_argument, 0, O_SEED},
                                        {0, 0, 0, 0}};
-    misc_opts_t o;
-    memset(&o, 0, sizeof o);
-    int rc = parse_opts(g, c, argc, argv, lo, misc_opt, &o);
-    if (rc >= 0)
+    misc_opts_t o = {0};
+    json_t *res;
+    int rc = job_call(g, c, argc, argv, lo, &o, "generate", &res);
+    if (rc || !res)
         return rc;
-    if ((rc = need_name(c, argc, argv, 1)) >= 0)
-        return rc;
-    json_t *params = name_params(argv[optind]), *res = NULL;
-    if (o.checkpoint)
-        json_object_set_new(params, "checkpoint", json_string(o.checkpoint));
-    if (o.prompt)
-        json_object_set_new(params, "prompt", json_string(o.prompt));
-    if (o.have_tokens)
-        json_object_set_new(params, "tokens", json_integer(o.tokens));
-    if (o.have_temp)
-        json_object_set_new(params, "temperature", json_real(o.temperature));
-    if (o.have_seed)
-        json_object_set_new(params, "seed", json_integer(o.seed));
-    if ((rc = call1(g, "generate", params, &res)))
-        return rc;
-    if (g->json) {
-        print_json(res);
-    } else {
-        const char *text = nllm_j_str(res, "text", "");
-        size_t n = strlen(text);
-        fputs(text, stdout);
-        if (n == 0 || text[n - 1] != '\n')
-            fputc('\n', stdout);
-    }
+    const char *text = nllm_j_str(res, "text", "");
+    size_t n = strlen(text);
+    fputs(text, stdout);
+    if (n == 0 || text[n - 1] != '\n')
+        fputc('\n', stdout);
     json_decref(res);
     return EXIT_OK;
 }

@@ -257,11 +257,7 @@ static void on_epoch(view_t *v, const json_t *p)
     nllm_fmt_field(p, "train_ppl", 2, tp, sizeof tp);
     nllm_fmt_field(p, "val_loss", 4, vl, sizeof vl);
     nllm_fmt_field(p, "val_ppl", 2, vp, sizeof vp);
-    double acc;
-    if (nllm_j_num(p, "val_acc", &acc))
-        snprintf(va, sizeof va, "%.2f%%", acc * 100);
-    else
-        snprintf(va, sizeof va, "-");
+    nllm_fmt_percent_field(p, "val_acc", va, sizeof va);
     nllm_fmt_count(tps, tk, sizeof tk);
     nllm_fmt_duration(secs, el, sizeof el);
     printf("Train: Loss=%s PPL=%s (%s, %s tok/s)\n", tl, tp, el, tk);
