@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,6 +382,8 @@ static void tx_rollback(nllm_catalog_t *cat)
         sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+/* ---- rows -------------------------------------------------------------- */
+
 /* Column readers: NULL text stays NULL, NULL real reads NAN. */
 static int col_dup(sqlite3_stmt *st, int i, char **out)
 {
@@ -407,16 +410,98 @@ static double col_real(sqlite3_stmt *st, int i)
     return sqlite3_column_double(st, i);
 }
 
-typedef int (*row_fn)(sqlite3_stmt *st, void *elem);
-typedef void (*elem_free_fn)(void *elem);
+/* A row struct as a SELECT fills it: field i takes column i. F_TEXT
+ * fields are owned copies (NULL for SQL NULL), F_BUF fields char arrays. */
+typedef enum { F_I64, F_INT, F_REAL, F_TEXT, F_BUF } field_kind_t;
 
-/* Step st to the end, filling a growing array of esz-byte elements. */
-static int collect(nllm_catalog_t *cat, sqlite3_stmt *st, size_t esz, row_fn fn, elem_free_fn efree,
-                   void **out, size_t *n_out, nllm_err_t *err, const char *what)
+typedef struct {
+    field_kind_t kind;
+    size_t off, size; /* where in the struct; size: of an F_BUF array */
+} field_t;
+
+typedef struct {
+    size_t size; /* of the struct */
+    const field_t *fields;
+    size_t nfields;
+} row_type_t;
+
+/* The comparison in sizeof (never evaluated) only compiles, under
+ * -Werror, when field f of T has the C type the kind reads into. */
+#define FIELD_AS(T, f, kind, ctype)                                                                \
+    {kind, offsetof(T, f) + 0 * sizeof(&((T *)0)->f == (ctype *)0), sizeof(((T *)0)->f)}
+#define F_I64(T, f) FIELD_AS(T, f, F_I64, int64_t)
+#define F_INT(T, f) FIELD_AS(T, f, F_INT, int)
+#define F_REAL(T, f) FIELD_AS(T, f, F_REAL, double)
+#define F_TEXT(T, f) FIELD_AS(T, f, F_TEXT, char *)
+#define F_BUF(T, f)                                                                                \
+    {F_BUF, offsetof(T, f) + 0 * sizeof(&((T *)0)->f[0] == (char *)0), sizeof(((T *)0)->f)}
+#define ROW_TYPE(T, fields) {sizeof(T), fields, sizeof fields / sizeof fields[0]}
+
+/* Fill elem (zeroed by the caller) from the current row of st; -1 when a
+ * copy could not be allocated (free elem with row_free). */
+static int read_row(sqlite3_stmt *st, const row_type_t *t, void *elem)
 {
+    for (size_t i = 0; i < t->nfields; i++) {
+        const field_t *f = &t->fields[i];
+        void *p = (char *)elem + f->off;
+        int col = (int)i;
+        switch (f->kind) {
+        case F_I64:
+            *(int64_t *)p = sqlite3_column_int64(st, col);
+            break;
+        case F_INT:
+            *(int *)p = sqlite3_column_int(st, col);
+            break;
+        case F_REAL:
+            *(double *)p = col_real(st, col);
+            break;
+        case F_TEXT:
+            if (col_dup(st, col, (char **)p))
+                return -1;
+            break;
+        case F_BUF:
+            col_copy(st, col, p, f->size);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Free elem's F_TEXT fields and zero it (NULL is fine). */
+static void row_free(const row_type_t *t, void *elem)
+{
+    if (!elem)
+        return;
+    for (size_t i = 0; i < t->nfields; i++)
+        if (t->fields[i].kind == F_TEXT)
+            free(*(char **)((char *)elem + t->fields[i].off));
+    memset(elem, 0, t->size);
+}
+
+/* Free an array of n rows (NULL is fine). */
+static void rows_free(const row_type_t *t, void *arr, size_t n)
+{
+    if (!arr)
+        return;
+    for (size_t i = 0; i < n; i++)
+        row_free(t, (char *)arr + i * t->size);
+    free(arr);
+}
+
+/* Run sql (bound as prep binds it) to the end, reading every row into a
+ * growing array of t rows: *out and *n_out are set only on success. */
+static int select_rows(nllm_catalog_t *cat, const row_type_t *t, void **out, size_t *n_out,
+                       nllm_err_t *err, const char *what, const char *sql, const char *types, ...)
+{
+    sqlite3_stmt *st;
+    va_list ap;
+    va_start(ap, types);
+    int ret = vprep(cat, &st, err, what, sql, types, ap);
+    va_end(ap);
+    if (ret)
+        return ret;
     char *arr = NULL;
     size_t n = 0, cap = 0;
-    int ret = 0;
     for (;;) {
         int rc = sqlite3_step(st);
         if (rc == SQLITE_DONE)
@@ -427,7 +512,7 @@ static int collect(nllm_catalog_t *cat, sqlite3_stmt *st, size_t esz, row_fn fn,
         }
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 8;
-            char *na = realloc(arr, ncap * esz);
+            char *na = realloc(arr, ncap * t->size);
             if (!na) {
                 ret = oom(err, what);
                 goto fail;
@@ -435,42 +520,46 @@ static int collect(nllm_catalog_t *cat, sqlite3_stmt *st, size_t esz, row_fn fn,
             arr = na;
             cap = ncap;
         }
-        void *e = arr + n * esz;
-        memset(e, 0, esz);
-        if (fn(st, e)) {
-            efree(e);
+        void *e = arr + n * t->size;
+        memset(e, 0, t->size);
+        if (read_row(st, t, e)) {
+            row_free(t, e);
             ret = oom(err, what);
             goto fail;
         }
         n++;
     }
+    sqlite3_finalize(st);
     *out = arr;
     *n_out = n;
     return 0;
 fail:
-    for (size_t i = 0; i < n; i++)
-        efree(arr + i * esz);
-    free(arr);
+    sqlite3_finalize(st);
+    rows_free(t, arr, n);
     return ret;
 }
 
-/* Look up a job's id and current attempt; NLLM_ENOENT when missing. */
-static int job_lookup(nllm_catalog_t *cat, const char *name, int64_t *id, int64_t *attempt,
-                      nllm_err_t *err, const char *what)
+/* Run sql for its first row, read into elem (zeroed by the caller). 0: read;
+ * 1: there is no row (err untouched: the caller names what is missing);
+ * else a negative error code. */
+static int select_one(nllm_catalog_t *cat, const row_type_t *t, void *elem, nllm_err_t *err,
+                      const char *what, const char *sql, const char *types, ...)
 {
     sqlite3_stmt *st;
-    int ret = prep(cat, &st, err, what, "SELECT id, attempt FROM jobs WHERE name = ?", "t", name);
+    va_list ap;
+    va_start(ap, types);
+    int ret = vprep(cat, &st, err, what, sql, types, ap);
+    va_end(ap);
     if (ret)
         return ret;
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
-        if (id)
-            *id = sqlite3_column_int64(st, 0);
-        if (attempt)
-            *attempt = sqlite3_column_int64(st, 1);
+        if (read_row(st, t, elem)) {
+            row_free(t, elem);
+            ret = oom(err, what);
+        }
     } else if (rc == SQLITE_DONE) {
-        ret = nllm_err_set(err, NLLM_ENOENT, "job '%s' not found; list jobs to see their names",
-                           name);
+        ret = 1;
     } else {
         ret = db_fail(cat, rc, err, what);
     }
@@ -478,44 +567,125 @@ static int job_lookup(nllm_catalog_t *cat, const char *name, int64_t *id, int64_
     return ret;
 }
 
-/* ---- open / close ------------------------------------------------------ */
-
-static int pragma_int(nllm_catalog_t *cat, const char *sql, int *out, nllm_err_t *err,
-                      const char *what)
+static int job_not_found(const char *name, nllm_err_t *err)
 {
-    sqlite3_stmt *st;
-    int ret = prep(cat, &st, err, what, sql, NULL);
+    return nllm_err_set(err, NLLM_ENOENT, "job '%s' not found; list jobs to see their names", name);
+}
+
+typedef struct {
+    int64_t id, attempt;
+} job_key_t;
+
+static const field_t job_key_fields[] = {F_I64(job_key_t, id), F_I64(job_key_t, attempt)};
+static const row_type_t job_key_rows = ROW_TYPE(job_key_t, job_key_fields);
+
+/* Look up a job's id and current attempt; NLLM_ENOENT when missing. */
+static int job_lookup(nllm_catalog_t *cat, const char *name, int64_t *id, int64_t *attempt,
+                      nllm_err_t *err, const char *what)
+{
+    job_key_t k = {0, 0}; /* what the outputs get on failure */
+    int ret = select_one(cat, &job_key_rows, &k, err, what,
+                         "SELECT id, attempt FROM jobs WHERE name = ?", "t", name);
+    if (id)
+        *id = k.id;
+    if (attempt)
+        *attempt = k.attempt;
+    return ret == 1 ? job_not_found(name, err) : ret;
+}
+
+/* The start of most calls on one job: its name checked, and what (cap
+ * bytes) set to "job 'JOB': " and fmt's text, for the messages. */
+static int vjob_what(const char *job, char *what, size_t cap, nllm_err_t *err, const char *fmt,
+                     va_list ap)
+{
+    int ret = check_job_name(job, err);
     if (ret)
         return ret;
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *out = sqlite3_column_int(st, 0);
-    else if (rc == SQLITE_DONE)
-        ret = nllm_err_set(err, NLLM_EINTERNAL,
-                           "%s: '%s' returned nothing; this SQLite build lacks a needed feature",
-                           what, sql);
-    else
-        ret = db_fail(cat, rc, err, what);
-    sqlite3_finalize(st);
+    int k = snprintf(what, cap, "job '%s': ", job); /* a valid name fits */
+    vsnprintf(what + k, cap - (size_t)k, fmt, ap);
+    return 0;
+}
+
+static int job_what(const char *job, char *what, size_t cap, nllm_err_t *err, const char *fmt,
+                    ...) __attribute__((format(printf, 5, 6)));
+static int job_what(const char *job, char *what, size_t cap, nllm_err_t *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = vjob_what(job, what, cap, err, fmt, ap);
+    va_end(ap);
     return ret;
 }
 
-static int pragma_text(nllm_catalog_t *cat, const char *sql, char *buf, size_t cap, nllm_err_t *err,
-                       const char *what)
+/* job_what, then the job's id looked up. */
+static int job_what_id(nllm_catalog_t *cat, const char *job, int64_t *job_id, char *what,
+                       size_t cap, nllm_err_t *err, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+static int job_what_id(nllm_catalog_t *cat, const char *job, int64_t *job_id, char *what,
+                       size_t cap, nllm_err_t *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = vjob_what(job, what, cap, err, fmt, ap);
+    va_end(ap);
+    return ret ? ret : job_lookup(cat, job, job_id, NULL, err, what);
+}
+
+/* The list calls: the rows of t that sql selects for job, binding the
+ * job's id, then arg when types has a second letter. Returns the array
+ * (NULL when empty) with *ret 0 and *n rows, or NULL with *ret the error
+ * code and *n 0. listing names the call in messages. */
+static void *list_job_rows(nllm_catalog_t *cat, const char *job, const char *listing,
+                           const row_type_t *t, size_t *n, int *ret, nllm_err_t *err,
+                           const char *sql, const char *types, int64_t arg)
+{
+    *n = 0;
+    char what[128];
+    int64_t job_id;
+    void *arr = NULL;
+    if (!(*ret = job_what_id(cat, job, &job_id, what, sizeof what, err, "%s", listing)))
+        *ret = select_rows(cat, t, &arr, n, err, what, sql, types, job_id, arg);
+    return arr;
+}
+
+/* ---- open / close ------------------------------------------------------ */
+
+/* The first column of sql's first row: as an int in *iout (no row is an
+ * error), or as text in buf (no row reads ""). */
+static int pragma_get(nllm_catalog_t *cat, const char *sql, int *iout, char *buf, size_t cap,
+                      nllm_err_t *err, const char *what)
 {
     sqlite3_stmt *st;
     int ret = prep(cat, &st, err, what, sql, NULL);
     if (ret)
         return ret;
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW && iout)
+        *iout = sqlite3_column_int(st, 0);
+    else if (rc == SQLITE_ROW)
         col_copy(st, 0, buf, cap);
+    else if (rc == SQLITE_DONE && iout)
+        ret = nllm_err_set(err, NLLM_EINTERNAL,
+                           "%s: '%s' returned nothing; this SQLite build lacks a needed feature",
+                           what, sql);
     else if (rc == SQLITE_DONE)
         buf[0] = '\0';
     else
         ret = db_fail(cat, rc, err, what);
     sqlite3_finalize(st);
     return ret;
+}
+
+static int pragma_int(nllm_catalog_t *cat, const char *sql, int *out, nllm_err_t *err,
+                      const char *what)
+{
+    return pragma_get(cat, sql, out, NULL, 0, err, what);
+}
+
+static int pragma_text(nllm_catalog_t *cat, const char *sql, char *buf, size_t cap, nllm_err_t *err,
+                       const char *what)
+{
+    return pragma_get(cat, sql, NULL, buf, cap, err, what);
 }
 
 static int migrate(nllm_catalog_t *cat, nllm_err_t *err)
@@ -738,47 +908,26 @@ int nllm_catalog_integrity_check(nllm_catalog_t *cat, nllm_err_t *err)
     "id, name, state, config, num_epochs, epochs_done, best_val_loss, error, parent_job, "         \
     "parent_checkpoint, attempt, created_at, updated_at"
 
-static int job_row(sqlite3_stmt *st, void *elem)
-{
-    nllm_catalog_job_t *j = elem;
-    j->id = sqlite3_column_int64(st, 0);
-    col_copy(st, 2, j->state, sizeof j->state);
-    j->num_epochs = sqlite3_column_int64(st, 4);
-    j->epochs_done = sqlite3_column_int64(st, 5);
-    j->best_val_loss = col_real(st, 6);
-    j->attempt = sqlite3_column_int64(st, 10);
-    j->created_at = col_real(st, 11);
-    j->updated_at = col_real(st, 12);
-    if (col_dup(st, 1, &j->name) || col_dup(st, 3, &j->config) || col_dup(st, 7, &j->error) ||
-        col_dup(st, 8, &j->parent_job) || col_dup(st, 9, &j->parent_checkpoint))
-        return -1;
-    return 0;
-}
+/* JOB_COLS in order. */
+static const field_t job_fields[] = {
+    F_I64(nllm_catalog_job_t, id),           F_TEXT(nllm_catalog_job_t, name),
+    F_BUF(nllm_catalog_job_t, state),        F_TEXT(nllm_catalog_job_t, config),
+    F_I64(nllm_catalog_job_t, num_epochs),   F_I64(nllm_catalog_job_t, epochs_done),
+    F_REAL(nllm_catalog_job_t, best_val_loss), F_TEXT(nllm_catalog_job_t, error),
+    F_TEXT(nllm_catalog_job_t, parent_job),  F_TEXT(nllm_catalog_job_t, parent_checkpoint),
+    F_I64(nllm_catalog_job_t, attempt),      F_REAL(nllm_catalog_job_t, created_at),
+    F_REAL(nllm_catalog_job_t, updated_at),
+};
+static const row_type_t job_rows = ROW_TYPE(nllm_catalog_job_t, job_fields);
 
 void nllm_catalog_job_free(nllm_catalog_job_t *job)
 {
-    if (!job)
-        return;
-    free(job->name);
-    free(job->config);
-    free(job->error);
-    free(job->parent_job);
-    free(job->parent_checkpoint);
-    memset(job, 0, sizeof *job);
-}
-
-static void job_free_elem(void *e)
-{
-    nllm_catalog_job_free(e);
+    row_free(&job_rows, job);
 }
 
 void nllm_catalog_jobs_free(nllm_catalog_job_t *jobs, size_t n)
 {
-    if (!jobs)
-        return;
-    for (size_t i = 0; i < n; i++)
-        nllm_catalog_job_free(&jobs[i]);
-    free(jobs);
+    rows_free(&job_rows, jobs, n);
 }
 
 static int check_config(const char *job, const char *config, nllm_err_t *err)
@@ -866,44 +1015,25 @@ int nllm_catalog_job_get(nllm_catalog_t *cat, const char *name, nllm_catalog_job
     if (!cat || !out)
         return nllm_err_set(err, NLLM_EINVAL, "reading a job: missing argument");
     memset(out, 0, sizeof *out);
-    int ret;
-    if ((ret = check_job_name(name, err)))
-        return ret;
     char what[128];
-    snprintf(what, sizeof what, "job '%s': reading it", name);
-    sqlite3_stmt *st;
-    if ((ret =
-             prep(cat, &st, err, what, "SELECT " JOB_COLS " FROM jobs WHERE name = ?", "t", name)))
+    int ret = job_what(name, what, sizeof what, err, "reading it");
+    if (ret)
         return ret;
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        if (job_row(st, out)) {
-            nllm_catalog_job_free(out);
-            ret = oom(err, what);
-        }
-    } else if (rc == SQLITE_DONE) {
-        ret = nllm_err_set(err, NLLM_ENOENT, "job '%s' not found; list jobs to see their names",
-                           name);
-    } else {
-        ret = db_fail(cat, rc, err, what);
-    }
-    sqlite3_finalize(st);
-    return ret;
+    ret = select_one(cat, &job_rows, out, err, what,
+                     "SELECT " JOB_COLS " FROM jobs WHERE name = ?", "t", name);
+    return ret == 1 ? job_not_found(name, err) : ret;
 }
 
 static int job_query(nllm_catalog_t *cat, const char *state, nllm_catalog_job_t **out, size_t *n,
                      nllm_err_t *err)
 {
     const char *what = state ? "listing jobs by state" : "listing jobs";
-    sqlite3_stmt *st;
-    int ret = state ? prep(cat, &st, err, what,
-                           "SELECT " JOB_COLS " FROM jobs WHERE state = ? ORDER BY id", "t", state)
-                    : prep(cat, &st, err, what, "SELECT " JOB_COLS " FROM jobs ORDER BY id", NULL);
-    if (ret)
-        return ret;
     void *arr = NULL;
-    ret = collect(cat, st, sizeof(nllm_catalog_job_t), job_row, job_free_elem, &arr, n, err, what);
-    sqlite3_finalize(st);
+    int ret = state ? select_rows(cat, &job_rows, &arr, n, err, what,
+                                  "SELECT " JOB_COLS " FROM jobs WHERE state = ? ORDER BY id", "t",
+                                  state)
+                    : select_rows(cat, &job_rows, &arr, n, err, what,
+                                  "SELECT " JOB_COLS " FROM jobs ORDER BY id", NULL);
     if (!ret)
         *out = arr;
     return ret;
@@ -935,12 +1065,14 @@ int nllm_catalog_jobs_in_state(nllm_catalog_t *cat, const char *state, nllm_cata
     return job_query(cat, state, out, n, err);
 }
 
-/* After an UPDATE of one job by name: 0 rows changed means no such job. */
-static int one_job_changed(nllm_catalog_t *cat, const char *name, nllm_err_t *err)
+/* After an UPDATE or DELETE of one job by name that returned ret: 0 rows
+ * changed means no such job. */
+static int one_job_changed(nllm_catalog_t *cat, const char *name, int ret, nllm_err_t *err)
 {
+    if (ret)
+        return ret;
     if (sqlite3_changes(cat->db) == 0)
-        return nllm_err_set(err, NLLM_ENOENT, "job '%s' not found; list jobs to see their names",
-                            name);
+        return job_not_found(name, err);
     return 0;
 }
 
@@ -965,9 +1097,7 @@ int nllm_catalog_job_set_state(nllm_catalog_t *cat, const char *name, const char
     /* The schema's CHECK constraint enforces the same list for any writer. */
     ret = run(cat, err, what, "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE name = ?",
               "ttdt", state, error, now_s(), name);
-    if (ret)
-        return ret;
-    return one_job_changed(cat, name, err);
+    return one_job_changed(cat, name, ret, err);
 }
 
 int nllm_catalog_job_set_num_epochs(nllm_catalog_t *cat, const char *name, int64_t num_epochs,
@@ -975,12 +1105,11 @@ int nllm_catalog_job_set_num_epochs(nllm_catalog_t *cat, const char *name, int64
 {
     if (!cat)
         return nllm_err_set(err, NLLM_EINVAL, "setting num_epochs: no catalog");
-    int ret;
-    if ((ret = check_job_name(name, err)))
-        return ret;
     char what[128];
-    snprintf(what, sizeof what, "job '%s': setting num_epochs to %lld", name,
-             (long long)num_epochs);
+    int ret = job_what(name, what, sizeof what, err, "setting num_epochs to %lld",
+                       (long long)num_epochs);
+    if (ret)
+        return ret;
     ret = run(cat, err, what, "UPDATE jobs SET num_epochs = ?, updated_at = ? WHERE name = ?",
               "idt", num_epochs, now_s(), name);
     if (ret == NLLM_EINVAL)
@@ -988,9 +1117,7 @@ int nllm_catalog_job_set_num_epochs(nllm_catalog_t *cat, const char *name, int64
                             "job '%s': num_epochs %lld must be at least 1 and not below the epochs "
                             "already done",
                             name, (long long)num_epochs);
-    if (ret)
-        return ret;
-    return one_job_changed(cat, name, err);
+    return one_job_changed(cat, name, ret, err);
 }
 
 int nllm_catalog_job_set_progress(nllm_catalog_t *cat, const char *name, int64_t epochs_done,
@@ -998,11 +1125,10 @@ int nllm_catalog_job_set_progress(nllm_catalog_t *cat, const char *name, int64_t
 {
     if (!cat)
         return nllm_err_set(err, NLLM_EINVAL, "setting job progress: no catalog");
-    int ret;
-    if ((ret = check_job_name(name, err)))
-        return ret;
     char what[128];
-    snprintf(what, sizeof what, "job '%s': recording progress", name);
+    int ret = job_what(name, what, sizeof what, err, "recording progress");
+    if (ret)
+        return ret;
     ret = run(cat, err, what,
               "UPDATE jobs SET epochs_done = ?, best_val_loss = ?, updated_at = ? WHERE name = ?",
               "iddt", epochs_done, best_val_loss, now_s(), name);
@@ -1010,9 +1136,7 @@ int nllm_catalog_job_set_progress(nllm_catalog_t *cat, const char *name, int64_t
         return nllm_err_set(err, NLLM_EINVAL,
                             "job '%s': epochs_done %lld must be between 0 and num_epochs", name,
                             (long long)epochs_done);
-    if (ret)
-        return ret;
-    return one_job_changed(cat, name, err);
+    return one_job_changed(cat, name, ret, err);
 }
 
 int nllm_catalog_job_set_config(nllm_catalog_t *cat, const char *name, const char *config,
@@ -1020,16 +1144,14 @@ int nllm_catalog_job_set_config(nllm_catalog_t *cat, const char *name, const cha
 {
     if (!cat || !config)
         return nllm_err_set(err, NLLM_EINVAL, "setting a job config: missing argument");
-    int ret;
-    if ((ret = check_job_name(name, err)) || (ret = check_config(name, config, err)))
-        return ret;
     char what[128];
-    snprintf(what, sizeof what, "job '%s': setting its config", name);
+    int ret;
+    if ((ret = job_what(name, what, sizeof what, err, "setting its config")) ||
+        (ret = check_config(name, config, err)))
+        return ret;
     ret = run(cat, err, what, "UPDATE jobs SET config = ?, updated_at = ? WHERE name = ?", "tdt",
               config, now_s(), name);
-    if (ret)
-        return ret;
-    return one_job_changed(cat, name, err);
+    return one_job_changed(cat, name, ret, err);
 }
 
 int nllm_catalog_job_resume(nllm_catalog_t *cat, const char *name, int64_t from_epoch,
@@ -1037,14 +1159,14 @@ int nllm_catalog_job_resume(nllm_catalog_t *cat, const char *name, int64_t from_
 {
     if (!cat)
         return nllm_err_set(err, NLLM_EINVAL, "resuming a job: no catalog");
-    int ret;
-    if ((ret = check_job_name(name, err)))
+    char what[128];
+    int ret = job_what(name, what, sizeof what, err, "resuming from epoch %lld",
+                       (long long)from_epoch);
+    if (ret)
         return ret;
     if (from_epoch < 0)
         return nllm_err_set(err, NLLM_EINVAL, "job '%s': cannot resume from epoch %lld", name,
                             (long long)from_epoch);
-    char what[128];
-    snprintf(what, sizeof what, "job '%s': resuming from epoch %lld", name, (long long)from_epoch);
     int64_t id, attempt;
     if ((ret = tx_begin(cat, err, what)))
         return ret;
@@ -1085,15 +1207,13 @@ int nllm_catalog_job_delete(nllm_catalog_t *cat, const char *name, nllm_err_t *e
 {
     if (!cat)
         return nllm_err_set(err, NLLM_EINVAL, "deleting a job: no catalog");
-    int ret;
-    if ((ret = check_job_name(name, err)))
-        return ret;
     char what[128];
-    snprintf(what, sizeof what, "job '%s': deleting it", name);
-    /* One statement: the cascade to the child tables is atomic with it. */
-    if ((ret = run(cat, err, what, "DELETE FROM jobs WHERE name = ?", "t", name)))
+    int ret = job_what(name, what, sizeof what, err, "deleting it");
+    if (ret)
         return ret;
-    return one_job_changed(cat, name, err);
+    /* One statement: the cascade to the child tables is atomic with it. */
+    ret = run(cat, err, what, "DELETE FROM jobs WHERE name = ?", "t", name);
+    return one_job_changed(cat, name, ret, err);
 }
 
 /* ---- checkpoints ------------------------------------------------------- */
@@ -1102,50 +1222,27 @@ int nllm_catalog_job_delete(nllm_catalog_t *cat, const char *name, nllm_err_t *e
     "id, job_id, kind, name, epoch, step, path, size, checksum, weights_hash, val_loss, "          \
     "created_at, status, bad_reason, current, attempt"
 
-static int ckpt_row(sqlite3_stmt *st, void *elem)
-{
-    nllm_catalog_ckpt_t *c = elem;
-    c->id = sqlite3_column_int64(st, 0);
-    c->job_id = sqlite3_column_int64(st, 1);
-    col_copy(st, 2, c->kind, sizeof c->kind);
-    c->epoch = sqlite3_column_int64(st, 4);
-    c->step = sqlite3_column_int64(st, 5);
-    c->size = sqlite3_column_int64(st, 7);
-    col_copy(st, 8, c->checksum, sizeof c->checksum);
-    c->val_loss = col_real(st, 10);
-    c->created_at = col_real(st, 11);
-    col_copy(st, 12, c->status, sizeof c->status);
-    c->current = sqlite3_column_int(st, 14);
-    c->attempt = sqlite3_column_int64(st, 15);
-    if (col_dup(st, 3, &c->name) || col_dup(st, 6, &c->path) || col_dup(st, 9, &c->weights_hash) ||
-        col_dup(st, 13, &c->bad_reason))
-        return -1;
-    return 0;
-}
+/* CKPT_COLS in order. */
+static const field_t ckpt_fields[] = {
+    F_I64(nllm_catalog_ckpt_t, id),          F_I64(nllm_catalog_ckpt_t, job_id),
+    F_BUF(nllm_catalog_ckpt_t, kind),        F_TEXT(nllm_catalog_ckpt_t, name),
+    F_I64(nllm_catalog_ckpt_t, epoch),       F_I64(nllm_catalog_ckpt_t, step),
+    F_TEXT(nllm_catalog_ckpt_t, path),       F_I64(nllm_catalog_ckpt_t, size),
+    F_BUF(nllm_catalog_ckpt_t, checksum),    F_TEXT(nllm_catalog_ckpt_t, weights_hash),
+    F_REAL(nllm_catalog_ckpt_t, val_loss),   F_REAL(nllm_catalog_ckpt_t, created_at),
+    F_BUF(nllm_catalog_ckpt_t, status),      F_TEXT(nllm_catalog_ckpt_t, bad_reason),
+    F_INT(nllm_catalog_ckpt_t, current),     F_I64(nllm_catalog_ckpt_t, attempt),
+};
+static const row_type_t ckpt_rows = ROW_TYPE(nllm_catalog_ckpt_t, ckpt_fields);
 
 void nllm_catalog_ckpt_free(nllm_catalog_ckpt_t *ck)
 {
-    if (!ck)
-        return;
-    free(ck->name);
-    free(ck->path);
-    free(ck->weights_hash);
-    free(ck->bad_reason);
-    memset(ck, 0, sizeof *ck);
-}
-
-static void ckpt_free_elem(void *e)
-{
-    nllm_catalog_ckpt_free(e);
+    row_free(&ckpt_rows, ck);
 }
 
 void nllm_catalog_ckpts_free(nllm_catalog_ckpt_t *cks, size_t n)
 {
-    if (!cks)
-        return;
-    for (size_t i = 0; i < n; i++)
-        nllm_catalog_ckpt_free(&cks[i]);
-    free(cks);
+    rows_free(&ckpt_rows, cks, n);
 }
 
 static int is_hex(const char *s, size_t min, size_t max)
@@ -1281,28 +1378,11 @@ int nllm_catalog_ckpt_list(nllm_catalog_t *cat, const char *job, int current_onl
 {
     if (!cat || !out || !n)
         return nllm_err_set(err, NLLM_EINVAL, "listing checkpoints: missing argument");
-    *out = NULL;
-    *n = 0;
     int ret;
-    if ((ret = check_job_name(job, err)))
-        return ret;
-    char what[128];
-    snprintf(what, sizeof what, "job '%s': listing checkpoints", job);
-    int64_t job_id;
-    if ((ret = job_lookup(cat, job, &job_id, NULL, err, what)))
-        return ret;
-    sqlite3_stmt *st;
-    if ((ret = prep(cat, &st, err, what,
-                    "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ?"
-                    " AND (current = 1 OR ? = 0) ORDER BY step, id",
-                    "ii", job_id, (int64_t)(current_only != 0))))
-        return ret;
-    void *arr = NULL;
-    ret =
-        collect(cat, st, sizeof(nllm_catalog_ckpt_t), ckpt_row, ckpt_free_elem, &arr, n, err, what);
-    sqlite3_finalize(st);
-    if (!ret)
-        *out = arr;
+    *out = list_job_rows(cat, job, "listing checkpoints", &ckpt_rows, n, &ret, err,
+                         "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ?"
+                         " AND (current = 1 OR ? = 0) ORDER BY step, id",
+                         "ii", (int64_t)(current_only != 0));
     return ret;
 }
 
@@ -1316,54 +1396,40 @@ int nllm_catalog_ckpt_find(nllm_catalog_t *cat, const char *job, const char *nam
     if ((ret = check_job_name(job, err)) || (ret = check_ckpt_name(job, name, err)))
         return ret;
     char what[160];
-    snprintf(what, sizeof what, "job '%s': finding checkpoint '%s'", job, name);
     int64_t job_id;
-    if ((ret = job_lookup(cat, job, &job_id, NULL, err, what)))
+    if ((ret = job_what_id(cat, job, &job_id, what, sizeof what, err, "finding checkpoint '%s'",
+                           name)))
         return ret;
     int latest = strcmp(name, "latest") == 0;
-    sqlite3_stmt *st;
     if (latest)
-        ret = prep(cat, &st, err, what,
-                   "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ? AND current = 1"
-                   " AND status = 'ok' ORDER BY step DESC, id DESC LIMIT 1",
-                   "i", job_id);
+        ret = select_one(cat, &ckpt_rows, out, err, what,
+                         "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ? AND current = 1"
+                         " AND status = 'ok' ORDER BY step DESC, id DESC LIMIT 1",
+                         "i", job_id);
     else
-        ret = prep(cat, &st, err, what,
-                   "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ? AND name = ?"
-                   " ORDER BY current DESC, id DESC LIMIT 1",
-                   "it", job_id, name);
-    if (ret)
-        return ret;
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        if (ckpt_row(st, out)) {
-            nllm_catalog_ckpt_free(out);
-            ret = oom(err, what);
-        }
-    } else if (rc == SQLITE_DONE) {
-        ret = latest ? nllm_err_set(err, NLLM_ENOENT,
-                                    "job '%s' has no usable checkpoint (none current and ok); "
-                                    "start it from scratch or name a checkpoint",
-                                    job)
-                     : nllm_err_set(err, NLLM_ENOENT,
-                                    "job '%s' has no checkpoint '%s'; list its checkpoints", job,
-                                    name);
-    } else {
-        ret = db_fail(cat, rc, err, what);
-    }
-    sqlite3_finalize(st);
+        ret = select_one(cat, &ckpt_rows, out, err, what,
+                         "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = ? AND name = ?"
+                         " ORDER BY current DESC, id DESC LIMIT 1",
+                         "it", job_id, name);
+    if (ret == 1 && latest)
+        return nllm_err_set(err, NLLM_ENOENT,
+                            "job '%s' has no usable checkpoint (none current and ok); "
+                            "start it from scratch or name a checkpoint",
+                            job);
+    if (ret == 1)
+        return nllm_err_set(err, NLLM_ENOENT,
+                            "job '%s' has no checkpoint '%s'; list its checkpoints", job, name);
     return ret;
 }
 
 static int ckpt_set_status(nllm_catalog_t *cat, const char *job, int64_t ckpt_id,
                            const char *reason, nllm_err_t *err)
 {
-    int ret;
-    if ((ret = check_job_name(job, err)))
-        return ret;
     char what[160];
-    snprintf(what, sizeof what, "job '%s': marking checkpoint #%lld %s", job, (long long)ckpt_id,
-             reason ? "bad" : "ok");
+    int ret = job_what(job, what, sizeof what, err, "marking checkpoint #%lld %s",
+                       (long long)ckpt_id, reason ? "bad" : "ok");
+    if (ret)
+        return ret;
     ret = run(cat, err, what,
               "UPDATE checkpoints SET status = ?, bad_reason = ? WHERE id = ?"
               " AND job_id = (SELECT id FROM jobs WHERE name = ?)",
@@ -1405,14 +1471,11 @@ int nllm_catalog_ckpt_supersede_after(nllm_catalog_t *cat, const char *job, int6
 {
     if (!cat)
         return nllm_err_set(err, NLLM_EINVAL, "superseding checkpoints: no catalog");
-    int ret;
-    if ((ret = check_job_name(job, err)))
-        return ret;
     char what[128];
-    snprintf(what, sizeof what, "job '%s': superseding checkpoints after epoch %lld", job,
-             (long long)epoch);
     int64_t job_id;
-    if ((ret = job_lookup(cat, job, &job_id, NULL, err, what)))
+    int ret = job_what_id(cat, job, &job_id, what, sizeof what, err,
+                          "superseding checkpoints after epoch %lld", (long long)epoch);
+    if (ret)
         return ret;
     return run(cat, err, what,
                "UPDATE checkpoints SET current = 0 WHERE job_id = ? AND epoch > ? AND current = 1",
@@ -1424,13 +1487,11 @@ int nllm_catalog_ckpt_delete(nllm_catalog_t *cat, const char *job, int64_t ckpt_
 {
     if (!cat)
         return nllm_err_set(err, NLLM_EINVAL, "deleting a checkpoint row: no catalog");
-    int ret;
-    if ((ret = check_job_name(job, err)))
-        return ret;
     char what[128];
-    snprintf(what, sizeof what, "job '%s': deleting checkpoint #%lld", job, (long long)ckpt_id);
     int64_t job_id;
-    if ((ret = job_lookup(cat, job, &job_id, NULL, err, what)))
+    int ret = job_what_id(cat, job, &job_id, what, sizeof what, err, "deleting checkpoint #%lld",
+                          (long long)ckpt_id);
+    if (ret)
         return ret;
     return run(cat, err, what, "DELETE FROM checkpoints WHERE job_id = ? AND id = ?", "ii",
                job_id, ckpt_id);
@@ -1438,32 +1499,24 @@ int nllm_catalog_ckpt_delete(nllm_catalog_t *cat, const char *job, int64_t ckpt_
 
 /* ---- epochs ------------------------------------------------------------ */
 
-static int epoch_row(sqlite3_stmt *st, void *elem)
-{
-    nllm_catalog_epoch_t *e = elem;
-    e->attempt = sqlite3_column_int64(st, 0);
-    e->epoch = sqlite3_column_int64(st, 1);
-    e->train_loss = col_real(st, 2);
-    e->val_loss = col_real(st, 3);
-    e->train_ppl = col_real(st, 4);
-    e->val_ppl = col_real(st, 5);
-    e->val_acc = col_real(st, 6);
-    e->seconds = col_real(st, 7);
-    e->tokens_per_s = col_real(st, 8);
-    e->superseded = sqlite3_column_int(st, 9);
-    e->created_at = col_real(st, 10);
-    return 0;
-}
+#define EPOCH_COLS                                                                                 \
+    "attempt, epoch, train_loss, val_loss, train_ppl, val_ppl, val_acc, seconds, tokens_per_s, "   \
+    "superseded, created_at"
 
-static void epoch_free_elem(void *e)
-{
-    (void)e; /* no owned strings */
-}
+/* EPOCH_COLS in order. */
+static const field_t epoch_fields[] = {
+    F_I64(nllm_catalog_epoch_t, attempt),      F_I64(nllm_catalog_epoch_t, epoch),
+    F_REAL(nllm_catalog_epoch_t, train_loss),  F_REAL(nllm_catalog_epoch_t, val_loss),
+    F_REAL(nllm_catalog_epoch_t, train_ppl),   F_REAL(nllm_catalog_epoch_t, val_ppl),
+    F_REAL(nllm_catalog_epoch_t, val_acc),     F_REAL(nllm_catalog_epoch_t, seconds),
+    F_REAL(nllm_catalog_epoch_t, tokens_per_s), F_INT(nllm_catalog_epoch_t, superseded),
+    F_REAL(nllm_catalog_epoch_t, created_at),
+};
+static const row_type_t epoch_rows = ROW_TYPE(nllm_catalog_epoch_t, epoch_fields);
 
 void nllm_catalog_epochs_free(nllm_catalog_epoch_t *eps, size_t n)
 {
-    (void)n;
-    free(eps);
+    rows_free(&epoch_rows, eps, n);
 }
 
 int nllm_catalog_epoch_add(nllm_catalog_t *cat, const char *job, const nllm_catalog_epoch_t *ep,
@@ -1471,14 +1524,13 @@ int nllm_catalog_epoch_add(nllm_catalog_t *cat, const char *job, const nllm_cata
 {
     if (!cat || !ep)
         return nllm_err_set(err, NLLM_EINVAL, "recording an epoch: missing argument");
-    int ret;
-    if ((ret = check_job_name(job, err)))
+    char what[128];
+    int ret = job_what(job, what, sizeof what, err, "recording epoch %lld", (long long)ep->epoch);
+    if (ret)
         return ret;
     if (ep->epoch < 1)
         return nllm_err_set(err, NLLM_EINVAL, "job '%s': epoch numbers start at 1 (got %lld)", job,
                             (long long)ep->epoch);
-    char what[128];
-    snprintf(what, sizeof what, "job '%s': recording epoch %lld", job, (long long)ep->epoch);
     int64_t job_id, attempt;
     if ((ret = tx_begin(cat, err, what)))
         return ret;
@@ -1518,34 +1570,13 @@ int nllm_catalog_epoch_list(nllm_catalog_t *cat, const char *job, int include_su
 {
     if (!cat || !out || !n)
         return nllm_err_set(err, NLLM_EINVAL, "listing epochs: missing argument");
-    *out = NULL;
-    *n = 0;
     int ret;
-    if ((ret = check_job_name(job, err)))
-        return ret;
-    char what[128];
-    snprintf(what, sizeof what, "job '%s': listing epochs", job);
-    int64_t job_id;
-    if ((ret = job_lookup(cat, job, &job_id, NULL, err, what)))
-        return ret;
-    sqlite3_stmt *st;
-    ret = prep(cat, &st, err, what,
-               include_superseded
-                   ? "SELECT attempt, epoch, train_loss, val_loss, train_ppl, val_ppl, val_acc,"
-                     " seconds, tokens_per_s, superseded, created_at FROM epochs"
-                     " WHERE job_id = ? ORDER BY id"
-                   : "SELECT attempt, epoch, train_loss, val_loss, train_ppl, val_ppl, val_acc,"
-                     " seconds, tokens_per_s, superseded, created_at FROM epochs"
-                     " WHERE job_id = ? AND superseded = 0 ORDER BY epoch",
-               "i", job_id);
-    if (ret)
-        return ret;
-    void *arr = NULL;
-    ret = collect(cat, st, sizeof(nllm_catalog_epoch_t), epoch_row, epoch_free_elem, &arr, n, err,
-                  what);
-    sqlite3_finalize(st);
-    if (!ret)
-        *out = arr;
+    *out = list_job_rows(cat, job, "listing epochs", &epoch_rows, n, &ret, err,
+                         include_superseded
+                             ? "SELECT " EPOCH_COLS " FROM epochs WHERE job_id = ? ORDER BY id"
+                             : "SELECT " EPOCH_COLS " FROM epochs"
+                               " WHERE job_id = ? AND superseded = 0 ORDER BY epoch",
+                         "i", 0);
     return ret;
 }
 
@@ -1554,13 +1585,11 @@ int nllm_catalog_epoch_supersede_after(nllm_catalog_t *cat, const char *job, int
 {
     if (!cat)
         return nllm_err_set(err, NLLM_EINVAL, "superseding epochs: no catalog");
-    int ret;
-    if ((ret = check_job_name(job, err)))
-        return ret;
     char what[128];
-    snprintf(what, sizeof what, "job '%s': superseding epochs after %lld", job, (long long)epoch);
     int64_t job_id;
-    if ((ret = job_lookup(cat, job, &job_id, NULL, err, what)))
+    int ret = job_what_id(cat, job, &job_id, what, sizeof what, err,
+                          "superseding epochs after %lld", (long long)epoch);
+    if (ret)
         return ret;
     return run(cat, err, what,
                "UPDATE epochs SET superseded = 1 WHERE job_id = ? AND epoch > ? AND superseded = 0",
@@ -1569,30 +1598,18 @@ int nllm_catalog_epoch_supersede_after(nllm_catalog_t *cat, const char *job, int
 
 /* ---- events ------------------------------------------------------------ */
 
-static int event_row(sqlite3_stmt *st, void *elem)
-{
-    nllm_catalog_event_t *e = elem;
-    e->id = sqlite3_column_int64(st, 0);
-    e->ts = col_real(st, 1);
-    if (col_dup(st, 2, &e->kind) || col_dup(st, 3, &e->message))
-        return -1;
-    return 0;
-}
-
-static void event_free_elem(void *elem)
-{
-    nllm_catalog_event_t *e = elem;
-    free(e->kind);
-    free(e->message);
-}
+/* "id, ts, kind, message" in order. */
+static const field_t event_fields[] = {
+    F_I64(nllm_catalog_event_t, id),
+    F_REAL(nllm_catalog_event_t, ts),
+    F_TEXT(nllm_catalog_event_t, kind),
+    F_TEXT(nllm_catalog_event_t, message),
+};
+static const row_type_t event_rows = ROW_TYPE(nllm_catalog_event_t, event_fields);
 
 void nllm_catalog_events_free(nllm_catalog_event_t *evs, size_t n)
 {
-    if (!evs)
-        return;
-    for (size_t i = 0; i < n; i++)
-        event_free_elem(&evs[i]);
-    free(evs);
+    rows_free(&event_rows, evs, n);
 }
 
 static int valid_event_kind(const char *k)
@@ -1667,28 +1684,11 @@ int nllm_catalog_event_list(nllm_catalog_t *cat, const char *job, size_t newest_
 {
     if (!cat || !out || !n)
         return nllm_err_set(err, NLLM_EINVAL, "listing events: missing argument");
-    *out = NULL;
-    *n = 0;
-    int ret;
-    if ((ret = check_job_name(job, err)))
-        return ret;
-    char what[128];
-    snprintf(what, sizeof what, "job '%s': listing events", job);
-    int64_t job_id;
-    if ((ret = job_lookup(cat, job, &job_id, NULL, err, what)))
-        return ret;
     int64_t limit = newest_n == 0 || newest_n > INT64_MAX ? -1 : (int64_t)newest_n;
-    sqlite3_stmt *st;
-    if ((ret = prep(cat, &st, err, what,
-                    "SELECT id, ts, kind, message FROM events WHERE job_id = ?"
-                    " ORDER BY id DESC LIMIT ?",
-                    "ii", job_id, limit)))
-        return ret;
-    void *arr = NULL;
-    ret = collect(cat, st, sizeof(nllm_catalog_event_t), event_row, event_free_elem, &arr, n, err,
-                  what);
-    sqlite3_finalize(st);
-    if (!ret)
-        *out = arr;
+    int ret;
+    *out = list_job_rows(cat, job, "listing events", &event_rows, n, &ret, err,
+                         "SELECT id, ts, kind, message FROM events WHERE job_id = ?"
+                         " ORDER BY id DESC LIMIT ?",
+                         "ii", limit);
     return ret;
 }
