@@ -83,7 +83,9 @@ static void child(void)
             _exit(4);
 }
 
-/* Every listed row verifies and loads. Returns the number of rows. */
+/* Every listed row verifies and loads, except rows already marked bad (the
+ * kill loop marks a row whose file a later, unrecorded save replaced, as
+ * nllmd's start-up does). Returns the number of rows. */
 static int check_catalog(const char *when)
 {
     char p[512];
@@ -99,6 +101,8 @@ static int check_catalog(const char *when)
     size_t n = 0;
     if (nllm_catalog_ckpt_list(cat, "crash", 1, &cks, &n, &err) == 0) {
         for (size_t i = 0; i < n; i++) {
+            if (strcmp(cks[i].status, "ok") != 0)
+                continue;
             nllm_ckpt_t *c;
             uint64_t want = strtoull(cks[i].checksum, NULL, 16);
             int rc = nllm_ckpt_load(cks[i].path, want, NULL, &c, &err);
@@ -238,6 +242,11 @@ static void test_fault_sweep(void)
     snprintf(dir, sizeof dir, "%s", save_dir);
 }
 
+static void test_final_catalog(void)
+{
+    CHECK(check_catalog("final") > 0, "final: the catalog lists checkpoints");
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/nllm_test_crash.XXXXXX");
@@ -257,7 +266,7 @@ int main(void)
     nllm_catalog_close(cat);
     RUN(test_kill_loop);
     RUN(test_fault_sweep);
-    check_catalog("final");
+    RUN(test_final_catalog);
     nllm_ckpt_free(base);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
