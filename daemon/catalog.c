@@ -25,6 +25,7 @@
 struct nllm_catalog {
     sqlite3 *db;
     char *path;
+    int batch; /* inside nllm_catalog_batch_begin/_end: writes are savepoints */
 };
 
 /* ---- schema ------------------------------------------------------------ */
@@ -366,20 +367,52 @@ static int exec_sql(nllm_catalog_t *cat, const char *sql, nllm_err_t *err, const
     return rc == SQLITE_OK ? 0 : db_fail(cat, rc, err, what);
 }
 
+/* One write = one transaction; inside a batch (the batch's transaction is
+ * open) a savepoint, so that a failed write undoes itself and nothing else. */
+static int in_batch(nllm_catalog_t *cat)
+{
+    return cat->batch && !sqlite3_get_autocommit(cat->db);
+}
+
 static int tx_begin(nllm_catalog_t *cat, nllm_err_t *err, const char *what)
 {
-    return exec_sql(cat, "BEGIN IMMEDIATE", err, what);
+    return exec_sql(cat, in_batch(cat) ? "SAVEPOINT nllm_write" : "BEGIN IMMEDIATE", err, what);
 }
 
 static int tx_commit(nllm_catalog_t *cat, nllm_err_t *err, const char *what)
 {
-    return exec_sql(cat, "COMMIT", err, what);
+    return exec_sql(cat, in_batch(cat) ? "RELEASE nllm_write" : "COMMIT", err, what);
 }
 
 static void tx_rollback(nllm_catalog_t *cat)
 {
-    if (!sqlite3_get_autocommit(cat->db))
+    if (in_batch(cat))
+        sqlite3_exec(cat->db, "ROLLBACK TO nllm_write; RELEASE nllm_write", NULL, NULL, NULL);
+    else if (!sqlite3_get_autocommit(cat->db))
         sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+void nllm_catalog_batch_begin(nllm_catalog_t *cat)
+{
+    if (!cat || cat->batch || !sqlite3_get_autocommit(cat->db))
+        return;
+    /* on failure the writes below commit one by one, as without a batch */
+    cat->batch = sqlite3_exec(cat->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+}
+
+int nllm_catalog_batch_end(nllm_catalog_t *cat, nllm_err_t *err)
+{
+    if (!cat || !cat->batch)
+        return 0;
+    cat->batch = 0;
+    if (sqlite3_get_autocommit(cat->db)) /* SQLite rolled it back after an I/O error */
+        return nllm_err_set(err, NLLM_EIO,
+                            "catalog %s: a group of writes was rolled back after an error: %s",
+                            cat->path, advice(NLLM_EIO));
+    int ret = exec_sql(cat, "COMMIT", err, "committing a group of writes");
+    if (ret)
+        sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+    return ret;
 }
 
 /* ---- rows -------------------------------------------------------------- */
@@ -812,6 +845,7 @@ void nllm_catalog_close(nllm_catalog_t *cat)
     if (!cat)
         return;
     if (cat->db) {
+        cat->batch = 0;
         tx_rollback(cat);
         /* No statement outlives its function, so close cannot be busy. */
         sqlite3_close(cat->db);

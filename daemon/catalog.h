@@ -57,6 +57,13 @@ void nllm_catalog_close(nllm_catalog_t *cat);
  * or deleted through this connection (the daemon's only one): readers cache
  * what they derived from the catalog until it moves. */
 int64_t nllm_catalog_generation(const nllm_catalog_t *cat);
+/* Group the writes between begin and end into one transaction (one fsync
+ * instead of one each): each write still succeeds or fails on its own (a
+ * savepoint), end commits them together. Not nested; end returns an error
+ * when the commit fails or SQLite rolled the group back after an I/O error
+ * (the writes' own calls reported that error too). */
+void nllm_catalog_batch_begin(nllm_catalog_t *cat);
+int nllm_catalog_batch_end(nllm_catalog_t *cat, nllm_err_t *err);
 
 typedef struct {
     char journal_mode[16]; /* "wal" */

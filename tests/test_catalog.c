@@ -463,6 +463,41 @@ static void test_checkpoints(void)
     nllm_catalog_close(cat);
 }
 
+/* A batch: one transaction; a failing write inside undoes only itself; the
+ * rows are durable after end (a second connection sees them), not before. */
+static void test_batch(void)
+{
+    char path[128];
+    path_in_dir(path, sizeof path, "batch.db");
+    nllm_err_t err = {0};
+    nllm_catalog_t *cat = NULL;
+    CHECK_RC(nllm_catalog_open(path, &cat, &err), 0);
+    if (!cat)
+        return;
+    EXPECT(make_job(cat, "b", 10) == 0);
+    nllm_catalog_batch_begin(cat);
+    nllm_catalog_epoch_t ep = ep_rec(1, 3.0);
+    CHECK_RC(nllm_catalog_epoch_add(cat, "b", &ep, &err), 0);
+    CHECK_RC(nllm_catalog_epoch_add(cat, "b", &ep, &err), NLLM_EEXIST); /* undone alone */
+    CHECK_RC(nllm_catalog_event_add(cat, "b", "epoch", "epoch 1", &err), 0);
+    /* not committed yet: another connection does not see the rows */
+    EXPECT(raw_int(path, "SELECT count(*) FROM epochs") == 0);
+    CHECK_RC(nllm_catalog_batch_end(cat, &err), 0);
+    EXPECT(raw_int(path, "SELECT count(*) FROM epochs") == 1);
+    EXPECT(raw_int(path, "SELECT count(*) FROM events WHERE kind = 'epoch'") == 1);
+    CHECK_RC(nllm_catalog_batch_end(cat, &err), 0); /* no batch: nothing to do */
+    /* without a batch each write commits by itself, as before */
+    ep = ep_rec(2, 2.5);
+    CHECK_RC(nllm_catalog_epoch_add(cat, "b", &ep, &err), 0);
+    EXPECT(raw_int(path, "SELECT count(*) FROM epochs") == 2);
+    /* a batch left open at close is rolled back, not committed */
+    nllm_catalog_batch_begin(cat);
+    ep = ep_rec(3, 2.0);
+    CHECK_RC(nllm_catalog_epoch_add(cat, "b", &ep, &err), 0);
+    nllm_catalog_close(cat);
+    EXPECT(raw_int(path, "SELECT count(*) FROM epochs") == 2);
+}
+
 static void test_epochs_resume(void)
 {
     char path[128];
@@ -966,6 +1001,7 @@ int main(void)
     RUN(test_open_and_pragmas);
     RUN(test_jobs);
     RUN(test_checkpoints);
+    RUN(test_batch);
     RUN(test_epochs_resume);
     RUN(test_events);
     RUN(test_migration);
