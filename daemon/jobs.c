@@ -535,6 +535,16 @@ static void job_unref(nllm_job_t *j)
     nllmd_job_free(j);
 }
 
+void nllmd_job_ref(nllm_job_t *j)
+{
+    j->refs++;
+}
+
+void nllmd_job_unref(nllm_job_t *j)
+{
+    job_unref(j);
+}
+
 void nllmd_job_free(nllm_job_t *j)
 {
     pthread_mutex_destroy(&j->mu);

@@ -229,6 +229,9 @@ json_t *nllmd_job_status_json(nllm_job_t *j);
 /* Frees a job's memory (no thread may still use it; the loop has ended or
  * its last reference is gone). */
 void nllmd_job_free(nllm_job_t *j);
+/* Loop thread: keep a job's memory alive across async work (uv_queue_work). */
+void nllmd_job_ref(nllm_job_t *j);
+void nllmd_job_unref(nllm_job_t *j);
 int nllmd_resolve_checkpoint(nllmd_t *d, const char *spec, nllm_job_origin_t *o,
                              nllm_err_t *err);
 typedef struct {

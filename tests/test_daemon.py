@@ -186,6 +186,22 @@ def run(tmp):
     check(names == ["best", "epoch_3", "epoch_6", "final"], "ref checkpoints: %s" % names)
     hist = d.ctl("history", "ref")[1]["epochs"]
     check(len(hist) == 6 and all(h["val_loss"] is not None for h in hist), "ref history")
+    # training curves every save_every (3) epochs and at the end, written on
+    # the thread pool: they may land a moment after the state changes
+    svgs = ["ref_training_curves_%s.svg" % s for s in ("epoch_3", "epoch_6", "final")]
+    t0 = time.time()
+    while time.time() - t0 < 10 and not all(
+            os.path.exists(os.path.join(d.state, "jobs", "ref", f)) for f in svgs):
+        time.sleep(0.05)
+    heads = []
+    for f in svgs:
+        try:
+            with open(os.path.join(d.state, "jobs", "ref", f), "rb") as fh:
+                b = fh.read()
+            heads.append(b.startswith(b"<?xml") and b.rstrip().endswith(b"</svg>"))
+        except OSError:
+            heads.append(False)
+    check(all(heads), "ref training curves written whole: %s" % dict(zip(svgs, heads)))
 
     # --- pause in the middle of an epoch, resume from paused ---
     # Status is polled over one persistent connection (spawning nllmctl per poll
