@@ -19,6 +19,10 @@
 # start-up, so a 256 MiB address-space limit would stop every target before
 # it ran an input. ASan's quarantine of freed memory is cut to 32 MiB
 # (default 256 MiB), so that the RSS limit measures the target, not it.
+#   FUZZ_AS_LIMIT_MB=256 tests/fuzz/run.sh ...   the address-space pass:
+# targets built without AddressSanitizer (libFuzzer + UBSan only, in
+# DIR-as/) and run under `ulimit -v` of that many MiB, so that every
+# mapping the code makes counts (glibc arenas, thread stacks, OpenBLAS).
 #
 # New inputs go to build-fuzz/corpus/TARGET (the seeds in
 # tests/fuzz/corpus/TARGET are only read); crashes, leaks, OOMs and
@@ -29,6 +33,12 @@ cd "$(dirname "$0")/../.."
 
 CC=${CC_FUZZ:-clang}
 out=${FUZZ_OUT:-build-fuzz}
+as_limit=${FUZZ_AS_LIMIT_MB:-}
+san=address,undefined
+if [ -n "$as_limit" ]; then
+    out=$out-as
+    san=undefined
+fi
 all_targets="rpc safetensors ckpt jobfile http"
 
 available() {
@@ -57,7 +67,7 @@ targets=${FUZZ_TARGETS:-$all_targets}
 # ---- build ------------------------------------------------------------------
 mkdir -p "$out/obj" "$out/logs"
 cflags=(-std=gnu11 -D_GNU_SOURCE -fno-strict-aliasing -g -O1 -fno-omit-frame-pointer
-        -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+        -fsanitize=fuzzer-no-link,$san -fno-sanitize-recover=undefined
         -Ikernels -Ikernels/cpu -Idaemon -Iproto)
 pkgs="jansson libxxhash sqlite3 msgpack libuv openblas"
 # shellcheck disable=SC2207
@@ -122,7 +132,13 @@ for t in $targets; do
     log="$out/logs/$t.log"
     echo "run.sh: fuzz_$t ${args[*]}" >&2
     rc=0
-    "$out/fuzz_$t" "${args[@]}" "$out/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
+    if [ -n "$as_limit" ]; then
+        # OpenBLAS sizes its buffers by its thread count: one thread here
+        (ulimit -v $((as_limit * 1024)) && OPENBLAS_NUM_THREADS=1 exec "$out/fuzz_$t" \
+            "${args[@]}" "$out/corpus/$t" "tests/fuzz/corpus/$t") >"$log" 2>&1 || rc=$?
+    else
+        "$out/fuzz_$t" "${args[@]}" "$out/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
+    fi
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     eps=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)

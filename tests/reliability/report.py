@@ -74,12 +74,15 @@ def key_figures(n, r):
             g(r, "soak_minutes"), g(r, "soak_requests"), g(r, "soak_p99_ms"), g(r, "soak_fds"),
             g(r, "soak_rss_kb")))
     if n == "fuzz":
-        return ("%s targets, %s executions (rpc %s, safetensors %s, ckpt %s, jobfile %s, http %s),"
-                " %s crashes, %s leaks, peak RSS <= %s MB" % (
-                    g(r, "targets"), g(r, "executions"), g(r, "rpc_executions"),
+        return ("%s targets; ASan+UBSan: rpc %s, safetensors %s, ckpt %s, jobfile %s, http %s "
+                "executions, peak RSS <= %s MB; under ulimit -v 256 MiB: %s each at least; "
+                "%s crashes, %s leaks" % (
+                    g(r, "targets"), g(r, "rpc_executions"),
                     g(r, "safetensors_executions"), g(r, "ckpt_executions"),
-                    g(r, "jobfile_executions"), g(r, "http_executions"), g(r, "crashes"),
-                    g(r, "leaks"), g(r, "peak_rss_mb_max")))
+                    g(r, "jobfile_executions"), g(r, "http_executions"), g(r, "peak_rss_mb_max"),
+                    min([v for k, v in r.get("figures", {}).items()
+                         if k.startswith("as_") and k.endswith("_executions")] or ["-"]),
+                    g(r, "crashes"), g(r, "leaks")))
     return ""
 
 
