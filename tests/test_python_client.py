@@ -201,11 +201,11 @@ def main():
             if proc.poll() is not None:
                 print(f"FAIL nllmd exited with {proc.returncode} before creating its socket:\n"
                       f"{daemon_log()}")
-                print(f"0 passed, 1 failed")
+                print("0 passed, 1 failed")
                 return 1
             if time.monotonic() > deadline:
                 print(f"FAIL nllmd did not create {sock_path} within 30 s:\n{daemon_log()}")
-                print(f"0 passed, 1 failed")
+                print("0 passed, 1 failed")
                 return 1
             time.sleep(0.05)
         c = Client(sock_path)

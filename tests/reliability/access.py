@@ -408,7 +408,8 @@ def main():
         f.write(PEER)
     data = os.path.join(tmp, "train.txt")
     rlib.corpus(data, 200, 3)
-    try:
+
+    def body():
         if os.geteuid() != 0 or not shutil.which("setpriv"):
             R.note("uid checks skipped: needs root and setpriv")
             R.fig("uid_checks", "skipped")
@@ -422,16 +423,8 @@ def main():
             d.shutdown()
         tcp_checks(R, tmp)
         http_checks(R, tmp)
-    except Exception as e:
-        import traceback
-        traceback.print_exc()
-        R.check(False, "campaign aborted: %r (state kept in %s)" % (e, tmp))
-    rc = R.save()
-    if rc == 0 and "--keep" not in sys.argv:
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        print("kept " + tmp)
-    return rc
+
+    return rlib.run_campaign(R, tmp, body)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Usage: faults.py --out DIR [--quick]
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -320,39 +319,34 @@ def main():
     tmp = tempfile.mkdtemp(prefix="nllm-rel-faults-", dir=arg("--tmp"))
     data = os.path.join(tmp, "train.txt")
     rlib.corpus(data, 600, 2)
-    n = 0
-    try:
-        tpl, tpl_paused = prepare_template(tmp, data)
-        eio = ["Input/output error"]
-        nospc = ["No space left on device"]
-        plan = []
-        for op, ks in (("write", (1, 26, 52)), ("fsync", (1,)), ("rename", (1,)),
-                       ("dirsync", (1,))):
-            for k in ks:
-                for en, txt in (("EIO", eio), ("ENOSPC", nospc)):
-                    plan.append(("%s:%d:%s" % (op, k, en), False, txt))
-        plan.append(("fsync:1+:EIO", True, eio))
-        plan.append(("write:1+:ENOSPC", True, nospc))
-        for i, (spec, sticky, txt) in enumerate(plan):
-            full = not QUICK or i % 4 == 0 or sticky
-            scenario(R, tmp, tpl, tpl_paused, "NLLM_FS_FAULT", spec, sticky, txt, full)
-            n += 1
-        for action in ("ENOSPC", "EIO"):
-            catalog_scenario(R, tmp, tpl, action)
-            n += 1
-        tmpfs_scenario(R, tmp, data)
-        n += 1
-    except Exception as e:
-        import traceback
-        traceback.print_exc()
-        R.check(False, "campaign aborted: %r (state kept in %s)" % (e, tmp))
-    R.fig("scenarios", n)
-    rc = R.save()
-    if rc == 0 and "--keep" not in sys.argv:
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        print("kept " + tmp)
-    return rc
+    n = [0]  # scenarios run
+
+    def body():
+        try:
+            tpl, tpl_paused = prepare_template(tmp, data)
+            eio = ["Input/output error"]
+            nospc = ["No space left on device"]
+            plan = []
+            for op, ks in (("write", (1, 26, 52)), ("fsync", (1,)), ("rename", (1,)),
+                           ("dirsync", (1,))):
+                for k in ks:
+                    for en, txt in (("EIO", eio), ("ENOSPC", nospc)):
+                        plan.append(("%s:%d:%s" % (op, k, en), False, txt))
+            plan.append(("fsync:1+:EIO", True, eio))
+            plan.append(("write:1+:ENOSPC", True, nospc))
+            for i, (spec, sticky, txt) in enumerate(plan):
+                full = not QUICK or i % 4 == 0 or sticky
+                scenario(R, tmp, tpl, tpl_paused, "NLLM_FS_FAULT", spec, sticky, txt, full)
+                n[0] += 1
+            for action in ("ENOSPC", "EIO"):
+                catalog_scenario(R, tmp, tpl, action)
+                n[0] += 1
+            tmpfs_scenario(R, tmp, data)
+            n[0] += 1
+        finally:
+            R.fig("scenarios", n[0])
+
+    return rlib.run_campaign(R, tmp, body)
 
 
 if __name__ == "__main__":

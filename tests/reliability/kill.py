@@ -248,11 +248,9 @@ def random_kills(R, tmp, data, nkills, rnd):
             time.sleep(rnd.uniform(0.0, 1.2))
             d.p.kill()
         elif mode == "window":
-            t = time.time()
-            found = False
+            t = time.time()  # until a checkpoint write is under way (a temp file)
             while time.time() - t < 10:
                 if os.path.isdir(ckdir) and any(".tmp." in f for f in os.listdir(ckdir)):
-                    found = True
                     break
             extra = rnd.uniform(0, 0.003)
             t1 = time.perf_counter()
@@ -433,21 +431,14 @@ def main():
     tmp = tempfile.mkdtemp(prefix="nllm-rel-kill-", dir=arg("--tmp"))
     data = os.path.join(tmp, "train.txt")
     rlib.corpus(data, 600, 1)
-    try:
+
+    def body():
         if nkills:
             random_kills(R, tmp, data, nkills, rnd)
         if mode != "none":
             sweep(R, tmp, data, mode)
-    except Exception as e:  # a crash of the harness is a failure, with its state kept
-        import traceback
-        traceback.print_exc()
-        R.check(False, "campaign aborted: %r (state kept in %s)" % (e, tmp))
-    rc = R.save()
-    if rc == 0 and "--keep" not in sys.argv:
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        print("kept " + tmp)
-    return rc
+
+    return rlib.run_campaign(R, tmp, body)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import shutil
 import socket
 import sqlite3
 import struct
@@ -537,6 +538,24 @@ class Results:
         print("%s: %d checks, %d failed, %.0f s" % (self.name, self.checks, len(self.failures),
                                                      d["seconds"]), flush=True)
         return 1 if self.failures else 0
+
+
+def run_campaign(R, tmp, body):
+    """Runs body(); a crash of the harness is a failed check, with its state
+    kept. Saves R; removes tmp when every check passed (and no --keep).
+    Returns the exit status."""
+    try:
+        body()
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        R.check(False, "campaign aborted: %r (state kept in %s)" % (e, tmp))
+    rc = R.save()
+    if rc == 0 and "--keep" not in sys.argv:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print("kept " + tmp)
+    return rc
 
 
 def arg(name, default=None):
