@@ -217,11 +217,17 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
     case F_DEV:
         if (v[0] && strcmp(v, "cpu") != 0) {
             long id = -1;
-            if (strncmp(v, "cuda:", 5) == 0)
+            /* digits only: strtol would skip white space (the fuzzer's
+             * "cuda:   ...0" was stored cut to 31 bytes, which no longer
+             * parsed) */
+            if (strncmp(v, "cuda:", 5) == 0 && isdigit((unsigned char)v[5]))
                 id = strtol(v + 5, &end, 10);
-            if (id < 0 || id > 1023 || end == v + 5 || *end)
+            if (id < 0 || id > 1023 || *end)
                 return nllm_err_set(err, NLLM_EINVAL,
-                                    "device must be cpu or cuda:N (e.g. cuda:0), not \"%s\"", v);
+                                    "device must be cpu or cuda:N (e.g. cuda:0), not \"%.64s\"",
+                                    v);
+            snprintf(c->device, sizeof c->device, "cuda:%ld", id); /* "cuda:007" -> cuda:7 */
+            return 0;
         }
         snprintf(c->device, sizeof c->device, "%s", v);
         return 0;

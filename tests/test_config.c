@@ -61,6 +61,22 @@ static void test_bad_values(void)
     expect_bad("clip", "-1", "clip");
     expect_bad("tokenizer", "char", "tokenizer");
     expect_bad("device", "gpu0", "device");
+    /* found by fuzz_jobfile: strtol skipped the white space, and the value was
+     * stored cut to 31 bytes, which then did not load back from JSON */
+    expect_bad("device", "cuda: 0", "device");
+    expect_bad("device", "cuda:\v0", "device");
+    expect_bad("device", "cuda:+1", "device");
+    expect_bad("device", "cuda:1024", "device");
+    expect_bad("device", "cuda:", "device");
+    {
+        nllm_job_config_t d;
+        nllm_err_t e;
+        nllm_job_config_defaults(&d);
+        CHECK(nllm_job_config_set(&d, "device", "cuda:000000000000000000000000000000000007",
+                                  &e) == 0 &&
+                  strcmp(d.device, "cuda:7") == 0,
+              "device with leading zeros is stored as cuda:7: \"%s\"", d.device);
+    }
     expect_bad("seed", "-1", "seed");
     expect_bad("num_epochs", "0", "num_epochs");
     expect_bad("no_such_key", "1", "no_such_key");
