@@ -31,9 +31,9 @@ ninja -C build
 run_suite build || status=1
 
 # Reliability campaigns, CI size: SIGKILL during checkpoint writes, simulated
-# power loss, I/O faults, access rules, load (tests/reliability/run.sh --quick,
-# under 4 minutes on 2 cores; docs/reliability.md has the full run). A failed
-# campaign fails this script.
+# power loss, I/O faults, access rules, load, a 2-minute soak
+# (tests/reliability/run.sh --quick, about 6 minutes on 2 cores;
+# docs/reliability.md has the full run). A failed campaign fails this script.
 if tests/reliability/run.sh --quick --build build; then
   passed=$((passed + 1))
 else
