@@ -328,7 +328,8 @@ def alternate(R, d, poll, label, rate, nrounds, secs, work=None):
            "blocked at most %.1f%%, longest blocked stretch %d ms (no load: %d ms); nllmd's "
            "loop thread used %d%% of a CPU and waited %.2f ms for one per wake-up; the "
            "clients used %d%% of a CPU" % (
-               label, f["requests"], f["req_per_s"], f["p50_ms"], f["p99_ms"], f["max_ms"],
+               label, f["requests"], f["req_per_s"], f["p50_ms"], f["p99_ms"],
+               f["max_ms"] if f["max_ms"] is not None else float("nan"),
                f["steps_per_s_base"], f["steps_per_s_load"], f["tokens_per_s_loss_pct"],
                f["step_gap_max_load_ms"], f["step_gap_max_base_ms"],
                f["train_cpu_share_base_pct"], f["train_cpu_share_load_pct"],
