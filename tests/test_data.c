@@ -27,19 +27,7 @@
 
 #include "../daemon/fsutil.h"
 #include "../kernels/nllm_math.h"
-
-static int failures;
-static char tmpdir[256];
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            failures++;                                                         \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
-            printf(__VA_ARGS__);                                                \
-            printf("\n");                                                       \
-        }                                                                       \
-    } while (0)
+#include "tmproot.h"
 
 /* Path of name in the temp folder; each call gets its own buffer. */
 static const char *tpath(const char *name)
@@ -51,7 +39,7 @@ static const char *tpath(const char *name)
         exit(1);
     }
     char *p = buf[k++];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
+    snprintf(p, 512, "%s/%s", root, name);
     return p;
 }
 
@@ -408,7 +396,7 @@ static long file_size(const char *p)
 
 static int count_tmp_files(void)
 {
-    DIR *d = opendir(tmpdir);
+    DIR *d = opendir(root);
     int n = 0;
     struct dirent *de;
     while (d && (de = readdir(d)))
@@ -633,8 +621,8 @@ static void test_errors(void)
     EXPECT_ERR(&o, NLLM_ENOENT, "missing.txt", "cannot open", "No such file");
     o = opts(good, tpath("missing_val.txt"), 10, 4);
     EXPECT_ERR(&o, NLLM_ENOENT, "missing_val.txt", "validation file", "cannot open");
-    o = opts(tmpdir, good, 10, 4);
-    EXPECT_ERR(&o, NLLM_EINVAL, tmpdir, "is a directory", NULL);
+    o = opts(root, good, 10, 4);
+    EXPECT_ERR(&o, NLLM_EINVAL, root, "is a directory", NULL);
     o = opts(write_str("empty.txt", ""), good, 10, 4);
     EXPECT_ERR(&o, NLLM_EINVAL, "empty.txt", "is empty", NULL);
     o = opts(write_str("bad8.txt", "fine line one two three\nab \xE2\x82 cd\n"), good, 10, 4);
@@ -858,25 +846,25 @@ static int test_corpus(void)
 
 static void remove_tmpdir(void)
 {
-    DIR *d = opendir(tmpdir);
+    DIR *d = opendir(root);
     struct dirent *de;
     char p[512];
     while (d && (de = readdir(d)))
         if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", tmpdir, de->d_name);
+            snprintf(p, sizeof p, "%s/%s", root, de->d_name);
             unlink(p);
         }
     if (d)
         closedir(d);
-    rmdir(tmpdir);
+    rmdir(root);
 }
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s/nllm_test_data.XXXXXX",
+    snprintf(root, sizeof root, "%s/nllm_test_data.XXXXXX",
              getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        printf("FAIL mkdtemp %s: %s\n", tmpdir, strerror(errno));
+    if (!mkdtemp(root)) {
+        printf("FAIL mkdtemp %s: %s\n", root, strerror(errno));
         return 1;
     }
     test_lower();

@@ -1,4 +1,5 @@
-/* tmproot.h -- the preamble test_fsutil.c and test_safetensors.c share:
+/* tmproot.h -- the preamble test_fsutil.c, test_safetensors.c and
+ * test_data.c share:
  * CHECK counts a failure in `failures` and prints "FAIL FILE:LINE: cond:
  * message" on stdout, then the test goes on; root is the test's temp
  * folder (main creates it) and pjoin(name) a path in it, in one of 8
@@ -23,7 +24,7 @@ static int failures;
 
 static char root[256];
 
-static char *pjoin(const char *name)
+__attribute__((unused)) static char *pjoin(const char *name)
 {
     static char buf[8][512];
     static int k;
