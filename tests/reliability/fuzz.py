@@ -29,6 +29,7 @@ from rlib import Results, arg  # noqa: E402
 SRC = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 # about equal time per group at the exec rates of tests/fuzz/run.sh
 GROUPS = [["rpc", "safetensors", "jobfile"], ["http", "ckpt"]]
+TARGETS = [t for g in GROUPS for t in g]
 ROW = re.compile(r"^(\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\S+) MB\s+(ok|FAIL)$")
 
 
@@ -64,9 +65,9 @@ def main():
     record(R, seen, runs, "", "ASan+UBSan")
     # pass 2: every target under a 256 MiB address-space limit
     res2 = {}
-    run_group([t for g in GROUPS for t in g], 2, secs, runs, out, res2,
+    run_group(TARGETS, 2, secs, runs, out, res2,
               {"FUZZ_AS_LIMIT_MB": "256", "FUZZ_OUT": os.path.join(SRC, "build-fuzz")})
-    seen2 = collect(R, [([t for g in GROUPS for t in g], res2[2], 2)], out)
+    seen2 = collect(R, [(TARGETS, res2[2], 2)], out)
     record(R, seen2, runs, "as_", "ulimit -v 256 MiB")
     R.fig("targets", len(seen))
     R.fig("executions", sum(f["executions"] for f in seen.values()) +
@@ -98,7 +99,7 @@ def collect(R, runs_, out):
 
 
 def record(R, seen, runs, prefix, label):
-    for t in [t for g in GROUPS for t in g]:
+    for t in TARGETS:
         f = seen.get(t)
         if not R.check(f is not None, "%s%s: a result row" % (prefix, t)):
             continue
