@@ -55,3 +55,61 @@ int nllm_backend_create(const char *device, int threads, nllm_backend_t **out, n
                         "device \"%s\" is not valid: use cpu or cuda:N (for example cuda:0)",
                         device);
 }
+
+/* ---- precision ----------------------------------------------------------- */
+
+static const char *const prec_names[NLLM_PREC_COUNT] = {"fp32", "tf32", "bf16"};
+
+const char *nllm_precision_name(nllm_precision_t p)
+{
+    return (unsigned)p < NLLM_PREC_COUNT ? prec_names[p] : "unknown";
+}
+
+int nllm_precision_parse(const char *s, nllm_precision_t *out, nllm_err_t *err)
+{
+    for (int i = 0; s && i < NLLM_PREC_COUNT; i++)
+        if (strcmp(s, prec_names[i]) == 0) {
+            *out = (nllm_precision_t)i;
+            return 0;
+        }
+    return nllm_err_set(err, NLLM_EINVAL, "precision must be fp32, tf32 or bf16, not \"%.64s\"",
+                        s ? s : "");
+}
+
+const char *nllm_precision_list(unsigned mask, char *buf, size_t n)
+{
+    int count = 0, total = 0;
+    for (int i = 0; i < NLLM_PREC_COUNT; i++)
+        total += (mask >> i) & 1u;
+    size_t len = 0;
+    if (n)
+        buf[0] = '\0';
+    for (int i = 0; i < NLLM_PREC_COUNT && len < n; i++) {
+        if (!((mask >> i) & 1u))
+            continue;
+        count++;
+        const char *sep = count == 1 ? "" : count == total ? " and " : ", ";
+        int w = snprintf(buf + len, n - len, "%s%s", sep, prec_names[i]);
+        if (w < 0)
+            break;
+        len += (size_t)w;
+    }
+    return buf;
+}
+
+int nllm_backend_set_precision(nllm_backend_t *be, nllm_precision_t p, nllm_err_t *err)
+{
+    if ((unsigned)p >= NLLM_PREC_COUNT)
+        return nllm_err_set(err, NLLM_EINVAL, "precision %d is not a precision", (int)p);
+    if (!((be->precisions >> p) & 1u)) {
+        char list[64];
+        unsigned mask = be->precisions;
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "device %s implements precision %s%s, not %s: use --precision %s "
+                            "or a CUDA device",
+                            be->name, nllm_precision_list(mask, list, sizeof list),
+                            (mask & (mask - 1)) ? "" : " only", prec_names[p], prec_names[0]);
+    }
+    be->precision = p;
+    return 0;
+}

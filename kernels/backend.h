@@ -19,6 +19,24 @@
 
 typedef struct nllm_backend nllm_backend_t;
 
+/* Arithmetic of the GEMMs (job key `precision`). Parameters, Adam moments,
+ * reductions, LayerNorm, softmax and the loss are float32 in every mode;
+ * only the matrix products change:
+ *   fp32  full float32 products (the reference; CPU and GPU agree)
+ *   tf32  tensor-core products with TF32 operands (10-bit mantissa)
+ *   bf16  tensor-core products with bfloat16 operands (7-bit mantissa),
+ *         float32 accumulation */
+typedef enum { NLLM_PREC_FP32 = 0, NLLM_PREC_TF32 = 1, NLLM_PREC_BF16 = 2 } nllm_precision_t;
+#define NLLM_PREC_COUNT 3
+
+/* "fp32", "tf32", "bf16" */
+const char *nllm_precision_name(nllm_precision_t p);
+/* 0 and *out, or NLLM_EINVAL for any other text (err names the allowed values). */
+int nllm_precision_parse(const char *s, nllm_precision_t *out, nllm_err_t *err);
+/* The names of the precisions in mask (bit 1 << NLLM_PREC_*), as "fp32, tf32
+ * and bf16" into buf. */
+const char *nllm_precision_list(unsigned mask, char *buf, size_t n);
+
 /* Parameters of the fused context step (gates, LayerNorm, clamp). */
 typedef struct {
     int B, Dc;
@@ -30,6 +48,8 @@ typedef struct {
 struct nllm_backend {
     const char *name; /* "cpu", "cuda:0" */
     void *impl;
+    unsigned precisions;        /* supported: bit 1 << NLLM_PREC_* */
+    nllm_precision_t precision; /* in use (nllm_backend_set_precision) */
 
     /* --- memory --- */
     void *(*alloc)(nllm_backend_t *be, size_t bytes); /* zeroed; NULL on failure */
@@ -114,5 +134,10 @@ int nllm_cuda_available(void);
 
 /* Create by device name: "cpu" or "cuda:N". */
 int nllm_backend_create(const char *device, int threads, nllm_backend_t **out, nllm_err_t *err);
+
+/* Selects the GEMM precision of every later op. A precision the backend
+ * does not implement is NLLM_EINVAL with a message naming the device and
+ * what it supports ("device cpu implements precision fp32 only ..."). */
+int nllm_backend_set_precision(nllm_backend_t *be, nllm_precision_t p, nllm_err_t *err);
 
 #endif /* NLLM_BACKEND_H */

@@ -762,7 +762,6 @@ int main(int argc, char **argv)
     if (nllm_cuda_device_info(0, name, sizeof name, &total, &fr) == 0)
         printf("device cuda:0: %s, %.1f GiB, %.1f GiB free\n", name, (double)total / (1 << 30),
                (double)fr / (1 << 30));
-    unsetenv("NLLM_CUDA_TF32"); /* the comparisons assume full FP32 GEMMs */
     nllm_err_t err;
     if (nllm_cuda_backend_create(0, &gpu, &err) < 0) {
         fprintf(stderr, "FAIL: cuda backend: %s\n", err.msg);

@@ -532,6 +532,8 @@ int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err)
     }
     be->name = "cpu";
     be->impl = impl;
+    be->precisions = 1u << NLLM_PREC_FP32;
+    be->precision = NLLM_PREC_FP32;
     be->alloc = cpu_alloc;
     be->free = cpu_free;
     be->upload = cpu_copy;

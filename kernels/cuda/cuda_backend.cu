@@ -269,9 +269,22 @@ static void cu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, in
     }
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (be->precision == NLLM_PREC_FP32) {
+        blas_check(ci,
+                   cublasSgemm(ci->blas, opB, opA, N, M, K, &alpha, B, ldb, A, lda, &beta, C,
+                               ldc),
+                   "cublasSgemm");
+        return;
+    }
+    /* float32 in memory; the tensor cores see TF32 or bf16 operands and
+     * accumulate in float32 */
+    cublasComputeType_t ct = be->precision == NLLM_PREC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                             : CUBLAS_COMPUTE_32F_FAST_16BF;
     blas_check(ci,
-               cublasSgemm(ci->blas, opB, opA, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc),
-               "cublasSgemm");
+               cublasGemmEx(ci->blas, opB, opA, N, M, K, &alpha, B, CUDA_R_32F, ldb, A,
+                            CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, ct,
+                            CUBLAS_GEMM_DEFAULT),
+               be->precision == NLLM_PREC_TF32 ? "cublasGemmEx (tf32)" : "cublasGemmEx (bf16)");
 }
 
 /* ---- device inventory ------------------------------------------------------ */
@@ -356,6 +369,8 @@ extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_e
     ci->device = device;
     snprintf(ci->name, sizeof ci->name, "cuda:%d", device);
     be->name = ci->name;
+    be->precisions = (1u << NLLM_PREC_FP32) | (1u << NLLM_PREC_TF32) | (1u << NLLM_PREC_BF16);
+    be->precision = NLLM_PREC_FP32;
     snprintf(ci->devname, sizeof ci->devname, "CUDA device %d", device);
 
     cudaDeviceProp prop;
@@ -372,12 +387,9 @@ extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_e
                          "cudaStreamCreateWithFlags");
     if (!ci->err_code && blas_check(ci, cublasCreate(&ci->blas), "cublasCreate")) {
         blas_check(ci, cublasSetStream(ci->blas, ci->stream), "cublasSetStream");
-        /* FP32 GEMMs in full FP32 unless NLLM_CUDA_TF32=1 (faster, ~1e-3
-         * relative error, not comparable with the CPU backend) */
-        const char *tf32 = getenv("NLLM_CUDA_TF32");
-        cublasMath_t mode = tf32 && strcmp(tf32, "1") == 0 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                            : CUBLAS_DEFAULT_MATH;
-        blas_check(ci, cublasSetMathMode(ci->blas, mode), "cublasSetMathMode");
+        /* Sgemm in full FP32; tf32 and bf16 (nllm_backend_set_precision)
+         * name their compute type on every call instead */
+        blas_check(ci, cublasSetMathMode(ci->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
         /* the default, spelled out: reductions without atomics are deterministic */
         blas_check(ci, cublasSetAtomicsMode(ci->blas, CUBLAS_ATOMICS_NOT_ALLOWED),
                    "cublasSetAtomicsMode");
