@@ -50,6 +50,11 @@ struct nllm_backend {
     void *impl;
     unsigned precisions;        /* supported: bit 1 << NLLM_PREC_* */
     nllm_precision_t precision; /* in use (nllm_backend_set_precision) */
+    /* Device memory this backend holds now and has held at most (its
+     * allocations, scratch and library workspaces), in bytes; both stay 0
+     * on a backend that does not count (the CPU). Read by the owning
+     * thread, or by others as a plain snapshot (monitoring only). */
+    size_t mem_bytes, mem_peak;
 
     /* --- memory --- */
     void *(*alloc)(nllm_backend_t *be, size_t bytes); /* zeroed; NULL on failure */
