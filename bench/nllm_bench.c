@@ -1,8 +1,11 @@
 /* nllm_bench.c -- trains N steps of the model on random tokens and prints
  * one JSON line: tokens/s, useful GFLOP/s (model.md's cost formula: 6 FLOP
  * per multiply-add per token for training), the median step time, and the
- * config. With --sgemm it also times the backend's own SGEMM on an n^3
- * product in the same run, so the two rates can be compared side by side.
+ * config. Steps are queued as the trainer queues them (figures read once
+ * per NLLM_STATS_RING steps; on CUDA each step replays one graph), or
+ * waited for one by one with --sync. With --sgemm it also times the
+ * backend's own SGEMM on an n^3 product in the same run, so the two rates
+ * can be compared side by side.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -12,6 +15,7 @@
 
 #include "backend.h"
 #include "ckpt.h"
+#include "cuda/cuda_backend.h"
 #include "model.h"
 
 static double now_s(void)
@@ -51,11 +55,16 @@ static void usage(FILE *f)
             "  --warmup N       untimed steps first (default 1)\n"
             "  --threads N      CPU threads (default: all)\n"
             "  --device D       cpu or cuda:N (default cpu)\n"
+            "  --precision P    GEMM precision: fp32, tf32 or bf16 (default fp32; the CPU\n"
+            "                   implements fp32 only)\n"
+            "  --sync           wait for every step (default: queue them as the trainer\n"
+            "                   does, reading their figures every %d steps)\n"
             "  --sgemm N        also time an NxNxN SGEMM on the same backend (0: off)\n"
             "  --checkpoint F   also time a checkpoint of the trained state: the copy to\n"
             "                   host memory (what training waits for) and the durable\n"
             "                   write of F (done on the writer thread in nllmd)\n"
-            "  --help\n");
+            "  --help\n",
+            NLLM_STATS_RING);
 }
 
 static int parse_int(const char *opt, const char *s, long lo, long hi, int *out)
@@ -115,17 +124,19 @@ static double time_sgemm(nllm_backend_t *be, int n, int reps)
 int main(int argc, char **argv)
 {
     nllm_model_config_t cfg = NLLM_MODEL_CONFIG_DEFAULT;
-    int batch = 512, steps = 5, warmup = 1, threads = 0, sgemm = 0;
+    int batch = 512, steps = 5, warmup = 1, threads = 0, sgemm = 0, sync_each = 0;
     const char *device = "cpu", *ckpt_path = NULL;
+    nllm_precision_t prec = NLLM_PREC_FP32;
+    nllm_err_t err;
     enum { O_BATCH = 1, O_SEQ, O_VOCAB, O_DE, O_H, O_DC, O_L, O_P, O_STEPS, O_WARM, O_THR,
-           O_DEV, O_SGEMM, O_HELP, O_CKPT };
+           O_DEV, O_SGEMM, O_HELP, O_CKPT, O_PREC, O_SYNC };
     static const struct option opts[] = {
         {"batch", 1, 0, O_BATCH},     {"seq-len", 1, 0, O_SEQ},   {"vocab", 1, 0, O_VOCAB},
         {"embed-dim", 1, 0, O_DE},    {"hidden-dim", 1, 0, O_H},  {"context-dim", 1, 0, O_DC},
         {"layers", 1, 0, O_L},        {"dropout", 1, 0, O_P},     {"steps", 1, 0, O_STEPS},
         {"warmup", 1, 0, O_WARM},     {"threads", 1, 0, O_THR},   {"device", 1, 0, O_DEV},
         {"sgemm", 1, 0, O_SGEMM},     {"help", 0, 0, O_HELP},     {"checkpoint", 1, 0, O_CKPT},
-        {0, 0, 0, 0}};
+        {"precision", 1, 0, O_PREC},  {"sync", 0, 0, O_SYNC},     {0, 0, 0, 0}};
     int c, rc = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -151,6 +162,11 @@ int main(int argc, char **argv)
         case O_DEV: device = optarg; break;
         case O_SGEMM: rc = parse_int("--sgemm", optarg, 0, 65536, &sgemm); break;
         case O_CKPT: ckpt_path = optarg; break;
+        case O_SYNC: sync_each = 1; break;
+        case O_PREC:
+            if ((rc = nllm_precision_parse(optarg, &prec, &err)) < 0)
+                fprintf(stderr, "nllm-bench: --%s\n", err.msg);
+            break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -162,11 +178,15 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    nllm_err_t err;
     nllm_backend_t *be;
     if (nllm_backend_create(device, threads, &be, &err) < 0) {
         fprintf(stderr, "nllm-bench: %s\n", err.msg);
         return 1;
+    }
+    if (nllm_backend_set_precision(be, prec, &err) < 0) {
+        fprintf(stderr, "nllm-bench: %s\n", err.msg);
+        be->destroy(be);
+        return 2;
     }
     nllm_model_t *m;
     if (nllm_model_create(&cfg, be, batch, &m, &err) < 0) {
@@ -178,31 +198,68 @@ int main(int argc, char **argv)
     const int S = cfg.max_seq_length;
     int32_t *win = malloc(sizeof(int32_t) * (size_t)batch * S);
     nllm_optim_t opt = {1e-4, 0.9, 0.999, 1e-8, 0.0, 0.5};
+    /* per-step times: each chunk of queued steps (up to one ring) is timed
+     * from its first queueing to the read of its figures */
     double *t = malloc(sizeof(double) * (size_t)steps);
-    double loss = 0;
+    nllm_step_stats_t *st = malloc(sizeof(nllm_step_stats_t) * NLLM_STATS_RING);
+    int nt = 0, pending = 0, ch_steps = 0;
+    double loss = 0, t_chunk = now_s();
     for (int s = 0; s < warmup + steps; s++) {
         for (size_t i = 0; i < (size_t)batch * S; i++)
             win[i] = 1 + (int32_t)nllm_rng_below(1, 77, (uint32_t)s, i,
                                                   (uint64_t)cfg.vocab_size - 1);
-        nllm_step_stats_t st;
-        double t0 = now_s();
-        if (nllm_model_train_step(m, win, batch, 42, (uint32_t)s, s + 1, &opt, &st, &err) < 0) {
+        if (s == warmup) {
+            /* the warm-up steps' figures are read: timing starts idle */
+            if (pending && nllm_model_read_stats(m, 0, pending, st, &err) < 0) {
+                fprintf(stderr, "nllm-bench: warm-up: %s\n", err.msg);
+                return 1;
+            }
+            pending = 0;
+            t_chunk = now_s();
+        }
+        if (nllm_model_train_step_async(m, win, batch, 42, (uint32_t)s, s + 1, &opt, pending++,
+                                        &err) < 0) {
             fprintf(stderr, "nllm-bench: step %d: %s\n", s, err.msg);
             return 1;
         }
-        double dt = now_s() - t0;
-        if (s >= warmup)
-            t[s - warmup] = dt;
-        loss = st.batch.loss_sum / (double)st.batch.tokens;
+        ch_steps += s >= warmup;
+        int last = s == warmup + steps - 1;
+        if (sync_each || pending == NLLM_STATS_RING || last || s + 1 == warmup) {
+            if (nllm_model_read_stats(m, 0, pending, st, &err) < 0) {
+                fprintf(stderr, "nllm-bench: step %d: %s\n", s, err.msg);
+                return 1;
+            }
+            loss = st[pending - 1].batch.loss_sum / (double)st[pending - 1].batch.tokens;
+            pending = 0;
+            if (ch_steps) {
+                double dt = (now_s() - t_chunk) / ch_steps;
+                for (int k = 0; k < ch_steps; k++)
+                    t[nt++] = dt;
+            }
+            ch_steps = 0;
+            t_chunk = now_s();
+        }
     }
-    double med = median(t, steps);
+    double med = median(t, nt);
     double tokens = (double)batch * (S - 1);
     double tps = tokens / med;
     double gflops = tps * 6.0 * nllm_model_macs_per_token(&cfg) / 1e9;
     double sg = sgemm > 0 ? time_sgemm(be, sgemm, 7) : 0;
-    printf("{\"impl\":\"nllm\",\"device\":\"%s\",\"tokens_per_s\":%.1f,\"gflops\":%.2f,"
-           "\"step_ms_median\":%.3f,\"loss\":%.4f,",
-           be->name, tps, gflops, med * 1e3, loss);
+    printf("{\"impl\":\"nllm\",\"device\":\"%s\",\"precision\":\"%s\",\"queued\":%s,"
+           "\"tokens_per_s\":%.1f,\"gflops\":%.2f,\"step_ms_median\":%.3f,\"loss\":%.4f,",
+           be->name, nllm_precision_name(prec), sync_each ? "false" : "true", tps, gflops,
+           med * 1e3, loss);
+    uint64_t launches = 0, eager = 0;
+    char why[256];
+    if (nllm_cuda_graph_stats(be, &launches, &eager, why, sizeof why) == 0) {
+        printf("\"graph_launches\":%llu,\"eager_bodies\":%llu,\"graph_note\":\"",
+               (unsigned long long)launches, (unsigned long long)eager);
+        for (const char *c = why; *c; c++) /* JSON string: no quotes or controls */
+            putchar(*c == '"' || *c == '\\' || (unsigned char)*c < 0x20 ? ' ' : *c);
+        printf("\",");
+    }
+    if (be->mem_peak)
+        printf("\"device_mem_peak_mib\":%.1f,", (double)be->mem_peak / 1048576.0);
     if (sgemm > 0)
         printf("\"sgemm_n\":%d,\"sgemm_gflops\":%.2f,\"ratio_to_sgemm\":%.3f,", sgemm, sg,
                gflops / sg);
@@ -250,6 +307,7 @@ int main(int argc, char **argv)
            cfg.num_layers, (double)cfg.dropout, steps, threads);
     free(win);
     free(t);
+    free(st);
     nllm_model_destroy(m);
     be->destroy(be);
     return 0;

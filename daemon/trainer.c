@@ -5,6 +5,13 @@
  * last partial batch is dropped). Dropout masks use the global step, Adam
  * its 1-based count. Nothing else carries state between steps, so a
  * restored nllm_progress_t plus model state continues bit-identically.
+ *
+ * Steps are queued without waiting for the device (nllm_model_train_step_
+ * async); their figures are read in one go ("drained") when the stats ring
+ * is full, DRAIN_SECONDS after the last read, and before anything that
+ * looks at the progress: pause, stop, the epoch's end. Only a drain
+ * advances nllm_progress_t, step by step in order, so the counters, sums
+ * and callbacks are exactly those of waiting for every step.
  */
 #include "trainer.h"
 
@@ -23,6 +30,7 @@ struct nllm_trainer {
     int64_t *perm;     /* (ntrain) order of the running epoch */
     int64_t perm_epoch; /* epoch perm was made for, -1 none */
     int32_t *batch;    /* (B, S) host batch */
+    int queue_depth;   /* steps queued before their figures are read */
 };
 
 const char *nllm_ckpt_kind_name(nllm_ckpt_kind_t k)
@@ -39,6 +47,10 @@ const char *nllm_ckpt_kind_name(nllm_ckpt_kind_t k)
     }
     return "unknown";
 }
+
+/* Longest wait between reads of the queued steps' figures (progress in
+ * status and watch stays this fresh). */
+#define DRAIN_SECONDS 0.5
 
 static double now_s(void)
 {
@@ -132,6 +144,7 @@ int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
         return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
     tr->cfg = *cfg;
     tr->perm_epoch = -1;
+    tr->queue_depth = NLLM_STATS_RING;
     nllm_progress_init(&tr->prog);
     tr->ctl = &tr->own_ctl;
     atomic_init(&tr->own_ctl.pause, 0);
@@ -192,6 +205,11 @@ nllm_progress_t *nllm_trainer_progress(nllm_trainer_t *tr) { return &tr->prog; }
 const nllm_job_config_t *nllm_trainer_config(const nllm_trainer_t *tr) { return &tr->cfg; }
 nllm_trainer_ctl_t *nllm_trainer_ctl(nllm_trainer_t *tr) { return tr->ctl; }
 void nllm_trainer_use_ctl(nllm_trainer_t *tr, nllm_trainer_ctl_t *ctl) { tr->ctl = ctl; }
+
+void nllm_trainer_set_queue_depth(nllm_trainer_t *tr, int depth)
+{
+    tr->queue_depth = depth < 1 ? 1 : depth > NLLM_STATS_RING ? NLLM_STATS_RING : depth;
+}
 
 int64_t nllm_trainer_steps_per_epoch(const nllm_trainer_t *tr)
 {
@@ -310,6 +328,61 @@ static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double s
     return 0;
 }
 
+/* Steps queued on the device whose figures have not been read. */
+typedef struct {
+    int pending;   /* ring slots 0 .. pending-1 */
+    double t_read; /* when figures were last read */
+} queue_t;
+
+/* Reads the queued steps' figures and advances the progress by each step
+ * in order, as if each had been waited for. A step whose gradient norm is
+ * not finite ends the run with the error of nllm_model_train_step; the
+ * device applied neither it nor any later queued step, so the weights and
+ * the progress both stand just before it. */
+static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, int64_t spe,
+                 double t_epoch, nllm_err_t *err)
+{
+    nllm_progress_t *p = &tr->prog;
+    nllm_step_stats_t st[NLLM_STATS_RING];
+    int n = q->pending;
+    if (n == 0)
+        return 0;
+    int rc = nllm_model_read_stats(tr->model, 0, n, st, err);
+    q->pending = 0;
+    double now = now_s(), dt = now - q->t_read;
+    q->t_read = now;
+    if (rc < 0)
+        return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
+                               (long long)p->step_in_epoch + 1);
+    int64_t tokens = 0;
+    for (int i = 0; i < n; i++)
+        tokens += st[i].batch.tokens;
+    double rate = dt > 0 ? (double)tokens / dt : 0;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(st[i].grad_norm) || st[i].halted) {
+            nllm_model_diverged(st[i].grad_norm, (uint32_t)p->global_step, err);
+            return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
+                                   (long long)p->step_in_epoch + 1);
+        }
+        p->global_step++;
+        p->step_in_epoch++;
+        p->ep_loss_sum += st[i].batch.loss_sum;
+        p->ep_tokens += st[i].batch.tokens;
+        p->ep_correct += st[i].batch.correct;
+        if (cbs && cbs->on_step) {
+            nllm_step_report_t r = {p->epoch,
+                                    p->step_in_epoch,
+                                    spe,
+                                    p->global_step,
+                                    p->ep_tokens ? p->ep_loss_sum / (double)p->ep_tokens : 0,
+                                    rate,
+                                    now - t_epoch};
+            cbs->on_step(cbs->ud, tr, &r);
+        }
+    }
+    return 0;
+}
+
 int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_result_t *res,
                      nllm_err_t *err)
 {
@@ -334,7 +407,11 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
         }
         opt.max_norm = nllm_job_config_clip_for_epoch(&tr->cfg, p->epoch);
         double t_epoch = now_s() - p->ep_seconds;
-        while (p->step_in_epoch < spe) {
+        queue_t q = {0, now_s()};
+        while (p->step_in_epoch + q.pending < spe) {
+            if ((atomic_load(&tr->ctl->stop) || atomic_load(&tr->ctl->pause)) &&
+                (rc = drain(tr, cbs, &q, spe, t_epoch, err)) < 0)
+                return rc;
             if (atomic_load(&tr->ctl->stop)) {
                 *res = NLLM_RUN_STOPPED;
                 p->ep_seconds = now_s() - t_epoch;
@@ -345,33 +422,21 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
                 p->ep_seconds = now_s() - t_epoch;
                 return checkpoint(tr, cbs, NLLM_CKPT_PAUSED, p->epoch, err);
             }
-            const int64_t *order = tr->perm + p->step_in_epoch * B;
+            const int64_t *order = tr->perm + (p->step_in_epoch + q.pending) * B;
             for (int b = 0; b < B; b++)
                 memcpy(tr->batch + (size_t)b * S, tr->data.train.ids + order[b] * S,
                        sizeof(int32_t) * (size_t)S);
-            nllm_step_stats_t st;
-            double t0 = now_s();
-            rc = nllm_model_train_step(tr->model, tr->batch, B, tr->cfg.seed,
-                                       (uint32_t)p->global_step, p->global_step + 1, &opt, &st,
-                                       err);
+            int64_t gs = p->global_step + q.pending;
+            rc = nllm_model_train_step_async(tr->model, tr->batch, B, tr->cfg.seed, (uint32_t)gs,
+                                             gs + 1, &opt, q.pending, err);
             if (rc < 0)
                 return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
-                                       (long long)p->step_in_epoch + 1);
-            double dt = now_s() - t0;
-            p->global_step++;
-            p->step_in_epoch++;
-            p->ep_loss_sum += st.batch.loss_sum;
-            p->ep_tokens += st.batch.tokens;
-            p->ep_correct += st.batch.correct;
-            if (cbs && cbs->on_step) {
-                nllm_step_report_t r = {p->epoch,
-                                        p->step_in_epoch,
-                                        spe,
-                                        p->global_step,
-                                        p->ep_tokens ? p->ep_loss_sum / (double)p->ep_tokens : 0,
-                                        dt > 0 ? (double)st.batch.tokens / dt : 0,
-                                        now_s() - t_epoch};
-                cbs->on_step(cbs->ud, tr, &r);
+                                       (long long)(p->step_in_epoch + q.pending) + 1);
+            q.pending++;
+            if (q.pending >= tr->queue_depth ||
+                p->step_in_epoch + q.pending == spe || now_s() - q.t_read >= DRAIN_SECONDS) {
+                if ((rc = drain(tr, cbs, &q, spe, t_epoch, err)) < 0)
+                    return rc;
             }
         }
         rc = end_epoch(tr, cbs, now_s() - t_epoch, err);

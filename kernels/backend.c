@@ -38,6 +38,17 @@ int nllm_cuda_device_info(int dev, char *name, size_t n, uint64_t *total_mem,
         name[0] = '\0';
     return NLLM_EDEVICE;
 }
+
+int nllm_cuda_graph_stats(struct nllm_backend *be, uint64_t *launches, uint64_t *eager,
+                          char *why, size_t n)
+{
+    (void)be;
+    (void)launches;
+    (void)eager;
+    if (why && n)
+        why[0] = '\0';
+    return NLLM_EDEVICE;
+}
 #endif
 
 int nllm_backend_create(const char *device, int threads, nllm_backend_t **out, nllm_err_t *err)

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "nllm_err.h"
+#include "nllm_math.h"
 
 typedef struct nllm_backend nllm_backend_t;
 
@@ -36,6 +37,40 @@ int nllm_precision_parse(const char *s, nllm_precision_t *out, nllm_err_t *err);
 /* The names of the precisions in mask (bit 1 << NLLM_PREC_*), as "fp32, tf32
  * and bf16" into buf. */
 const char *nllm_precision_list(unsigned mask, char *buf, size_t n);
+
+/* The per-step scalars of a training step, in device memory. The host
+ * writes the fields from `seed` on before each step (one upload, with the
+ * batch's token ids); the step's ops read them, and write the first two,
+ * on the device. Taking them from device memory rather than as call
+ * arguments is what makes a step free of host round trips and lets a
+ * backend record it once and replay it (CUDA graphs). */
+typedef struct {
+    /* written on the device */
+    double sqnorm;           /* sum of squared gradients (sq_norm)          */
+    int32_t halted;          /* sticky: a step had a non-finite gradient    */
+                             /* norm; adam updates nothing from then on     */
+    int32_t pad0;
+    /* written by the host (nllm_step_dev_host_offset() onwards) */
+    uint64_t seed;           /* dropout key                                 */
+    uint32_t rng_step;       /* dropout step                                */
+    uint32_t slot;           /* stats ring slot this step writes            */
+    float grad_scale;        /* softmax_xent gradient scale (1 / tokens)    */
+    float pad1;
+    double max_norm;         /* global-norm clip threshold, <= 0: none      */
+    nllm_adam_consts_t adam; /* clip_scale: set by the clip op              */
+} nllm_step_dev_t;
+
+#define NLLM_STEP_DEV_HOST_OFFSET offsetof(nllm_step_dev_t, seed)
+
+/* What one step leaves in its slot of the stats ring (device memory). */
+typedef struct {
+    double loss_sum;   /* sum of per-token cross-entropy (batch_stats)     */
+    double grad_norm;  /* global L2 norm before clipping (clip)            */
+    double clip_scale; /* factor Adam applied (1: no clipping)             */
+    int64_t correct;   /* argmax hits (batch_stats)                        */
+    int32_t halted;    /* Adam skipped: this or an earlier step diverged   */
+    int32_t pad;
+} nllm_step_out_t;
 
 /* Parameters of the fused context step (gates, LayerNorm, clamp). */
 typedef struct {
@@ -68,6 +103,21 @@ struct nllm_backend {
     /* Waits for queued work; returns 0 or the sticky error (and fills err). */
     int (*sync)(nllm_backend_t *be, nllm_err_t *err);
     void (*destroy)(nllm_backend_t *be);
+    /* Host round trips so far: sync calls and download calls (the
+     * sync-free step test counts them). */
+    uint64_t n_syncs, n_downloads;
+
+    /* --- recording ---
+     * Runs body(ctx), whose ops must be the same, on the same pointers and
+     * shapes, every time it is called with the same (owner, key), and read
+     * everything that changes between calls from device memory. A backend
+     * may record the ops once and replay the recording on later calls
+     * (CUDA graphs); the results are bit-identical to running them. NULL:
+     * the caller runs body itself. */
+    void (*record)(nllm_backend_t *be, const void *owner, uint64_t key,
+                   void (*body)(void *ctx), void *ctx);
+    /* Forgets every recording of owner (before its buffers are freed). */
+    void (*record_drop)(nllm_backend_t *be, const void *owner);
 
     /* --- ops --- */
 
@@ -83,12 +133,13 @@ struct nllm_backend {
     void (*embedding_backward)(nllm_backend_t *be, float *dtable, const float *dout, int ldd,
                                const int32_t *ids, int N, int D);
 
-    /* One time step t of T, B rows, H units, rows of x at stride ldx:
+    /* One time step t of T, B rows, H units:
      * x = relu(x + bias) * dropout mask * 1/(1-p) (mask from nllm_math.h,
-     * element (b, t, j) with index (b*T + t)*H + j; p == 0: no dropout). */
+     * key sd->seed, step sd->rng_step, element (b, t, j) with index
+     * (b*T + t)*H + j; p == 0: no dropout, and sd is not read). */
     void (*bias_relu_dropout_forward)(nllm_backend_t *be, float *x, const float *bias, int B,
-                                      int H, int t, int T, uint64_t seed, uint32_t stream,
-                                      uint32_t step, float p);
+                                      int H, int t, int T, const nllm_step_dev_t *sd,
+                                      uint32_t stream, float p);
     /* dx[i] = a[i] > 0 ? dx[i] * 1/(1-p) : 0, n elements (a = forward output). */
     void (*relu_dropout_backward)(nllm_backend_t *be, float *dx, const float *a, int64_t n,
                                   float p);
@@ -114,21 +165,32 @@ struct nllm_backend {
      * adding bias to every row. Rows with target 0 (pad) are ignored.
      * row_loss[r] = -log softmax(y_r)[target] (0 for pad), row_hit[r] = 1 when
      * argmax (first maximum) == target. With want_grad, y is replaced by
-     * grad_scale * (softmax - onehot) (zero rows for pad); else y keeps the
-     * biased logits. */
+     * sd->grad_scale * (softmax - onehot) (zero rows for pad); else y keeps
+     * the biased logits (and sd is not read). */
     void (*softmax_xent)(nllm_backend_t *be, float *y, const float *bias,
                          const int32_t *targets, int N, int V, int want_grad,
-                         float grad_scale, float *row_loss, float *row_hit);
+                         const nllm_step_dev_t *sd, float *row_loss, float *row_hit);
+    /* ring[sd->slot].loss_sum = sum of row_loss[0:N] in double and
+     * .correct = number of non-zero row_hit, each in a fixed order. */
+    void (*batch_stats)(nllm_backend_t *be, const float *row_loss, const float *row_hit, int N,
+                        const nllm_step_dev_t *sd, nllm_step_out_t *ring);
 
     /* out[j] = sum_r x[r, j] over N rows (row stride ld), r ascending. */
     void (*col_sum)(nllm_backend_t *be, float *out, const float *x, int N, int D, int ld);
 
-    /* Sum of squares of x[0:n] in double, into *out (host pointer). */
+    /* Sum of squares of x[0:n] in double, into *out (device pointer). */
     void (*sq_norm)(nllm_backend_t *be, const float *x, int64_t n, double *out);
 
-    /* Fused Adam over n parameters (nllm_adam_update for every element). */
+    /* The clip decision of a step, on the device (nllm_clip_decide):
+     * norm = sqrt(sd->sqnorm); sd->adam.clip_scale = the factor; a
+     * non-finite norm sets sd->halted; ring[sd->slot] gets grad_norm,
+     * clip_scale and halted. */
+    void (*clip)(nllm_backend_t *be, nllm_step_dev_t *sd, nllm_step_out_t *ring);
+
+    /* Fused Adam over n parameters (nllm_adam_update for every element
+     * with the constants sd->adam); nothing changes while sd->halted. */
     void (*adam)(nllm_backend_t *be, float *p, float *m, float *v, const float *g, int64_t n,
-                 const void *consts /* nllm_adam_consts_t */);
+                 const nllm_step_dev_t *sd);
 };
 
 /* Backend constructors. threads <= 0: the library default. */

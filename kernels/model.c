@@ -7,6 +7,14 @@
  * the output head and every weight gradient are one GEMM over all T*B rows.
  * The block for step t of A0 holds [e_t | c(t-1)], so layer 1's input needs
  * no copies and dW_1 is a single GEMM over A0.
+ *
+ * A training step is queued without a host round trip: the host uploads
+ * one block (the per-step scalars of nllm_step_dev_t and the time-major
+ * ids), then the backend runs forward, BPTT, weight gradients, the norm,
+ * the clip decision and Adam, all reading their per-step values from that
+ * device block, and leaves the step's figures in a slot of the stats ring
+ * that the caller reads when it wants them. That body is handed to
+ * be->record, so a backend may replay it as one graph per batch shape.
  */
 #include "model.h"
 
@@ -16,6 +24,14 @@
 #include <string.h>
 
 enum { P_EMB = 0 }; /* index of token_embedding.weight in params[] */
+
+/* The ids follow the scalars in the step block, 256-byte aligned. */
+#define IDS_OFFSET 256
+_Static_assert(sizeof(nllm_step_dev_t) <= IDS_OFFSET, "step block scalars overflow");
+#define FWD_SLOT NLLM_STATS_RING /* ring slot of plain forwards */
+
+/* record keys: batch size and what the body does */
+enum { KEY_EVAL = 0, KEY_TRAIN = 1 };
 
 struct nllm_model {
     nllm_model_config_t cfg;
@@ -43,11 +59,21 @@ struct nllm_model {
     float *dc;   /* (Bm, Dc)                            */
     float *clast;/* (Bm, Dc)                            */
     float *row_loss, *row_hit; /* (N)                   */
-    int32_t *ids_in, *ids_tgt; /* (N)                   */
+    /* the step block: sd, then ids_in and ids_tgt (N each) at IDS_OFFSET */
+    unsigned char *dblock;
+    nllm_step_dev_t *sd;
+    int32_t *ids_in, *ids_tgt;
+    nllm_step_out_t *ring; /* (NLLM_STATS_RING + 1); the last: plain forwards */
 
-    /* host scratch */
-    int32_t *h_in, *h_tgt;
-    float *h_loss, *h_hit;
+    /* host mirrors */
+    unsigned char *hblock; /* what the next upload sends                */
+    nllm_step_dev_t *h_sd; /* its scalars                               */
+    int32_t *h_in;         /* its ids (targets follow, at h_in + T*B)   */
+    nllm_step_out_t h_ring[NLLM_STATS_RING + 1];
+    int64_t slot_tokens[NLLM_STATS_RING + 1];
+
+    /* what the recorded bodies read (fixed for one record key) */
+    int cur_B, cur_train, cur_grad;
 
     /* last forward */
     int last_B, last_grad, last_train;
@@ -201,7 +227,8 @@ static size_t activation_floats(const nllm_model_config_t *c, int Bm)
     size_t De = c->embed_dim, H = c->hidden_dim, Dc = c->context_dim, V = c->vocab_size,
            L = c->num_layers;
     return N * (De + Dc) + 2 * L * N * H + N * 3 * Dc + 2 * N * Dc + N + N * V + N * De +
-           2 * (size_t)Bm * Dc + 2 * N + 2 * N /* ids */;
+           2 * (size_t)Bm * Dc + 2 * N + 2 * N /* ids */ +
+           (IDS_OFFSET + sizeof(nllm_step_out_t) * (NLLM_STATS_RING + 1)) / sizeof(float);
 }
 
 size_t nllm_model_bytes_needed(const nllm_model_config_t *c, int max_batch)
@@ -275,16 +302,18 @@ int nllm_model_create(const nllm_model_config_t *cfg, nllm_backend_t *be, int ma
     DEV_ALLOC(m->clast, (size_t)max_batch * Dc, float);
     DEV_ALLOC(m->row_loss, N, float);
     DEV_ALLOC(m->row_hit, N, float);
-    DEV_ALLOC(m->ids_in, N, int32_t);
-    DEV_ALLOC(m->ids_tgt, N, int32_t);
-    m->h_in = malloc(sizeof(int32_t) * N);
-    m->h_tgt = malloc(sizeof(int32_t) * N);
-    m->h_loss = malloc(sizeof(float) * N);
-    m->h_hit = malloc(sizeof(float) * N);
-    if (!m->h_in || !m->h_tgt || !m->h_loss || !m->h_hit) {
+    DEV_ALLOC(m->dblock, IDS_OFFSET + 2 * sizeof(int32_t) * N, unsigned char);
+    DEV_ALLOC(m->ring, NLLM_STATS_RING + 1, nllm_step_out_t);
+    m->sd = (nllm_step_dev_t *)m->dblock;
+    m->ids_in = (int32_t *)(m->dblock + IDS_OFFSET);
+    m->ids_tgt = m->ids_in + N;
+    m->hblock = calloc(1, IDS_OFFSET + 2 * sizeof(int32_t) * N);
+    if (!m->hblock) {
         nllm_model_destroy(m);
         return nllm_err_set(err, NLLM_ENOMEM, "model: out of host memory");
     }
+    m->h_sd = (nllm_step_dev_t *)m->hblock;
+    m->h_in = (int32_t *)(m->hblock + IDS_OFFSET);
     *out = m;
     return 0;
 oom:
@@ -305,17 +334,16 @@ void nllm_model_destroy(nllm_model_t *m)
     if (!m)
         return;
     nllm_backend_t *be = m->be;
+    if (be->record_drop)
+        be->record_drop(be, m);
     void *dev[] = {m->w,    m->g,    m->m1,       m->m2,      m->a0,     m->act,
                    m->dz,   m->gts,  m->xhat,     m->rstd,    m->dn,     m->y,
-                   m->dx,   m->dc,   m->clast,    m->row_loss, m->row_hit, m->ids_in,
-                   m->ids_tgt};
+                   m->dx,   m->dc,   m->clast,    m->row_loss, m->row_hit, m->dblock,
+                   m->ring};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i])
             be->free(be, dev[i]);
-    free(m->h_in);
-    free(m->h_tgt);
-    free(m->h_loss);
-    free(m->h_hit);
+    free(m->hblock);
     free(m->params);
     free(m->off_w);
     free(m->off_b);
@@ -373,6 +401,7 @@ void nllm_model_init_weights(nllm_model_t *m, uint64_t seed)
     m->be->zero(m->be, m->m1, bytes);
     m->be->zero(m->be, m->m2, bytes);
     m->be->zero(m->be, m->g, bytes);
+    m->be->zero(m->be, m->sd, NLLM_STEP_DEV_HOST_OFFSET); /* new weights: not halted */
     free(h);
 }
 
@@ -399,6 +428,7 @@ int nllm_model_set_state(nllm_model_t *m, const float *weights, const float *exp
         m->be->upload(m->be, m->m1, exp_avg, bytes);
     if (exp_avg_sq)
         m->be->upload(m->be, m->m2, exp_avg_sq, bytes);
+    m->be->zero(m->be, m->sd, NLLM_STEP_DEV_HOST_OFFSET); /* new weights: not halted */
     return m->be->sync(m->be, err);
 }
 
@@ -410,21 +440,22 @@ int nllm_model_get_grads(nllm_model_t *m, float *grads, nllm_err_t *err)
 
 /* ---- forward --------------------------------------------------------- */
 
-int nllm_model_forward(nllm_model_t *m, const int32_t *windows, int B, int train, uint64_t seed,
-                       uint32_t step, int want_grad, nllm_batch_stats_t *stats, nllm_err_t *err)
+/* Host half of a step: checks the ids, writes them time-major with the
+ * per-step scalars into the host block and uploads it (one copy, no wait).
+ * The caller has set h_sd->max_norm and h_sd->adam where they matter. */
+static int prepare(nllm_model_t *m, const int32_t *windows, int B, int train, int want_grad,
+                   uint64_t seed, uint32_t step, uint32_t slot, nllm_err_t *err)
 {
     const nllm_model_config_t *c = &m->cfg;
     nllm_backend_t *be = m->be;
     if (B < 1 || B > m->max_batch)
         return nllm_err_set(err, NLLM_EINVAL, "forward: batch %d outside 1..%d", B,
                             m->max_batch);
-    const int S = c->max_seq_length, T = S - 1, V = c->vocab_size, De = c->embed_dim,
-              H = c->hidden_dim, Dc = c->context_dim, L = c->num_layers, Da = De + Dc;
+    const int S = c->max_seq_length, T = S - 1, V = c->vocab_size;
     const int N = T * B;
-    const float p = train ? c->dropout : 0.0f;
-
     /* time-major ids; count the non-pad targets */
     int64_t tokens = 0;
+    int32_t *h_tgt = m->h_in + N; /* ids_tgt follows ids_in for this B */
     for (int b = 0; b < B; b++) {
         const int32_t *w = windows + (size_t)b * S;
         for (int t = 0; t < T; t++) {
@@ -436,12 +467,42 @@ int nllm_model_forward(nllm_model_t *m, const int32_t *windows, int B, int train
                                     (x < 0 || x >= V) ? x : y, b, (x < 0 || x >= V) ? t : t + 1,
                                     V - 1);
             m->h_in[t * B + b] = x;
-            m->h_tgt[t * B + b] = y;
+            h_tgt[t * B + b] = y;
             tokens += y != 0;
         }
     }
-    be->upload(be, m->ids_in, m->h_in, sizeof(int32_t) * (size_t)N);
-    be->upload(be, m->ids_tgt, m->h_tgt, sizeof(int32_t) * (size_t)N);
+    nllm_step_dev_t *h = m->h_sd;
+    h->seed = seed;
+    h->rng_step = step;
+    h->slot = slot;
+    h->grad_scale = tokens > 0 ? 1.0f / (float)tokens : 0.0f;
+    m->ids_tgt = m->ids_in + N;
+    be->upload(be, m->dblock + NLLM_STEP_DEV_HOST_OFFSET, m->hblock + NLLM_STEP_DEV_HOST_OFFSET,
+               IDS_OFFSET - NLLM_STEP_DEV_HOST_OFFSET + 2 * sizeof(int32_t) * (size_t)N);
+    m->slot_tokens[slot] = tokens;
+    m->cur_B = B;
+    m->cur_train = train;
+    m->cur_grad = want_grad;
+    m->last_B = B;
+    m->last_grad = want_grad;
+    m->last_train = train;
+    m->last_seed = seed;
+    m->last_step = step;
+    m->last_tokens = tokens;
+    return 0;
+}
+
+/* The forward ops of the prepared batch, through the loss and the batch's
+ * figures (ring slot sd->slot). */
+static void forward_body(nllm_model_t *m)
+{
+    const nllm_model_config_t *c = &m->cfg;
+    nllm_backend_t *be = m->be;
+    const int B = m->cur_B, want_grad = m->cur_grad;
+    const int S = c->max_seq_length, T = S - 1, V = c->vocab_size, De = c->embed_dim,
+              H = c->hidden_dim, Dc = c->context_dim, L = c->num_layers, Da = De + Dc;
+    const int N = T * B;
+    const float p = m->cur_train ? c->dropout : 0.0f;
 
     const float *W1 = m->w + m->off_w[0];
     /* e_t for every position into A0[:, :De]; c(-1) = 0 */
@@ -458,14 +519,14 @@ int nllm_model_forward(nllm_model_t *m, const int32_t *windows, int B, int train
         float *a1 = m->act + r0 * H;
         if (cprev)
             be->gemm(be, 0, 1, B, H, Dc, 1.0f, cprev, Da, W1 + De, Da, 1.0f, a1, H);
-        be->bias_relu_dropout_forward(be, a1, m->w + m->off_b[0], B, H, t, T, seed,
-                                      NLLM_STREAM_DROPOUT0, step, p);
+        be->bias_relu_dropout_forward(be, a1, m->w + m->off_b[0], B, H, t, T, m->sd,
+                                      NLLM_STREAM_DROPOUT0, p);
         for (int l = 1; l < L; l++) {
             float *in = m->act + (size_t)(l - 1) * NH + r0 * H;
             float *o = m->act + (size_t)l * NH + r0 * H;
             be->gemm(be, 0, 1, B, H, H, 1.0f, in, H, m->w + m->off_w[l], H, 0.0f, o, H);
-            be->bias_relu_dropout_forward(be, o, m->w + m->off_b[l], B, H, t, T, seed,
-                                          NLLM_STREAM_DROPOUT0 + (uint32_t)l, step, p);
+            be->bias_relu_dropout_forward(be, o, m->w + m->off_b[l], B, H, t, T, m->sd,
+                                          NLLM_STREAM_DROPOUT0 + (uint32_t)l, p);
         }
         float *h = m->act + (size_t)(L - 1) * NH + r0 * H;
         float *g = m->gts + r0 * 3 * Dc;
@@ -478,31 +539,49 @@ int nllm_model_forward(nllm_model_t *m, const int32_t *windows, int B, int train
     /* output head for all positions */
     const float *hL = m->act + (size_t)(L - 1) * NH;
     be->gemm(be, 0, 1, N, V, H, 1.0f, hL, H, m->w + m->off_wo, H, 0.0f, m->y, V);
-    float scale = tokens > 0 ? 1.0f / (float)tokens : 0.0f;
-    be->softmax_xent(be, m->y, m->w + m->off_bo, m->ids_tgt, N, V, want_grad, scale,
+    be->softmax_xent(be, m->y, m->w + m->off_bo, m->ids_tgt, N, V, want_grad, m->sd,
                      m->row_loss, m->row_hit);
-    be->download(be, m->h_loss, m->row_loss, sizeof(float) * (size_t)N);
-    be->download(be, m->h_hit, m->row_hit, sizeof(float) * (size_t)N);
-    int rc = be->sync(be, err);
+    be->batch_stats(be, m->row_loss, m->row_hit, N, m->sd, m->ring);
+}
+
+static void eval_body(void *ctx)
+{
+    forward_body(ctx);
+}
+
+/* Runs body for the prepared batch: recorded per (batch, kind) where the
+ * backend records. */
+static void run_body(nllm_model_t *m, int kind, void (*body)(void *))
+{
+    nllm_backend_t *be = m->be;
+    if (be->record)
+        be->record(be, m, ((uint64_t)m->cur_B << 1) | (uint64_t)kind, body, m);
+    else
+        body(m);
+}
+
+int nllm_model_forward(nllm_model_t *m, const int32_t *windows, int B, int train, uint64_t seed,
+                       uint32_t step, int want_grad, nllm_batch_stats_t *stats, nllm_err_t *err)
+{
+    nllm_backend_t *be = m->be;
+    int rc = prepare(m, windows, B, train, want_grad, seed, step, FWD_SLOT, err);
+    if (rc < 0) {
+        m->last_B = 0;
+        return rc;
+    }
+    if (!train && !want_grad)
+        run_body(m, KEY_EVAL, eval_body); /* validation: the same shape batch after batch */
+    else
+        forward_body(m);
+    be->download(be, &m->h_ring[FWD_SLOT], &m->ring[FWD_SLOT], sizeof(nllm_step_out_t));
+    rc = be->sync(be, err);
     if (rc < 0)
         return rc;
-    double loss = 0.0;
-    int64_t hits = 0;
-    for (int r = 0; r < N; r++) {
-        loss += m->h_loss[r];
-        hits += m->h_hit[r] != 0.0f;
-    }
     if (stats) {
-        stats->loss_sum = loss;
-        stats->tokens = tokens;
-        stats->correct = hits;
+        stats->loss_sum = m->h_ring[FWD_SLOT].loss_sum;
+        stats->tokens = m->slot_tokens[FWD_SLOT];
+        stats->correct = m->h_ring[FWD_SLOT].correct;
     }
-    m->last_B = B;
-    m->last_grad = want_grad;
-    m->last_train = train;
-    m->last_seed = seed;
-    m->last_step = step;
-    m->last_tokens = tokens;
     return 0;
 }
 
@@ -536,17 +615,16 @@ int nllm_model_get_context(nllm_model_t *m, float *out, nllm_err_t *err)
 
 /* ---- backward -------------------------------------------------------- */
 
-int nllm_model_backward(nllm_model_t *m, nllm_err_t *err)
+/* The backward ops of the last forward with gradients (cur_*). */
+static void backward_body(nllm_model_t *m)
 {
-    if (m->last_B == 0 || !m->last_grad)
-        return nllm_err_set(err, NLLM_ESTATE, "backward: no forward pass with gradients");
     const nllm_model_config_t *c = &m->cfg;
     nllm_backend_t *be = m->be;
-    const int B = m->last_B, T = c->max_seq_length - 1, V = c->vocab_size, De = c->embed_dim,
+    const int B = m->cur_B, T = c->max_seq_length - 1, V = c->vocab_size, De = c->embed_dim,
               H = c->hidden_dim, Dc = c->context_dim, L = c->num_layers, Da = De + Dc;
     const int N = T * B;
     const size_t NH = (size_t)N * H;
-    const float p = m->last_train ? c->dropout : 0.0f;
+    const float p = m->cur_train ? c->dropout : 0.0f;
     const float *W1 = m->w + m->off_w[0];
     const float *hL = m->act + (size_t)(L - 1) * NH;
     /* dz of the last layer doubles as dh (gradient at h_t) */
@@ -599,20 +677,102 @@ int nllm_model_backward(nllm_model_t *m, nllm_err_t *err)
     be->gemm(be, 0, 0, N, De, H, 1.0f, m->dz, H, W1, Da, 0.0f, m->dx, De);
     be->zero(be, m->g + m->off_emb, sizeof(float) * (size_t)V * De);
     be->embedding_backward(be, m->g + m->off_emb, m->dx, De, m->ids_in, N, De);
+}
+
+int nllm_model_backward(nllm_model_t *m, nllm_err_t *err)
+{
+    if (m->last_B == 0 || !m->last_grad)
+        return nllm_err_set(err, NLLM_ESTATE, "backward: no forward pass with gradients");
+    backward_body(m);
     m->last_grad = 0; /* activations were consumed */
-    return be->sync(be, err);
+    return m->be->sync(m->be, err);
 }
 
 double nllm_model_grad_norm(nllm_model_t *m)
 {
+    nllm_backend_t *be = m->be;
     double s = 0.0;
-    m->be->sq_norm(m->be, m->g, m->nfloats, &s);
+    be->sq_norm(be, m->g, m->nfloats, &m->sd->sqnorm);
+    be->download(be, &s, &m->sd->sqnorm, sizeof s);
+    if (be->sync(be, NULL) < 0)
+        return 0.0; /* the caller's next sync reports the error */
     return sqrt(s);
 }
 
 void nllm_model_adam(nllm_model_t *m, const nllm_adam_consts_t *c)
 {
-    m->be->adam(m->be, m->w, m->m1, m->m2, m->g, m->nfloats, c);
+    nllm_backend_t *be = m->be;
+    m->h_sd->adam = *c;
+    be->upload(be, m->dblock + NLLM_STEP_DEV_HOST_OFFSET, m->hblock + NLLM_STEP_DEV_HOST_OFFSET,
+               sizeof(nllm_step_dev_t) - NLLM_STEP_DEV_HOST_OFFSET);
+    be->adam(be, m->w, m->m1, m->m2, m->g, m->nfloats, m->sd);
+}
+
+/* The whole training step after prepare(): forward, BPTT, weight
+ * gradients, norm, clip decision and Adam, every per-step value read from
+ * the device block. */
+static void train_body(void *ctx)
+{
+    nllm_model_t *m = ctx;
+    nllm_backend_t *be = m->be;
+    forward_body(m);
+    backward_body(m);
+    be->sq_norm(be, m->g, m->nfloats, &m->sd->sqnorm);
+    be->clip(be, m->sd, m->ring);
+    be->adam(be, m->w, m->m1, m->m2, m->g, m->nfloats, m->sd);
+}
+
+int nllm_model_train_step_async(nllm_model_t *m, const int32_t *windows, int B, uint64_t seed,
+                                uint32_t rng_step, int64_t adam_t, const nllm_optim_t *opt,
+                                int slot, nllm_err_t *err)
+{
+    if (slot < 0 || slot >= NLLM_STATS_RING)
+        return nllm_err_set(err, NLLM_EINVAL, "train step: stats slot %d outside 0..%d", slot,
+                            NLLM_STATS_RING - 1);
+    m->h_sd->max_norm = opt->max_norm;
+    m->h_sd->adam = nllm_adam_consts(opt->lr, opt->beta1, opt->beta2, opt->eps,
+                                     opt->weight_decay, adam_t, 1.0);
+    int rc = prepare(m, windows, B, 1, 1, seed, rng_step, (uint32_t)slot, err);
+    if (rc < 0) {
+        m->last_B = 0;
+        return rc;
+    }
+    run_body(m, KEY_TRAIN, train_body);
+    m->last_grad = 0; /* activations were consumed */
+    return 0;
+}
+
+int nllm_model_read_stats(nllm_model_t *m, int first, int n, nllm_step_stats_t *out,
+                          nllm_err_t *err)
+{
+    if (first < 0 || n < 0 || first + n > NLLM_STATS_RING)
+        return nllm_err_set(err, NLLM_EINVAL, "read stats: slots %d..%d outside 0..%d", first,
+                            first + n - 1, NLLM_STATS_RING - 1);
+    if (n == 0)
+        return 0;
+    nllm_backend_t *be = m->be;
+    be->download(be, &m->h_ring[first], &m->ring[first], sizeof(nllm_step_out_t) * (size_t)n);
+    int rc = be->sync(be, err);
+    if (rc < 0)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        const nllm_step_out_t *o = &m->h_ring[first + i];
+        out[i].batch.loss_sum = o->loss_sum;
+        out[i].batch.tokens = m->slot_tokens[first + i];
+        out[i].batch.correct = o->correct;
+        out[i].grad_norm = o->grad_norm;
+        out[i].clip_scale = o->clip_scale;
+        out[i].halted = o->halted;
+    }
+    return 0;
+}
+
+int nllm_model_diverged(double grad_norm, uint32_t rng_step, nllm_err_t *err)
+{
+    return nllm_err_set(err, NLLM_EINVAL,
+                        "training diverged: gradient norm is %g at step %u; lower --lr or use "
+                        "clipping",
+                        grad_norm, rng_step);
 }
 
 int nllm_model_train_step(nllm_model_t *m, const int32_t *windows, int B, uint64_t seed,
@@ -622,31 +782,14 @@ int nllm_model_train_step(nllm_model_t *m, const int32_t *windows, int B, uint64
     nllm_step_stats_t local;
     if (!st)
         st = &local;
-    int rc = nllm_model_forward(m, windows, B, 1, seed, rng_step, 1, &st->batch, err);
+    int rc = nllm_model_train_step_async(m, windows, B, seed, rng_step, adam_t, opt, 0, err);
+    if (rc == 0)
+        rc = nllm_model_read_stats(m, 0, 1, st, err);
     if (rc < 0)
         return rc;
-    rc = nllm_model_backward(m, err);
-    if (rc < 0)
-        return rc;
-    double norm = nllm_model_grad_norm(m);
-    st->grad_norm = norm;
-    /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), used when < 1 */
-    double scale = 1.0;
-    if (opt->max_norm > 0.0) {
-        double coef = opt->max_norm / (norm + 1e-6);
-        if (coef < 1.0)
-            scale = coef;
-    }
-    st->clip_scale = scale;
-    if (!isfinite(norm))
-        return nllm_err_set(err, NLLM_EINVAL,
-                            "training diverged: gradient norm is %g at step %u; lower --lr or "
-                            "use clipping",
-                            norm, rng_step);
-    nllm_adam_consts_t k = nllm_adam_consts(opt->lr, opt->beta1, opt->beta2, opt->eps,
-                                            opt->weight_decay, adam_t, scale);
-    nllm_model_adam(m, &k);
-    return m->be->sync(m->be, err);
+    if (!isfinite(st->grad_norm))
+        return nllm_model_diverged(st->grad_norm, rng_step, err);
+    return 0;
 }
 
 /* ---- generation -------------------------------------------------------- */
@@ -668,10 +811,10 @@ int nllm_model_step_logits(nllm_model_t *m, int32_t tok, float *ctx, float *out,
     be->upload(be, m->a0 + De, ctx, sizeof(float) * (size_t)Dc);
     float *a = m->act, *o = m->act + H;
     be->gemm(be, 0, 1, 1, H, Da, 1.0f, m->a0, Da, m->w + m->off_w[0], Da, 0.0f, a, H);
-    be->bias_relu_dropout_forward(be, a, m->w + m->off_b[0], 1, H, 0, 1, 0, 0, 0, 0.0f);
+    be->bias_relu_dropout_forward(be, a, m->w + m->off_b[0], 1, H, 0, 1, m->sd, 0, 0.0f);
     for (int l = 1; l < L; l++) {
         be->gemm(be, 0, 1, 1, H, H, 1.0f, a, H, m->w + m->off_w[l], H, 0.0f, o, H);
-        be->bias_relu_dropout_forward(be, o, m->w + m->off_b[l], 1, H, 0, 1, 0, 0, 0, 0.0f);
+        be->bias_relu_dropout_forward(be, o, m->w + m->off_b[l], 1, H, 0, 1, m->sd, 0, 0.0f);
         float *tmp = a;
         a = o;
         o = tmp;
@@ -680,9 +823,9 @@ int nllm_model_step_logits(nllm_model_t *m, int32_t tok, float *ctx, float *out,
     be->gemm(be, 0, 1, 1, 3 * Dc, H, 1.0f, a, H, m->w + m->off_wg, H, 0.0f, m->gts, 3 * Dc);
     be->context_forward(be, &ca, m->gts, m->a0 + De, Da, m->xhat, m->rstd, m->clast, Dc);
     be->gemm(be, 0, 1, 1, V, H, 1.0f, a, H, m->w + m->off_wo, H, 0.0f, m->y, V);
-    m->h_tgt[0] = 0;
-    be->upload(be, m->ids_tgt, m->h_tgt, sizeof(int32_t));
-    be->softmax_xent(be, m->y, m->w + m->off_bo, m->ids_tgt, 1, V, 0, 0.0f, m->row_loss,
+    const int32_t no_target = 0;
+    be->upload(be, m->ids_tgt, &no_target, sizeof no_target);
+    be->softmax_xent(be, m->y, m->w + m->off_bo, m->ids_tgt, 1, V, 0, m->sd, m->row_loss,
                      m->row_hit);
     be->download(be, out, m->y, sizeof(float) * (size_t)V);
     be->download(be, ctx, m->clast, sizeof(float) * (size_t)Dc);

@@ -118,13 +118,37 @@ typedef struct {
     nllm_batch_stats_t batch;
     double grad_norm;  /* before clipping */
     double clip_scale; /* factor applied (1 when no clipping happened) */
+    int halted;        /* no update: this or an earlier step diverged */
 } nllm_step_stats_t;
 
-/* forward + backward + clip + Adam. adam_t: 1-based optimizer step count;
- * the dropout masks use rng_step. */
+/* forward + backward + clip + Adam, then waits for the step's figures.
+ * adam_t: 1-based optimizer step count; the dropout masks use rng_step.
+ * A non-finite gradient norm is an error (nllm_model_diverged) and leaves
+ * the weights as they were before the step. */
 int nllm_model_train_step(nllm_model_t *m, const int32_t *windows, int B, uint64_t seed,
                           uint32_t rng_step, int64_t adam_t, const nllm_optim_t *opt,
                           nllm_step_stats_t *st, nllm_err_t *err);
+
+/* Slots of the stats ring: how many steps may be queued before their
+ * figures are read. */
+#define NLLM_STATS_RING 64
+
+/* The same step, queued without waiting for the device: one upload (the
+ * ids and per-step scalars), then the device work. Its figures land in
+ * ring slot `slot` (0 .. NLLM_STATS_RING-1), read with
+ * nllm_model_read_stats. A step whose gradient norm is not finite updates
+ * nothing and halts the model: later steps update nothing either, until
+ * new weights are set (init_weights, set_state). Errors returned here are
+ * the host's (bad ids, slot); device errors surface at the next read. */
+int nllm_model_train_step_async(nllm_model_t *m, const int32_t *windows, int B, uint64_t seed,
+                                uint32_t rng_step, int64_t adam_t, const nllm_optim_t *opt,
+                                int slot, nllm_err_t *err);
+/* Waits for the queued work and copies the figures of slots
+ * first .. first+n-1 to out[0 .. n-1] (one download, one sync). */
+int nllm_model_read_stats(nllm_model_t *m, int first, int n, nllm_step_stats_t *out,
+                          nllm_err_t *err);
+/* The error of a step whose gradient norm is not finite. */
+int nllm_model_diverged(double grad_norm, uint32_t rng_step, nllm_err_t *err);
 
 /* Multiply-adds of one forward position (model.md's cost formula). */
 double nllm_model_macs_per_token(const nllm_model_config_t *cfg);

@@ -171,4 +171,17 @@ NLLM_HD void nllm_adam_update(float *p, float *m, float *v, float grad,
     *p = *p - c->step_size * (mm / denom);
 }
 
+/* Global-norm clipping as torch.nn.utils.clip_grad_norm_: the factor is
+ * max_norm / (norm + 1e-6) when that is below 1, else 1 (also with
+ * max_norm <= 0: no clipping). Computed in double by every backend. */
+NLLM_HD double nllm_clip_factor(double norm, double max_norm)
+{
+    if (max_norm > 0.0) {
+        double coef = max_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            return coef;
+    }
+    return 1.0;
+}
+
 #endif /* NLLM_MATH_H */

@@ -5,12 +5,20 @@
  * Float paths must agree to 1e-5 relative to the output's scale (max |ref|)
  * and NaN always fails; dropout masks, ReLU, embedding rows, the embedding
  * gradient and Adam's element-wise formulas must agree bit for bit; every
- * reduction must give bit-identical results on two GPU runs. Exits 77 when
- * there is no CUDA device (or no CUDA in this build).
+ * reduction must give bit-identical results on two GPU runs. A training
+ * step recorded as a CUDA graph must give the same bits as the same step run
+ * op by op, and queued steps (stats ring) the same as waited-for ones.
+ * tf32 and bf16 (tensor-core GEMMs) are held to looser bars against the
+ * CPU's fp32, written down at each check, and must be deterministic too.
+ * Exits 77 when there is no CUDA device (or no CUDA in this build).
  *   test_cuda_ops            everything
- *   test_cuda_ops --ops      the op tests only (quick; for compute-sanitizer)
- *   test_cuda_ops --digest   prints "digest <hex>" of a GPU training run, for
- *                            tests/gpu/check.sh's run-twice determinism check
+ *   test_cuda_ops --ops      the op tests only (quick; for compute-sanitizer;
+ *                            without the deliberate out-of-memory probe,
+ *                            which memcheck would report)
+ *   test_cuda_ops --digest [fp32|tf32|bf16]
+ *                            prints "digest <hex>" of a GPU training run in
+ *                            that precision, for tests/gpu/check.sh's
+ *                            run-twice determinism check
  */
 #include <math.h>
 #include <stdio.h>
@@ -24,6 +32,7 @@
 #include "testutil.h"
 
 static nllm_backend_t *cpu, *gpu;
+static int ops_only;
 
 static void fill(float *x, size_t n, uint64_t seed, float scale)
 {
@@ -221,8 +230,10 @@ static void test_bias_relu_dropout(void)
             fill(dx, n, 8, 1.0f);
             float *d_x = dput(x, sizeof(float) * n), *d_b = dput(bias, sizeof(float) * H),
                   *d_dx = dput(dx, sizeof(float) * n);
-            cpu->bias_relu_dropout_forward(cpu, x, bias, B, H, t, T, seed, stream, step, p);
-            gpu->bias_relu_dropout_forward(gpu, d_x, d_b, B, H, t, T, seed, stream, step, p);
+            nllm_step_dev_t sd = {.seed = seed, .rng_step = step};
+            nllm_step_dev_t *d_sd = dput(&sd, sizeof sd);
+            cpu->bias_relu_dropout_forward(cpu, x, bias, B, H, t, T, &sd, stream, p);
+            gpu->bias_relu_dropout_forward(gpu, d_x, d_b, B, H, t, T, d_sd, stream, p);
             dget(xg, d_x, sizeof(float) * n, "bias_relu_dropout_forward");
             size_t masks = 0;
             for (size_t i = 0; i < n; i++)
@@ -238,6 +249,7 @@ static void test_bias_relu_dropout(void)
                   H, (double)p, ndiff(dxg, dx, n));
             gpu->free(gpu, d_x);
             gpu->free(gpu, d_b);
+            gpu->free(gpu, d_sd);
             gpu->free(gpu, d_dx);
             free(x);
             free(xg);
@@ -361,12 +373,13 @@ static void xent_case(int N, int V)
     float *d_y = dput(NULL, 4 * ny), *d_b = dput(bias, 4 * (size_t)V), *d_l = dput(NULL, 4 * N),
           *d_h = dput(NULL, 4 * N);
     int32_t *d_t = dput(tgt, 4 * (size_t)N);
+    nllm_step_dev_t sd = {.grad_scale = 1.0f / 7.0f};
+    nllm_step_dev_t *d_sd = dput(&sd, sizeof sd);
     for (int grad = 0; grad < 2; grad++) {
-        float scale = 1.0f / 7.0f;
         memcpy(y, y0, 4 * ny);
         gpu->upload(gpu, d_y, y0, 4 * ny);
-        cpu->softmax_xent(cpu, y, bias, tgt, N, V, grad, scale, loss, hit);
-        gpu->softmax_xent(gpu, d_y, d_b, d_t, N, V, grad, scale, d_l, d_h);
+        cpu->softmax_xent(cpu, y, bias, tgt, N, V, grad, &sd, loss, hit);
+        gpu->softmax_xent(gpu, d_y, d_b, d_t, N, V, grad, d_sd, d_l, d_h);
         dget(yg, d_y, 4 * ny, "softmax_xent");
         dget(lossg, d_l, 4 * N, "softmax_xent");
         dget(hitg, d_h, 4 * N, "softmax_xent");
@@ -393,6 +406,7 @@ static void xent_case(int N, int V)
     gpu->free(gpu, d_l);
     gpu->free(gpu, d_h);
     gpu->free(gpu, d_t);
+    gpu->free(gpu, d_sd);
     free(y0);
     free(y);
     free(yg);
@@ -459,10 +473,13 @@ static void sqnorm_case(int64_t n)
     fill(v, (size_t)n, 31, 1.0f);
     float *d_v = dput(v, sizeof(float) * (size_t)(n > 0 ? n : 1));
     double sc = -1, s1 = -1, s2 = -1;
+    double *d_s = dput(NULL, 2 * sizeof(double));
     cpu->sq_norm(cpu, v, n, &sc);
-    gpu->sq_norm(gpu, d_v, n, &s1);
-    gpu->sq_norm(gpu, d_v, n, &s2);
-    gsync("sq_norm");
+    gpu->sq_norm(gpu, d_v, n, d_s);
+    gpu->sq_norm(gpu, d_v, n, d_s + 1);
+    dget(&s1, d_s, sizeof s1, "sq_norm");
+    dget(&s2, d_s + 1, sizeof s2, "sq_norm");
+    gpu->free(gpu, d_s);
     CHECK(fabs(s1 - sc) <= 1e-10 * sc, "sq_norm n=%lld: %.17g vs CPU %.17g", (long long)n, s1, sc);
     CHECK(memcmp(&s1, &s2, sizeof s1) == 0, "sq_norm n=%lld: two GPU runs differ", (long long)n);
     gpu->free(gpu, d_v);
@@ -491,13 +508,16 @@ static void test_adam(void)
     memset(m, 0, b);
     memset(v, 0, b);
     float *d_p = dput(p, b), *d_m = dput(m, b), *d_v = dput(v, b), *d_g = dput(NULL, b);
+    nllm_step_dev_t *d_sd = dput(NULL, sizeof(nllm_step_dev_t));
     for (int t = 1; t <= 3; t++) {
         fill(g, (size_t)n, 41 + (uint64_t)t, 1.0f);
         gpu->upload(gpu, d_g, g, b);
-        nllm_adam_consts_t c = nllm_adam_consts(1e-3, 0.9, 0.999, 1e-8, 0.01, t, 0.5);
-        cpu->adam(cpu, p, m, v, g, n, &c);
-        gpu->adam(gpu, d_p, d_m, d_v, d_g, n, &c);
+        nllm_step_dev_t sd = {.adam = nllm_adam_consts(1e-3, 0.9, 0.999, 1e-8, 0.01, t, 0.5)};
+        gpu->upload(gpu, d_sd, &sd, sizeof sd);
+        cpu->adam(cpu, p, m, v, g, n, &sd);
+        gpu->adam(gpu, d_p, d_m, d_v, d_g, n, d_sd);
     }
+    gpu->free(gpu, d_sd);
     dget(pg, d_p, b, "adam");
     dget(mg, d_m, b, "adam");
     dget(vg, d_v, b, "adam");
@@ -516,6 +536,95 @@ static void test_adam(void)
     free(pg);
     free(mg);
     free(vg);
+}
+
+/* batch_stats, clip and the halt, against the CPU: the figures to 1e-12,
+ * the clip decision bit for bit, a NaN norm halting Adam for good. */
+static void test_step_ops(void)
+{
+    enum { N = 100000, P = 4099 };
+    float *loss = xmalloc(sizeof(float) * N), *hit = xmalloc(sizeof(float) * N);
+    fill(loss, N, 60, 2.0f);
+    for (int r = 0; r < N; r++) {
+        loss[r] = fabsf(loss[r]);
+        hit[r] = r % 3 == 0 ? 1.0f : 0.0f;
+    }
+    nllm_step_out_t ring_c[3], ring_g[3];
+    memset(ring_c, 0, sizeof ring_c);
+    nllm_step_dev_t sd = {.slot = 1, .max_norm = 1.0};
+    float *d_loss = dput(loss, sizeof(float) * N), *d_hit = dput(hit, sizeof(float) * N);
+    nllm_step_dev_t *d_sd = dput(&sd, sizeof sd);
+    nllm_step_out_t *d_ring = dput(ring_c, sizeof ring_c);
+    cpu->batch_stats(cpu, loss, hit, N, &sd, ring_c);
+    gpu->batch_stats(gpu, d_loss, d_hit, N, d_sd, d_ring);
+    dget(ring_g, d_ring, sizeof ring_g, "batch_stats");
+    CHECK(fabs(ring_g[1].loss_sum - ring_c[1].loss_sum) <= 1e-12 * ring_c[1].loss_sum,
+          "batch_stats: loss %.17g vs CPU %.17g", ring_g[1].loss_sum, ring_c[1].loss_sum);
+    CHECK(ring_g[1].correct == ring_c[1].correct, "batch_stats: %lld hits vs CPU %lld",
+          (long long)ring_g[1].correct, (long long)ring_c[1].correct);
+    CHECK(ring_g[0].loss_sum == 0 && ring_g[2].correct == 0, "batch_stats wrote outside slot 1");
+    double again;
+    gpu->batch_stats(gpu, d_loss, d_hit, N, d_sd, d_ring);
+    dget(ring_g, d_ring, sizeof ring_g, "batch_stats");
+    again = ring_g[1].loss_sum;
+    gpu->batch_stats(gpu, d_loss, d_hit, N, d_sd, d_ring);
+    dget(ring_g, d_ring, sizeof ring_g, "batch_stats");
+    CHECK(memcmp(&again, &ring_g[1].loss_sum, sizeof again) == 0,
+          "batch_stats: two GPU runs differ");
+
+    /* the clip decision from a norm computed on the device */
+    float *g = xmalloc(sizeof(float) * P);
+    fill(g, P, 61, 0.1f);
+    float *d_g = dput(g, sizeof(float) * P);
+    cpu->sq_norm(cpu, g, P, &sd.sqnorm);
+    gpu->sq_norm(gpu, d_g, P, &d_sd->sqnorm);
+    cpu->clip(cpu, &sd, ring_c);
+    gpu->clip(gpu, d_sd, d_ring);
+    nllm_step_dev_t sdg;
+    dget(&sdg, d_sd, sizeof sdg, "clip");
+    dget(ring_g, d_ring, sizeof ring_g, "clip");
+    CHECK(fabs(ring_g[1].grad_norm - ring_c[1].grad_norm) <= 1e-12 * ring_c[1].grad_norm,
+          "clip: norm %.17g vs CPU %.17g", ring_g[1].grad_norm, ring_c[1].grad_norm);
+    CHECK(sdg.adam.clip_scale == (float)nllm_clip_factor(ring_g[1].grad_norm, 1.0) &&
+              ring_g[1].clip_scale == nllm_clip_factor(ring_g[1].grad_norm, 1.0),
+          "clip: factor %.9g on the GPU for norm %.17g", (double)sdg.adam.clip_scale,
+          ring_g[1].grad_norm);
+    CHECK(!sdg.halted && !ring_g[1].halted, "clip: a finite norm halted the GPU");
+
+    /* a NaN gradient: halted, Adam leaves every weight alone */
+    g[7] = NAN;
+    gpu->upload(gpu, d_g, g, sizeof(float) * P);
+    float *w = xmalloc(sizeof(float) * P), *wb = xmalloc(sizeof(float) * P);
+    fill(w, P, 62, 1.0f);
+    float *d_w = dput(w, sizeof(float) * P), *d_m1 = dput(NULL, sizeof(float) * P),
+          *d_m2 = dput(NULL, sizeof(float) * P);
+    sd.adam = nllm_adam_consts(1e-2, 0.9, 0.999, 1e-8, 0, 1, 1.0);
+    gpu->upload(gpu, (char *)d_sd + NLLM_STEP_DEV_HOST_OFFSET,
+                (char *)&sd + NLLM_STEP_DEV_HOST_OFFSET,
+                sizeof sd - NLLM_STEP_DEV_HOST_OFFSET);
+    gpu->sq_norm(gpu, d_g, P, &d_sd->sqnorm);
+    gpu->clip(gpu, d_sd, d_ring);
+    gpu->adam(gpu, d_w, d_m1, d_m2, d_g, P, d_sd);
+    dget(wb, d_w, sizeof(float) * P, "adam (halted)");
+    dget(ring_g, d_ring, sizeof ring_g, "clip (NaN)");
+    CHECK(ring_g[1].halted == 1 && isnan(ring_g[1].grad_norm),
+          "clip: a NaN gradient gave norm %g, halted %d", ring_g[1].grad_norm, ring_g[1].halted);
+    CHECK(ndiff(wb, w, P) == 0, "adam changed %zu weights of a halted model", ndiff(wb, w, P));
+    g[7] = 0.0f; /* finite again: still halted */
+    gpu->upload(gpu, d_g, g, sizeof(float) * P);
+    gpu->sq_norm(gpu, d_g, P, &d_sd->sqnorm);
+    gpu->clip(gpu, d_sd, d_ring);
+    gpu->adam(gpu, d_w, d_m1, d_m2, d_g, P, d_sd);
+    dget(wb, d_w, sizeof(float) * P, "adam (halted)");
+    CHECK(ndiff(wb, w, P) == 0, "adam changed weights after a halt");
+    void *dev[] = {d_loss, d_hit, d_sd, d_ring, d_g, d_w, d_m1, d_m2};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        gpu->free(gpu, dev[i]);
+    free(loss);
+    free(hit);
+    free(g);
+    free(w);
+    free(wb);
 }
 
 static void test_memory(void)
@@ -540,7 +649,10 @@ static void test_memory(void)
     dget(back, d, sizeof h, "copy");
     CHECK(ndiff(back, h, R * LD) == 0, "copy (overlapping): %zu floats differ", ndiff(back, h, R * LD));
     gpu->free(gpu, d);
-    /* out of memory: NULL, and the backend stays usable */
+    /* out of memory: NULL, and the backend stays usable (not under
+     * --ops: compute-sanitizer reports the failed cudaMalloc as an error) */
+    if (ops_only)
+        return;
     void *huge = gpu->alloc(gpu, (size_t)1 << 50);
     CHECK(huge == NULL, "alloc of 1 PiB did not fail");
     nllm_err_t err;
@@ -583,26 +695,45 @@ static nllm_model_t *make_model(nllm_backend_t *be, const nllm_model_config_t *c
 }
 
 /* Trains `steps` steps; losses[s] per step; final weights, exp_avg and
- * exp_avg_sq into state (3 * nfloats). Returns 0 or -1. */
-static int train_run(nllm_backend_t *be, const nllm_model_config_t *cfg, int B, int steps,
-                     double *losses, double *norms, float *state)
+ * exp_avg_sq into state (3 * nfloats). queued: steps go into the stats
+ * ring and are read in batches (nllm_model_train_step_async), else each is
+ * waited for. Returns 0 or -1. */
+static int train_run_mode(nllm_backend_t *be, const nllm_model_config_t *cfg, int B, int steps,
+                          double *losses, double *norms, float *state, int queued)
 {
     nllm_model_t *m = make_model(be, cfg, B);
     int S = cfg->max_seq_length;
     int32_t *w = xmalloc(sizeof(int32_t) * (size_t)B * S);
     nllm_optim_t opt = {1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0};
     nllm_err_t err;
-    int rc = 0;
+    int rc = 0, pending = 0;
+    nllm_step_stats_t ring[NLLM_STATS_RING];
     for (int s = 0; s < steps && rc == 0; s++) {
         make_windows(w, B, S, cfg->vocab_size, (uint32_t)s);
         nllm_step_stats_t st;
-        rc = nllm_model_train_step(m, w, B, 42, (uint32_t)s, s + 1, &opt, &st, &err);
+        if (queued) {
+            rc = nllm_model_train_step_async(m, w, B, 42, (uint32_t)s, s + 1, &opt, pending++,
+                                             &err);
+            if (rc == 0 && (pending == NLLM_STATS_RING || s == steps - 1)) {
+                rc = nllm_model_read_stats(m, 0, pending, ring, &err);
+                for (int i = 0; rc == 0 && i < pending; i++) {
+                    int k = s - pending + 1 + i;
+                    losses[k] = ring[i].batch.loss_sum / (double)ring[i].batch.tokens;
+                    norms[k] = ring[i].grad_norm;
+                }
+                pending = 0;
+            }
+        } else {
+            rc = nllm_model_train_step(m, w, B, 42, (uint32_t)s, s + 1, &opt, &st, &err);
+            if (rc == 0) {
+                losses[s] = st.batch.loss_sum / (double)st.batch.tokens;
+                norms[s] = st.grad_norm;
+            }
+        }
         if (rc < 0) {
             fprintf(stderr, "FAIL: train step %d on %s: %s\n", s, be->name, err.msg);
             break;
         }
-        losses[s] = st.batch.loss_sum / (double)st.batch.tokens;
-        norms[s] = st.grad_norm;
     }
     int64_t nf = nllm_model_num_floats(m);
     if (rc == 0 && nllm_model_get_state(m, state, state + nf, state + 2 * nf, &err) < 0) {
@@ -612,6 +743,28 @@ static int train_run(nllm_backend_t *be, const nllm_model_config_t *cfg, int B, 
     free(w);
     nllm_model_destroy(m);
     return rc;
+}
+
+static int train_run(nllm_backend_t *be, const nllm_model_config_t *cfg, int B, int steps,
+                     double *losses, double *norms, float *state)
+{
+    return train_run_mode(be, cfg, B, steps, losses, norms, state, 0);
+}
+
+/* A CUDA backend on device 0 with graphs on or off and a precision. */
+static nllm_backend_t *gpu_backend(int graphs, nllm_precision_t prec)
+{
+    nllm_backend_t *be;
+    nllm_err_t err;
+    if (!graphs)
+        setenv("NLLM_CUDA_GRAPHS", "0", 1);
+    int rc = nllm_cuda_backend_create(0, &be, &err);
+    unsetenv("NLLM_CUDA_GRAPHS");
+    if (rc < 0 || nllm_backend_set_precision(be, prec, &err) < 0) {
+        fprintf(stderr, "FAIL: cuda backend (%s): %s\n", nllm_precision_name(prec), err.msg);
+        exit(1);
+    }
+    return be;
 }
 
 static int64_t nfloats_of(const nllm_model_config_t *cfg)
@@ -715,6 +868,139 @@ static void test_model_train(void)
     free(wg2);
 }
 
+/* The step recorded as a CUDA graph gives the bits of the step run op by
+ * op, queued steps the bits of waited-for ones, and validation forwards
+ * (also recorded) the figures of eager ones. */
+static void test_model_graphs(void)
+{
+    nllm_model_config_t cfg = {200, 32, 64, 48, 4, 24, 0.1f};
+    enum { B = 16, STEPS = 70 }; /* more than one ring of queued steps */
+    int64_t nf = nfloats_of(&cfg);
+    float *se = xmalloc(sizeof(float) * 3 * nf), *sg = xmalloc(sizeof(float) * 3 * nf),
+          *sq = xmalloc(sizeof(float) * 3 * nf);
+    double le[STEPS], lg[STEPS], lq[STEPS], ne[STEPS], ng[STEPS], nq[STEPS];
+    nllm_backend_t *eager = gpu_backend(0, NLLM_PREC_FP32), *graphs = gpu_backend(1, NLLM_PREC_FP32);
+    CHECK(train_run(eager, &cfg, B, STEPS, le, ne, se) == 0, "eager training failed");
+    CHECK(train_run(graphs, &cfg, B, STEPS, lg, ng, sg) == 0, "graph training failed");
+    CHECK(train_run_mode(graphs, &cfg, B, STEPS, lq, nq, sq, 1) == 0, "queued training failed");
+    uint64_t launches = 0, eb = 0;
+    char why[256];
+    nllm_cuda_graph_stats(graphs, &launches, &eb, why, sizeof why);
+    CHECK(launches >= 2 * (STEPS - 2), "graphs: %llu launches for %d steps (eager bodies %llu; "
+          "last capture failure: %s)", (unsigned long long)launches, 2 * STEPS,
+          (unsigned long long)eb, why[0] ? why : "none");
+    CHECK(ndiff(sg, se, (size_t)(3 * nf)) == 0 && memcmp(lg, le, sizeof le) == 0 &&
+              memcmp(ng, ne, sizeof ne) == 0,
+          "graphs: a graph-replayed run differs from the eager run (%zu of %lld state floats; "
+          "loss %.9g vs %.9g at the end)",
+          ndiff(sg, se, (size_t)(3 * nf)), (long long)(3 * nf), lg[STEPS - 1], le[STEPS - 1]);
+    CHECK(ndiff(sq, se, (size_t)(3 * nf)) == 0 && memcmp(lq, le, sizeof le) == 0 &&
+              memcmp(nq, ne, sizeof ne) == 0,
+          "queued steps differ from waited-for steps (%zu of %lld state floats)",
+          ndiff(sq, se, (size_t)(3 * nf)), (long long)(3 * nf));
+    /* validation forwards: recorded after the first, same figures as eager */
+    nllm_model_t *me = make_model(eager, &cfg, B), *mg = make_model(graphs, &cfg, B);
+    int32_t *w = xmalloc(sizeof(int32_t) * B * (size_t)cfg.max_seq_length);
+    nllm_err_t err;
+    for (int k = 0; k < 5; k++) {
+        make_windows(w, B - (k & 1), cfg.max_seq_length, cfg.vocab_size, 500 + (uint32_t)k);
+        nllm_batch_stats_t a, b;
+        int bb = B - (k & 1);
+        CHECK(nllm_model_forward(me, w, bb, 0, 0, 0, 0, &a, &err) == 0, "eager forward: %s",
+              err.msg);
+        CHECK(nllm_model_forward(mg, w, bb, 0, 0, 0, 0, &b, &err) == 0, "graph forward: %s",
+              err.msg);
+        CHECK(memcmp(&a.loss_sum, &b.loss_sum, sizeof a.loss_sum) == 0 &&
+                  a.correct == b.correct && a.tokens == b.tokens,
+              "validation forward %d: %.17g/%lld recorded vs %.17g/%lld eager", k, b.loss_sum,
+              (long long)b.correct, a.loss_sum, (long long)a.correct);
+    }
+    printf("     graphs: %llu launches, %llu eager bodies; device memory %.1f MiB now, "
+           "peak %.1f MiB\n",
+           (unsigned long long)launches, (unsigned long long)eb,
+           (double)graphs->mem_bytes / 1048576.0, (double)graphs->mem_peak / 1048576.0);
+    CHECK(graphs->mem_peak >= nllm_model_device_bytes(mg), "mem_peak %zu below the model's "
+          "%zu bytes", graphs->mem_peak, nllm_model_device_bytes(mg));
+    free(w);
+    nllm_model_destroy(me);
+    nllm_model_destroy(mg);
+    eager->destroy(eager);
+    graphs->destroy(graphs);
+    free(se);
+    free(sg);
+    free(sq);
+}
+
+/* tf32 and bf16 against the CPU's fp32. The bars: a GEMM's error relative
+ * to the output's scale below 1e-2 (tf32: 10-bit mantissa, unit roundoff
+ * 4.9e-4) or 4e-2 (bf16: 7 bits, 3.9e-3); 50 training steps within 3e-2
+ * (tf32) or 1e-1 (bf16) of the CPU's loss at every step, the loss going
+ * down, and two runs bit-identical. */
+static void test_precisions(void)
+{
+    static const nllm_precision_t precs[] = {NLLM_PREC_TF32, NLLM_PREC_BF16};
+    static const double gemm_tol[] = {1e-2, 4e-2}, loss_tol[] = {3e-2, 1e-1};
+    int64_t nf = nfloats_of(&tcfg);
+    float *wc = xmalloc(sizeof(float) * 3 * nf), *w1 = xmalloc(sizeof(float) * 3 * nf),
+          *w2 = xmalloc(sizeof(float) * 3 * nf);
+    double lc[TSTEPS], l1[TSTEPS], l2[TSTEPS], nc[TSTEPS], n1[TSTEPS], n2[TSTEPS];
+    CHECK(train_run(cpu, &tcfg, TB, TSTEPS, lc, nc, wc) == 0, "cpu training failed");
+    for (int q = 0; q < 2; q++) {
+        const char *pn = nllm_precision_name(precs[q]);
+        nllm_backend_t *be = gpu_backend(1, precs[q]);
+        int M = 300, N = 257, K = 513;
+        float *A = xmalloc(sizeof(float) * M * K), *Bm = xmalloc(sizeof(float) * K * N),
+              *C = xmalloc(sizeof(float) * M * N), *Cg = xmalloc(sizeof(float) * M * N);
+        fill(A, (size_t)M * K, 1, 1.0f);
+        fill(Bm, (size_t)K * N, 2, 1.0f);
+        nllm_err_t err;
+        float *dA = be->alloc(be, sizeof(float) * M * K), *dB = be->alloc(be, sizeof(float) * K * N),
+              *dC = be->alloc(be, sizeof(float) * M * N);
+        CHECK(dA && dB && dC, "%s: alloc failed", pn);
+        be->upload(be, dA, A, sizeof(float) * M * K);
+        be->upload(be, dB, Bm, sizeof(float) * K * N);
+        cpu->gemm(cpu, 0, 0, M, N, K, 1.0f, A, K, Bm, N, 0.0f, C, N);
+        be->gemm(be, 0, 0, M, N, K, 1.0f, dA, K, dB, N, 0.0f, dC, N);
+        be->download(be, Cg, dC, sizeof(float) * M * N);
+        CHECK(be->sync(be, &err) == 0, "%s gemm: %s", pn, err.msg);
+        double e = rel_err(Cg, C, (size_t)M * N);
+        CHECK(e < gemm_tol[q], "%s gemm %dx%dx%d: error %g of the output's scale (bar %g)", pn,
+              M, N, K, e, gemm_tol[q]);
+        CHECK(e > 0.0, "%s gemm: bit-identical to fp32: the precision was not applied", pn);
+        be->free(be, dA);
+        be->free(be, dB);
+        be->free(be, dC);
+        CHECK(train_run(be, &tcfg, TB, TSTEPS, l1, n1, w1) == 0, "%s training failed", pn);
+        CHECK(train_run(be, &tcfg, TB, TSTEPS, l2, n2, w2) == 0, "%s training failed", pn);
+        CHECK(ndiff(w1, w2, (size_t)(3 * nf)) == 0 && memcmp(l1, l2, sizeof l1) == 0,
+              "%s: two runs from the same seed differ", pn);
+        double worst = 0, first = 0, last = 0;
+        for (int s = 0; s < TSTEPS; s++) {
+            double d = fabs(l1[s] - lc[s]) / fabs(lc[s]);
+            if (!(d <= worst))
+                worst = d;
+        }
+        for (int s = 0; s < 5; s++) {
+            first += l1[s] / 5;
+            last += l1[TSTEPS - 5 + s] / 5;
+        }
+        CHECK(worst < loss_tol[q], "%s: loss differs from the CPU's fp32 by %g (bar %g)", pn,
+              worst, loss_tol[q]);
+        CHECK(last < first - 0.05, "%s: the loss did not go down (%g -> %g)", pn, first, last);
+        printf("     %s: gemm error %.2g of scale; training loss max rel diff vs fp32 CPU %.2g; "
+               "deterministic\n",
+               pn, e, worst);
+        free(A);
+        free(Bm);
+        free(C);
+        free(Cg);
+        be->destroy(be);
+    }
+    free(wc);
+    free(w1);
+    free(w2);
+}
+
 /* ---- digest mode --------------------------------------------------------------------- */
 
 static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
@@ -727,30 +1013,39 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
     return h;
 }
 
-static int run_digest(void)
+static int run_digest(nllm_precision_t prec)
 {
     nllm_model_config_t cfg = {200, 32, 64, 48, 4, 24, 0.1f};
     enum { B = 64, STEPS = 30 };
     int64_t nf = nfloats_of(&cfg);
     float *st = xmalloc(sizeof(float) * 3 * nf);
     double loss[STEPS], norm[STEPS];
+    nllm_err_t err;
+    if (nllm_backend_set_precision(gpu, prec, &err) < 0) {
+        fprintf(stderr, "FAIL: %s\n", err.msg);
+        return 1;
+    }
     if (train_run(gpu, &cfg, B, STEPS, loss, norm, st) < 0)
         return 1;
     uint64_t h = 0xcbf29ce484222325ULL;
     h = fnv1a(h, st, sizeof(float) * 3 * (size_t)nf);
     h = fnv1a(h, loss, sizeof loss);
     h = fnv1a(h, norm, sizeof norm);
-    printf("digest %016llx loss %.9f\n", (unsigned long long)h, loss[STEPS - 1]);
+    printf("digest %016llx loss %.9f precision %s\n", (unsigned long long)h, loss[STEPS - 1],
+           nllm_precision_name(prec));
     free(st);
     return 0;
 }
 
 int main(int argc, char **argv)
 {
-    int ops_only = argc > 1 && strcmp(argv[1], "--ops") == 0;
+    ops_only = argc > 1 && strcmp(argv[1], "--ops") == 0;
     int digest = argc > 1 && strcmp(argv[1], "--digest") == 0;
-    if (argc > 1 && !ops_only && !digest) {
-        fprintf(stderr, "usage: test_cuda_ops [--ops | --digest]\n");
+    nllm_precision_t prec = NLLM_PREC_FP32;
+    nllm_err_t perr;
+    if ((argc > 1 && !ops_only && !digest) || argc > 3 ||
+        (argc == 3 && (!digest || nllm_precision_parse(argv[2], &prec, &perr) < 0))) {
+        fprintf(stderr, "usage: test_cuda_ops [--ops | --digest [fp32|tf32|bf16]]\n");
         return 2;
     }
     if (!nllm_cuda_available() || nllm_cuda_device_count() == 0) {
@@ -773,7 +1068,7 @@ int main(int argc, char **argv)
     }
     int rc;
     if (digest) {
-        rc = run_digest();
+        rc = run_digest(prec);
     } else {
         RUN(test_memory);
         RUN(test_gemm);
@@ -783,9 +1078,12 @@ int main(int argc, char **argv)
         RUN(test_xent);
         RUN(test_reductions);
         RUN(test_adam);
+        RUN(test_step_ops);
         if (!ops_only) {
             RUN(test_model_grads);
             RUN(test_model_train);
+            RUN(test_model_graphs);
+            RUN(test_precisions);
         }
         rc = TEST_REPORT();
     }

@@ -1,7 +1,9 @@
 /* test_model.c -- the whole model: finite-difference gradient check of every
  * parameter tensor (dropout on and off, pad targets, contexts that hit the
  * clamp), overfitting a tiny corpus, bit-identical determinism, and that
- * the result does not depend on the element-wise thread split.
+ * the result does not depend on the element-wise thread split; the
+ * sync-free step (no host sync or download per queued step, one of each per
+ * read of their figures) and the halt after a non-finite gradient.
  */
 #include <math.h>
 #include <stdio.h>
@@ -221,6 +223,123 @@ static void test_determinism(void)
     free(w2);
 }
 
+/* The sync-free step: queued steps cost no host sync and no download;
+ * reading their figures costs one of each; the result is bit-identical
+ * to waiting for every step. */
+static void test_sync_free(void)
+{
+    nllm_model_config_t cfg = {50, 8, 24, 12, 3, 12, 0.1f};
+    enum { B = 6, STEPS = 100 };
+    nllm_model_t *mq, *mw;
+    nllm_err_t err;
+    CHECK(nllm_model_create(&cfg, be, B, &mq, &err) == 0, "%s", err.msg);
+    CHECK(nllm_model_create(&cfg, be, B, &mw, &err) == 0, "%s", err.msg);
+    nllm_model_init_weights(mq, 5);
+    nllm_model_init_weights(mw, 5);
+    nllm_optim_t opt = {1e-3, 0.9, 0.999, 1e-8, 0.0, 0.5};
+    int32_t win[B * 12];
+    nllm_step_stats_t ring[NLLM_STATS_RING], st;
+    uint64_t queued_syncs = 0, queued_downloads = 0, reads = 0, read_syncs = 0,
+             read_downloads = 0;
+    int pending = 0;
+    for (int s = 0; s < STEPS; s++) {
+        for (int i = 0; i < B * 12; i++)
+            win[i] = (int32_t)nllm_rng_below(9, 1, (uint32_t)s, (uint64_t)i, 50);
+        CHECK(nllm_model_train_step(mw, win, B, 5, (uint32_t)s, s + 1, &opt, &st, &err) == 0,
+              "waited-for step %d: %s", s, err.msg);
+        uint64_t s0 = be->n_syncs, d0 = be->n_downloads;
+        CHECK(nllm_model_train_step_async(mq, win, B, 5, (uint32_t)s, s + 1, &opt, pending++,
+                                          &err) == 0,
+              "queued step %d: %s", s, err.msg);
+        queued_syncs += be->n_syncs - s0;
+        queued_downloads += be->n_downloads - d0;
+        if (pending == NLLM_STATS_RING || s == STEPS - 1) {
+            s0 = be->n_syncs;
+            d0 = be->n_downloads;
+            CHECK(nllm_model_read_stats(mq, 0, pending, ring, &err) == 0, "read: %s", err.msg);
+            read_syncs += be->n_syncs - s0;
+            read_downloads += be->n_downloads - d0;
+            reads++;
+            pending = 0;
+        }
+    }
+    /* the last read holds the last step's figures in its last slot */
+    int last = (STEPS - 1) % NLLM_STATS_RING;
+    CHECK(ring[last].batch.loss_sum == st.batch.loss_sum &&
+              ring[last].batch.tokens == st.batch.tokens &&
+              ring[last].batch.correct == st.batch.correct &&
+              ring[last].grad_norm == st.grad_norm && ring[last].clip_scale == st.clip_scale &&
+              ring[last].halted == st.halted,
+          "queued step figures differ from waited-for ones (loss %.17g vs %.17g)",
+          ring[last].batch.loss_sum, st.batch.loss_sum);
+    printf("     %d queued steps: %llu syncs, %llu downloads; %llu reads: %llu syncs, %llu "
+           "downloads\n",
+           STEPS, (unsigned long long)queued_syncs, (unsigned long long)queued_downloads,
+           (unsigned long long)reads, (unsigned long long)read_syncs,
+           (unsigned long long)read_downloads);
+    CHECK(queued_syncs == 0 && queued_downloads == 0,
+          "a queued step made %llu host syncs and %llu downloads (want 0)",
+          (unsigned long long)queued_syncs, (unsigned long long)queued_downloads);
+    CHECK(read_syncs == reads && read_downloads == reads,
+          "a read made more than one sync and one download (%llu, %llu for %llu reads)",
+          (unsigned long long)read_syncs, (unsigned long long)read_downloads,
+          (unsigned long long)reads);
+    int64_t nf = nllm_model_num_floats(mq);
+    float *a = malloc(sizeof(float) * 3 * nf), *b = malloc(sizeof(float) * 3 * nf);
+    nllm_model_get_state(mq, a, a + nf, a + 2 * nf, &err);
+    nllm_model_get_state(mw, b, b + nf, b + 2 * nf, &err);
+    CHECK(memcmp(a, b, sizeof(float) * 3 * nf) == 0, "queued training ends in other weights");
+    free(a);
+    free(b);
+    nllm_model_destroy(mq);
+    nllm_model_destroy(mw);
+}
+
+/* A step whose gradient is not finite changes nothing, and neither does
+ * any step queued after it, until new weights are set. */
+static void test_divergence(void)
+{
+    nllm_model_config_t cfg = {50, 8, 24, 12, 3, 12, 0.0f};
+    enum { B = 4 };
+    nllm_model_t *m;
+    nllm_err_t err;
+    CHECK(nllm_model_create(&cfg, be, B, &m, &err) == 0, "%s", err.msg);
+    nllm_model_init_weights(m, 5);
+    int64_t nf = nllm_model_num_floats(m);
+    float *w0 = malloc(sizeof(float) * 3 * nf), *w1 = malloc(sizeof(float) * 3 * nf);
+    nllm_model_get_state(m, w0, w0 + nf, w0 + 2 * nf, &err);
+    const nllm_param_info_t *bo = nllm_model_param_by_name(m, "token_output.bias");
+    w0[bo->offset + 7] = INFINITY; /* logits inf - inf: NaN loss and gradient */
+    CHECK(nllm_model_set_state(m, w0, NULL, NULL, &err) == 0, "%s", err.msg);
+    nllm_optim_t opt = {1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0};
+    int32_t win[B * 12];
+    for (int i = 0; i < B * 12; i++)
+        win[i] = 1 + (int32_t)nllm_rng_below(3, 1, 0, (uint64_t)i, 49);
+    for (int s = 0; s < 3; s++)
+        CHECK(nllm_model_train_step_async(m, win, B, 5, (uint32_t)s, s + 1, &opt, s, &err) == 0,
+              "%s", err.msg);
+    nllm_step_stats_t st[3];
+    CHECK(nllm_model_read_stats(m, 0, 3, st, &err) == 0, "%s", err.msg);
+    CHECK(!isfinite(st[0].grad_norm) && st[0].halted && st[1].halted && st[2].halted,
+          "a NaN gradient: norms %g %g %g, halted %d %d %d", st[0].grad_norm, st[1].grad_norm,
+          st[2].grad_norm, st[0].halted, st[1].halted, st[2].halted);
+    nllm_model_get_state(m, w1, w1 + nf, w1 + 2 * nf, &err);
+    CHECK(memcmp(w0, w1, sizeof(float) * 3 * nf) == 0,
+          "steps after a non-finite gradient changed the weights or moments");
+    int rc = nllm_model_train_step(m, win, B, 5, 3, 4, &opt, st, &err);
+    CHECK(rc < 0 && strstr(err.msg, "diverged"), "waited-for step on a halted model: rc %d %s",
+          rc, rc < 0 ? err.msg : "");
+    w0[bo->offset + 7] = 0.0f; /* new weights: training resumes */
+    CHECK(nllm_model_set_state(m, w0, NULL, NULL, &err) == 0, "%s", err.msg);
+    CHECK(nllm_model_train_step(m, win, B, 5, 4, 5, &opt, st, &err) == 0 && !st[0].halted,
+          "after set_state: %s", err.msg);
+    nllm_model_get_state(m, w1, NULL, NULL, &err);
+    CHECK(memcmp(w0, w1, sizeof(float) * nf) != 0, "a finite step after set_state did nothing");
+    free(w0);
+    free(w1);
+    nllm_model_destroy(m);
+}
+
 int main(void)
 {
     nllm_err_t err;
@@ -234,6 +353,8 @@ int main(void)
     RUN(test_gradcheck_clamp_dropout);
     RUN(test_overfit);
     RUN(test_determinism);
+    RUN(test_sync_free);
+    RUN(test_divergence);
     be->destroy(be);
     return TEST_REPORT();
 }

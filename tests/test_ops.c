@@ -150,8 +150,9 @@ static void test_bias_relu_dropout(void)
             fill(bias, (size_t)H, 7, 0.3f);
             memcpy(x, x0, sizeof(float) * n);
             memcpy(x2, x0, sizeof(float) * n);
-            be1->bias_relu_dropout_forward(be1, x, bias, B, H, t, T, seed, stream, step, p);
-            be2->bias_relu_dropout_forward(be2, x2, bias, B, H, t, T, seed, stream, step, p);
+            nllm_step_dev_t sd = {.seed = seed, .rng_step = step};
+            be1->bias_relu_dropout_forward(be1, x, bias, B, H, t, T, &sd, stream, p);
+            be2->bias_relu_dropout_forward(be2, x2, bias, B, H, t, T, &sd, stream, p);
             int bad = 0;
             float scale = nllm_dropout_scale(p);
             for (int b = 0; b < B; b++)
@@ -331,7 +332,8 @@ static void test_xent(void)
     for (int grad = 0; grad < 2; grad++) {
         memcpy(y, y0, sizeof y);
         float scale = 1.0f / 7.0f;
-        be1->softmax_xent(be1, y, bias, tgt, N, V, grad, scale, loss, hit);
+        nllm_step_dev_t sd = {.grad_scale = scale};
+        be1->softmax_xent(be1, y, bias, tgt, N, V, grad, &sd, loss, hit);
         double lerr = 0, gerr = 0;
         int hbad = 0;
         for (int r = 0; r < N; r++) {
@@ -415,8 +417,8 @@ static void test_adam(void)
     double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.01, clip = 0.5;
     for (int t = 1; t <= 3; t++) {
         fill(g, (size_t)n, 41 + (uint64_t)t, 1.0f);
-        nllm_adam_consts_t c = nllm_adam_consts(lr, b1, b2, eps, wd, t, clip);
-        be2->adam(be2, p, m, v, g, n, &c);
+        nllm_step_dev_t sd = {.adam = nllm_adam_consts(lr, b1, b2, eps, wd, t, clip)};
+        be2->adam(be2, p, m, v, g, n, &sd);
         for (int64_t i = 0; i < n; i++) { /* textbook Adam in double */
             double gg = g[i] * clip + wd * pr[i];
             mr[i] = b1 * mr[i] + (1 - b1) * gg;
@@ -438,6 +440,74 @@ static void test_adam(void)
     free(vr);
 }
 
+/* The step's figures and its clip decision, as the host computed them
+ * before they moved to the backend: loss in row order in double, hits
+ * counted, torch's clip rule, and a non-finite norm halting Adam. */
+static void test_step_ops(void)
+{
+    enum { N = 1000 };
+    float loss[N], hit[N];
+    fill(loss, N, 50, 3.0f);
+    double ref = 0;
+    int64_t hits = 0;
+    for (int r = 0; r < N; r++) {
+        hit[r] = (r % 7 == 0) ? 1.0f : 0.0f;
+        ref += loss[r];
+        hits += r % 7 == 0;
+    }
+    nllm_step_out_t ring[4];
+    memset(ring, 0, sizeof ring);
+    nllm_step_dev_t sd = {.slot = 2};
+    be1->batch_stats(be1, loss, hit, N, &sd, ring);
+    CHECK(ring[2].loss_sum == ref, "batch_stats: loss %.17g, host loop %.17g", ring[2].loss_sum,
+          ref);
+    CHECK(ring[2].correct == hits, "batch_stats: %lld hits, expected %lld",
+          (long long)ring[2].correct, (long long)hits);
+    CHECK(ring[1].loss_sum == 0 && ring[3].correct == 0, "batch_stats wrote outside its slot");
+
+    /* clip: 3-4-5 gradient, max norm 1 -> factor 1 / (5 + 1e-6) */
+    sd.sqnorm = 25.0;
+    sd.max_norm = 1.0;
+    sd.slot = 1;
+    be1->clip(be1, &sd, ring);
+    CHECK(ring[1].grad_norm == 5.0, "clip: norm %g", ring[1].grad_norm);
+    CHECK(ring[1].clip_scale == 1.0 / (5.0 + 1e-6), "clip: factor %.17g", ring[1].clip_scale);
+    CHECK(sd.adam.clip_scale == (float)(1.0 / (5.0 + 1e-6)), "clip: Adam factor %g",
+          sd.adam.clip_scale);
+    CHECK(!sd.halted && !ring[1].halted, "clip: a finite norm halted the step");
+    sd.max_norm = 10.0;
+    be1->clip(be1, &sd, ring);
+    CHECK(ring[1].clip_scale == 1.0 && sd.adam.clip_scale == 1.0f, "clip: norm below max clipped");
+    sd.max_norm = 0.0;
+    be1->clip(be1, &sd, ring);
+    CHECK(ring[1].clip_scale == 1.0, "clip: max_norm 0 must not clip");
+
+    /* a non-finite norm halts Adam, for this step and every later one */
+    enum { P = 64 };
+    float w[P], m1[P], m2[P], g[P], w0[P];
+    fill(w, P, 51, 1.0f);
+    fill(g, P, 52, 1.0f);
+    memset(m1, 0, sizeof m1);
+    memset(m2, 0, sizeof m2);
+    memcpy(w0, w, sizeof w);
+    sd.adam = nllm_adam_consts(1e-2, 0.9, 0.999, 1e-8, 0, 1, 1.0);
+    sd.sqnorm = NAN;
+    sd.slot = 0;
+    be1->clip(be1, &sd, ring);
+    CHECK(sd.halted == 1 && ring[0].halted == 1, "clip: a NaN norm must halt");
+    CHECK(isnan(ring[0].grad_norm), "clip: norm %g, expected NaN", ring[0].grad_norm);
+    be1->adam(be1, w, m1, m2, g, P, &sd);
+    CHECK(memcmp(w, w0, sizeof w) == 0, "adam changed weights of a halted model");
+    sd.sqnorm = 4.0;
+    be1->clip(be1, &sd, ring);
+    CHECK(sd.halted == 1 && ring[0].halted == 1, "clip: halted must stay set");
+    be1->adam(be1, w, m1, m2, g, P, &sd);
+    CHECK(memcmp(w, w0, sizeof w) == 0, "adam changed weights after a halt");
+    sd.halted = 0;
+    be1->adam(be1, w, m1, m2, g, P, &sd);
+    CHECK(memcmp(w, w0, sizeof w) != 0, "adam did nothing on a model that is not halted");
+}
+
 int main(void)
 {
     nllm_err_t err;
@@ -453,6 +523,7 @@ int main(void)
     RUN(test_xent);
     RUN(test_reductions);
     RUN(test_adam);
+    RUN(test_step_ops);
     be1->destroy(be1);
     be2->destroy(be2);
     return TEST_REPORT();

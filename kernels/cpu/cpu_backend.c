@@ -81,10 +81,17 @@ static void cpu_zero_rows(nllm_backend_t *be, float *dst, int ld, int width, int
         memset(dst + (size_t)r * ld, 0, sizeof(float) * (size_t)width);
 }
 
+static void cpu_download(nllm_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    be->n_downloads++;
+    if (bytes)
+        memmove(dst, src, bytes);
+}
+
 static int cpu_sync(nllm_backend_t *be, nllm_err_t *err)
 {
-    (void)be;
     (void)err;
+    be->n_syncs++;
     return 0;
 }
 
@@ -222,9 +229,11 @@ static void brd_rows(void *arg, int64_t r0, int64_t r1)
 }
 
 static void cpu_bias_relu_dropout_forward(nllm_backend_t *be, float *x, const float *bias, int B,
-                                          int H, int t, int T, uint64_t seed, uint32_t stream,
-                                          uint32_t step, float p)
+                                          int H, int t, int T, const nllm_step_dev_t *sd,
+                                          uint32_t stream, float p)
 {
+    uint64_t seed = p > 0.0f ? sd->seed : 0;
+    uint32_t step = p > 0.0f ? sd->rng_step : 0;
     brd_args_t a = {x, bias, B, H, t, T, seed, stream, step, p};
     int64_t work = (int64_t)B * H * (p > 0.0f ? 8 : 1);
     nllm_pool_for(pool_of(be), brd_rows, &a, B, work);
@@ -413,10 +422,27 @@ static void xent_rows(void *arg, int64_t r0, int64_t r1)
 
 static void cpu_softmax_xent(nllm_backend_t *be, float *y, const float *bias,
                              const int32_t *targets, int N, int V, int want_grad,
-                             float grad_scale, float *row_loss, float *row_hit)
+                             const nllm_step_dev_t *sd, float *row_loss, float *row_hit)
 {
+    float grad_scale = want_grad ? sd->grad_scale : 0.0f;
     xent_args_t a = {y, bias, targets, V, want_grad, grad_scale, row_loss, row_hit};
     nllm_pool_for(pool_of(be), xent_rows, &a, N, (int64_t)N * V * 8);
+}
+
+/* In row order, as the host loop it replaces: the CPU's figures are the
+ * same as before the statistics moved to the backend. */
+static void cpu_batch_stats(nllm_backend_t *be, const float *row_loss, const float *row_hit,
+                            int N, const nllm_step_dev_t *sd, nllm_step_out_t *ring)
+{
+    (void)be;
+    double loss = 0.0;
+    int64_t hits = 0;
+    for (int r = 0; r < N; r++) {
+        loss += row_loss[r];
+        hits += row_hit[r] != 0.0f;
+    }
+    ring[sd->slot].loss_sum = loss;
+    ring[sd->slot].correct = hits;
 }
 
 /* ---- reductions ------------------------------------------------------ */
@@ -485,6 +511,20 @@ static void cpu_sq_norm(nllm_backend_t *be, const float *x, int64_t n, double *o
     *out = s;
 }
 
+static void cpu_clip(nllm_backend_t *be, nllm_step_dev_t *sd, nllm_step_out_t *ring)
+{
+    (void)be;
+    double norm = sqrt(sd->sqnorm);
+    double scale = nllm_clip_factor(norm, sd->max_norm);
+    sd->adam.clip_scale = (float)scale;
+    if (!isfinite(norm))
+        sd->halted = 1;
+    nllm_step_out_t *o = &ring[sd->slot];
+    o->grad_norm = norm;
+    o->clip_scale = scale;
+    o->halted = sd->halted;
+}
+
 typedef struct {
     float *p, *m, *v;
     const float *g;
@@ -500,9 +540,11 @@ static void adam_range(void *arg, int64_t i0, int64_t i1)
 }
 
 static void cpu_adam(nllm_backend_t *be, float *p, float *m, float *v, const float *g, int64_t n,
-                     const void *consts)
+                     const nllm_step_dev_t *sd)
 {
-    adam_args_t a = {p, m, v, g, consts};
+    if (sd->halted)
+        return;
+    adam_args_t a = {p, m, v, g, &sd->adam};
     nllm_pool_for(pool_of(be), adam_range, &a, n, n * 4);
 }
 
@@ -537,7 +579,7 @@ int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err)
     be->alloc = cpu_alloc;
     be->free = cpu_free;
     be->upload = cpu_copy;
-    be->download = cpu_copy;
+    be->download = cpu_download;
     be->copy = cpu_copy;
     be->zero = cpu_zero;
     be->zero_rows = cpu_zero_rows;
@@ -551,6 +593,8 @@ int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err)
     be->context_forward = cpu_context_forward;
     be->context_backward = cpu_context_backward;
     be->softmax_xent = cpu_softmax_xent;
+    be->batch_stats = cpu_batch_stats;
+    be->clip = cpu_clip;
     be->col_sum = cpu_col_sum;
     be->sq_norm = cpu_sq_norm;
     be->adam = cpu_adam;

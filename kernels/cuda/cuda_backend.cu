@@ -3,9 +3,12 @@
  *
  * One backend = one device, one non-blocking stream and one cuBLAS handle
  * bound to it; every op is queued on that stream, so ops run in call order
- * and results depend only on the inputs (cuBLAS without atomics, kernels
- * with fixed reduction orders). Errors are sticky (see cuda_impl.h) and
- * surface at sync with the device, the failed call and CUDA's own words.
+ * and results depend only on the inputs (cuBLAS without atomics and with a
+ * fixed workspace, kernels with fixed reduction orders). Errors are sticky
+ * (see cuda_impl.h) and surface at sync with the device, the failed call
+ * and CUDA's own words. be->record captures a body once per (owner, key)
+ * as a CUDA graph and replays it; uploads go through pinned staging
+ * buffers so they never wait for the device.
  * Callers: backend.c (nllm_backend_create), the daemon (device inventory).
  */
 #include <stdarg.h>
@@ -62,10 +65,26 @@ static const char *hint_of(cudaError_t e)
     }
 }
 
+/* Inside a capture an error breaks the capture, not the backend: the
+ * body runs again without a graph (cu_record). */
+static bool capture_error(nllm__cuda_impl_t *ci, const char *what, const char *why)
+{
+    if (!ci->capturing)
+        return false;
+    if (!ci->capture_broken)
+        snprintf(ci->capture_msg, sizeof ci->capture_msg, "%s: %s", what, why);
+    ci->capture_broken = 1;
+    return true;
+}
+
 bool nllm__cuda_check(nllm__cuda_impl_t *ci, cudaError_t e, const char *what)
 {
     if (e == cudaSuccess)
         return true;
+    if (capture_error(ci, what, cudaGetErrorString(e))) {
+        (void)cudaGetLastError();
+        return false;
+    }
     fail(ci, e == cudaErrorMemoryAllocation ? NLLM_ENOMEM : NLLM_EDEVICE,
          "%s: %s failed: %s (%s) on %s; %s", ci->name, what, cudaGetErrorString(e),
          cudaGetErrorName(e), ci->devname, hint_of(e));
@@ -78,6 +97,8 @@ static bool blas_check(nllm__cuda_impl_t *ci, cublasStatus_t st, const char *wha
         return true;
     /* an execution failure usually hides a CUDA error: name it too */
     cudaError_t e = cudaGetLastError();
+    if (capture_error(ci, what, cublasGetStatusString(st)))
+        return false;
     fail(ci, st == CUBLAS_STATUS_ALLOC_FAILED ? NLLM_ENOMEM : NLLM_EDEVICE,
          "%s: %s failed: %s (%s)%s%s on %s", ci->name, what, cublasGetStatusString(st),
          cublasGetStatusName(st), e != cudaSuccess ? "; CUDA: " : "",
@@ -92,15 +113,78 @@ bool nllm__cuda_enter(nllm__cuda_impl_t *ci)
     return nllm__cuda_check(ci, cudaSetDevice(ci->device), "cudaSetDevice");
 }
 
+/* ---- device memory accounting (be->mem_bytes, be->mem_peak) ----------- */
+
+static void mem_add(nllm_backend_t *be, void *p, size_t bytes)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (ci->nblocks == ci->cap_blocks) {
+        size_t cap = ci->cap_blocks ? 2 * ci->cap_blocks : 64;
+        nllm__cuda_block_t *nb =
+            (nllm__cuda_block_t *)realloc(ci->blocks, cap * sizeof *nb);
+        if (!nb)
+            return; /* only the figures suffer */
+        ci->blocks = nb;
+        ci->cap_blocks = cap;
+    }
+    ci->blocks[ci->nblocks].p = p;
+    ci->blocks[ci->nblocks].bytes = bytes;
+    ci->nblocks++;
+    be->mem_bytes += bytes;
+    if (be->mem_bytes > be->mem_peak)
+        be->mem_peak = be->mem_bytes;
+}
+
+static void mem_remove(nllm_backend_t *be, void *p)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    for (size_t i = ci->nblocks; i-- > 0;)
+        if (ci->blocks[i].p == p) {
+            be->mem_bytes -= ci->blocks[i].bytes;
+            ci->blocks[i] = ci->blocks[--ci->nblocks];
+            return;
+        }
+}
+
+/* ---- recordings (CUDA graphs) ------------------------------------------- */
+
+static void graph_forget(nllm__cuda_graph_t *g)
+{
+    if (g->exec)
+        cudaGraphExecDestroy(g->exec);
+    memset(g, 0, sizeof *g);
+}
+
+/* Drops every instantiated graph (they hold pointers about to change);
+ * each body is captured again on its next call. The caller has synced. */
+static void graphs_invalidate(nllm__cuda_impl_t *ci)
+{
+    for (int i = 0; i < NLLM_CUDA_GRAPHS; i++) {
+        nllm__cuda_graph_t *g = &ci->graphs[i];
+        if (g->exec) {
+            cudaGraphExecDestroy(g->exec);
+            g->exec = NULL;
+        }
+    }
+}
+
 void *nllm__cuda_scratch(nllm__cuda_impl_t *ci, size_t bytes, const char *what)
 {
     if (bytes <= ci->scratch_bytes)
         return ci->scratch;
+    if (ci->capturing) {
+        /* no allocation inside a capture: the body reruns eagerly */
+        capture_error(ci, what, "scratch memory must grow");
+        return NULL;
+    }
     /* work queued earlier may still read the old buffer */
     if (!nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream), "cudaStreamSynchronize"))
         return NULL;
-    if (ci->scratch)
+    graphs_invalidate(ci);
+    if (ci->scratch) {
         cudaFree(ci->scratch);
+        ci->be->mem_bytes -= ci->scratch_bytes;
+    }
     ci->scratch = NULL;
     ci->scratch_bytes = 0;
     size_t want = bytes + bytes / 2 + 4096;
@@ -115,6 +199,9 @@ void *nllm__cuda_scratch(nllm__cuda_impl_t *ci, size_t bytes, const char *what)
     }
     ci->scratch = p;
     ci->scratch_bytes = want;
+    ci->be->mem_bytes += want;
+    if (ci->be->mem_bytes > ci->be->mem_peak)
+        ci->be->mem_peak = ci->be->mem_bytes;
     return p;
 }
 
@@ -139,6 +226,7 @@ static void *cu_alloc(nllm_backend_t *be, size_t bytes)
         cudaFree(p);
         return NULL;
     }
+    mem_add(be, p, bytes);
     return p;
 }
 
@@ -150,18 +238,56 @@ static void cu_free(nllm_backend_t *be, void *p)
     /* free even after a failure, so a failed job gives its memory back */
     cudaSetDevice(ci->device);
     cudaStreamSynchronize(ci->stream);
+    mem_remove(be, p);
     cudaError_t e = cudaFree(p);
     if (!ci->err_code)
         nllm__cuda_check(ci, e, "cudaFree");
 }
 
+/* Copies src to a pinned staging buffer and queues the copy from there:
+ * returns without waiting for the device (the buffer is reused two uploads
+ * later, after the event of its copy). Large uploads (whole states) go
+ * straight from pageable memory, which returns once src has been staged.
+ * Either way the caller may reuse src immediately. */
 static void cu_upload(nllm_backend_t *be, void *dst, const void *src, size_t bytes)
 {
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
     if (bytes == 0 || !nllm__cuda_enter(ci))
         return;
-    /* From pageable memory this returns once src has been staged, so the
-     * caller may reuse src immediately. */
+    if (ci->capturing) { /* a body must read uploads, not contain them */
+        capture_error(ci, "upload", "an upload inside a recorded body");
+        return;
+    }
+    if (bytes <= NLLM_CUDA_STAGE_MAX) {
+        nllm__cuda_stage_t *st = &ci->stage[ci->stage_next];
+        if (st->pending &&
+            !nllm__cuda_check(ci, cudaEventSynchronize(st->ev), "upload (staging event)"))
+            return;
+        st->pending = 0;
+        if (st->cap < bytes) {
+            if (st->buf)
+                cudaFreeHost(st->buf);
+            st->buf = NULL;
+            st->cap = 0;
+            size_t cap = bytes < 65536 ? 65536 : bytes + bytes / 2;
+            if (cap > NLLM_CUDA_STAGE_MAX)
+                cap = NLLM_CUDA_STAGE_MAX;
+            if (!nllm__cuda_check(ci, cudaHostAlloc(&st->buf, cap, cudaHostAllocDefault),
+                                  "upload (cudaHostAlloc of the staging buffer)"))
+                return;
+            st->cap = cap;
+        }
+        memcpy(st->buf, src, bytes);
+        if (!nllm__cuda_check(ci,
+                              cudaMemcpyAsync(dst, st->buf, bytes, cudaMemcpyHostToDevice,
+                                              ci->stream),
+                              "upload (cudaMemcpyAsync host to device)"))
+            return;
+        if (nllm__cuda_check(ci, cudaEventRecord(st->ev, ci->stream), "upload (event record)"))
+            st->pending = 1;
+        ci->stage_next ^= 1;
+        return;
+    }
     nllm__cuda_check(ci, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ci->stream),
                      "upload (cudaMemcpyAsync host to device)");
 }
@@ -169,6 +295,7 @@ static void cu_upload(nllm_backend_t *be, void *dst, const void *src, size_t byt
 static void cu_download(nllm_backend_t *be, void *dst, const void *src, size_t bytes)
 {
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    be->n_downloads++;
     if (bytes == 0 || !nllm__cuda_enter(ci))
         return;
     /* dst is valid after the caller's sync (stream order) */
@@ -217,11 +344,122 @@ static void cu_zero_rows(nllm_backend_t *be, float *dst, int ld, int width, int 
 static int cu_sync(nllm_backend_t *be, nllm_err_t *err)
 {
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    be->n_syncs++;
     if (nllm__cuda_enter(ci))
         nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream),
                          "queued work (found at cudaStreamSynchronize)");
     if (ci->err_code)
         return nllm_err_set(err, ci->err_code, "%s", ci->err_msg);
+    return 0;
+}
+
+/* be->record: the first call of a (owner, key) runs body eagerly (it
+ * loads kernels, sizes scratch and lets cuBLAS pick its kernels); the
+ * second captures it into a graph (thread-local capture mode: other jobs'
+ * threads may allocate meanwhile), instantiates and launches it; later
+ * calls launch the graph. A capture that breaks (an error inside, scratch
+ * that must grow) runs the body eagerly instead and tries again next time;
+ * one that CUDA refuses outright marks the body eager for good
+ * (capture_msg says why). NLLM_CUDA_GRAPHS=0 turns graphs off. */
+static void cu_record(nllm_backend_t *be, const void *owner, uint64_t key,
+                      void (*body)(void *ctx), void *ctx)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (!nllm__cuda_enter(ci))
+        return; /* a failed backend runs nothing */
+    if (!ci->graphs_on || ci->capturing) {
+        ci->eager_bodies++;
+        body(ctx);
+        return;
+    }
+    nllm__cuda_graph_t *g = NULL, *lru = &ci->graphs[0];
+    for (int i = 0; i < NLLM_CUDA_GRAPHS && !g; i++) {
+        nllm__cuda_graph_t *c = &ci->graphs[i];
+        if (c->owner == owner && c->key == key && owner)
+            g = c;
+        else if (c->last_use < lru->last_use)
+            lru = c;
+    }
+    if (!g) {
+        graph_forget(lru); /* an unused slot has last_use 0 */
+        g = lru;
+        g->owner = owner;
+        g->key = key;
+    }
+    g->last_use = ++ci->use_clock;
+    if (g->exec) {
+        if (nllm__cuda_check(ci, cudaGraphLaunch(g->exec, ci->stream), "cudaGraphLaunch"))
+            ci->graph_launches++;
+        return;
+    }
+    if (g->failed || g->eager_runs < 1) {
+        g->eager_runs++;
+        ci->eager_bodies++;
+        body(ctx);
+        return;
+    }
+    cudaGraph_t graph = NULL;
+    if (!nllm__cuda_check(ci,
+                          cudaStreamBeginCapture(ci->stream, cudaStreamCaptureModeThreadLocal),
+                          "cudaStreamBeginCapture"))
+        return;
+    ci->capturing = 1;
+    ci->capture_broken = 0;
+    body(ctx);
+    ci->capturing = 0;
+    cudaError_t e = cudaStreamEndCapture(ci->stream, &graph);
+    if (e == cudaSuccess && !ci->capture_broken && graph)
+        e = cudaGraphInstantiateWithFlags(&g->exec, graph, 0);
+    else if (e != cudaSuccess && !ci->capture_broken) {
+        snprintf(ci->capture_msg, sizeof ci->capture_msg, "cudaStreamEndCapture: %s",
+                 cudaGetErrorString(e));
+        g->failed = 1;
+    }
+    if (graph)
+        cudaGraphDestroy(graph);
+    if (e != cudaSuccess || ci->capture_broken || !g->exec) {
+        (void)cudaGetLastError(); /* capture errors are not sticky */
+        if (ci->capture_broken && ++g->breaks >= 3)
+            g->failed = 1; /* it breaks every time: stop trying */
+        if (e != cudaSuccess && !ci->capture_broken) {
+            if (!g->failed)
+                snprintf(ci->capture_msg, sizeof ci->capture_msg, "cudaGraphInstantiate: %s",
+                         cudaGetErrorString(e));
+            g->failed = 1;
+        }
+        g->exec = NULL;
+        g->eager_runs++;
+        ci->eager_bodies++;
+        body(ctx); /* nothing of the capture ran: run it for real */
+        return;
+    }
+    ci->capture_msg[0] = '\0';
+    if (nllm__cuda_check(ci, cudaGraphLaunch(g->exec, ci->stream), "cudaGraphLaunch"))
+        ci->graph_launches++;
+}
+
+static void cu_record_drop(nllm_backend_t *be, const void *owner)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    cudaSetDevice(ci->device);
+    cudaStreamSynchronize(ci->stream); /* a launched graph may still run */
+    for (int i = 0; i < NLLM_CUDA_GRAPHS; i++)
+        if (ci->graphs[i].owner == owner)
+            graph_forget(&ci->graphs[i]);
+}
+
+extern "C" int nllm_cuda_graph_stats(nllm_backend_t *be, uint64_t *launches, uint64_t *eager,
+                                     char *why, size_t n)
+{
+    if (!be || !be->name || strncmp(be->name, "cuda:", 5) != 0)
+        return NLLM_EDEVICE;
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (launches)
+        *launches = ci->graph_launches;
+    if (eager)
+        *eager = ci->eager_bodies;
+    if (why && n)
+        snprintf(why, n, "%s", ci->graphs_on ? ci->capture_msg : "NLLM_CUDA_GRAPHS=0");
     return 0;
 }
 
@@ -234,14 +472,23 @@ static void cu_destroy(nllm_backend_t *be)
         cudaSetDevice(ci->device);
         if (ci->stream)
             cudaStreamSynchronize(ci->stream);
+        for (int i = 0; i < NLLM_CUDA_GRAPHS; i++)
+            graph_forget(&ci->graphs[i]);
         if (ci->blas)
             cublasDestroy(ci->blas);
         if (ci->scratch)
             cudaFree(ci->scratch);
         if (ci->d_norm)
             cudaFree(ci->d_norm);
-        if (ci->h_norm)
-            cudaFreeHost(ci->h_norm);
+        if (ci->workspace)
+            cudaFree(ci->workspace);
+        for (int i = 0; i < 2; i++) {
+            if (ci->stage[i].buf)
+                cudaFreeHost(ci->stage[i].buf);
+            if (ci->stage[i].ev)
+                cudaEventDestroy(ci->stage[i].ev);
+        }
+        free(ci->blocks);
         if (ci->stream)
             cudaStreamDestroy(ci->stream);
         (void)cudaGetLastError();
@@ -366,7 +613,10 @@ extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_e
         return nllm_err_set(err, NLLM_ENOMEM, "cuda:%d backend: out of host memory", device);
     }
     be->impl = ci;
+    ci->be = be;
     ci->device = device;
+    const char *ge = getenv("NLLM_CUDA_GRAPHS");
+    ci->graphs_on = !(ge && strcmp(ge, "0") == 0);
     snprintf(ci->name, sizeof ci->name, "cuda:%d", device);
     be->name = ci->name;
     be->precisions = (1u << NLLM_PREC_FP32) | (1u << NLLM_PREC_TF32) | (1u << NLLM_PREC_BF16);
@@ -396,12 +646,22 @@ extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_e
     }
     if (!ci->err_code)
         nllm__cuda_check(ci,
-                         cudaMalloc((void **)&ci->d_norm,
-                                    sizeof(double) * (NLLM_CUDA_SQN_BLOCKS + 1)),
+                         cudaMalloc((void **)&ci->d_norm, sizeof(double) * NLLM_CUDA_SQN_BLOCKS),
                          "cudaMalloc (norm scratch)");
-    if (!ci->err_code)
-        nllm__cuda_check(ci, cudaMallocHost((void **)&ci->h_norm, sizeof(double)),
-                         "cudaMallocHost (norm result)");
+    /* a workspace of our own: cuBLAS then allocates nothing inside a graph
+     * capture, and picks the same kernels with and without graphs */
+    if (!ci->err_code &&
+        nllm__cuda_check(ci, cudaMalloc(&ci->workspace, NLLM_CUDA_WORKSPACE),
+                         "cudaMalloc (cuBLAS workspace)"))
+        blas_check(ci, cublasSetWorkspace(ci->blas, ci->workspace, NLLM_CUDA_WORKSPACE),
+                   "cublasSetWorkspace");
+    for (int i = 0; i < 2 && !ci->err_code; i++)
+        nllm__cuda_check(ci, cudaEventCreateWithFlags(&ci->stage[i].ev, cudaEventDisableTiming),
+                         "cudaEventCreateWithFlags (upload staging)");
+    if (!ci->err_code) {
+        be->mem_bytes = be->mem_peak =
+            sizeof(double) * NLLM_CUDA_SQN_BLOCKS + NLLM_CUDA_WORKSPACE;
+    }
     if (ci->err_code) {
         int rc = nllm_err_set(err, ci->err_code, "%s", ci->err_msg);
         cu_destroy(be);
@@ -418,6 +678,8 @@ extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_e
     be->sync = cu_sync;
     be->destroy = cu_destroy;
     be->gemm = cu_gemm;
+    be->record = cu_record;
+    be->record_drop = cu_record_drop;
     nllm__cuda_ops_install(be);
     *out = be;
     return 0;

@@ -29,6 +29,14 @@ int nllm_cuda_device_count(void);
 int nllm_cuda_device_info(int dev, char *name, size_t n, uint64_t *total_mem,
                           uint64_t *free_mem);
 
+/* How the CUDA backend be ran its recorded bodies (be->record): graph
+ * launches, eager runs (warm-ups and bodies that could not be captured),
+ * and why the last capture failed ("" when none did). NLLM_EDEVICE when be
+ * is not a CUDA backend (or this build has no CUDA). */
+struct nllm_backend;
+int nllm_cuda_graph_stats(struct nllm_backend *be, uint64_t *launches, uint64_t *eager,
+                          char *why, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -20,7 +20,37 @@ extern "C" {
 
 #define NLLM_CUDA_SQN_BLOCKS 1024 /* sq_norm: fixed grid, so a fixed sum order */
 
+#define NLLM_CUDA_GRAPHS 16          /* recordings kept per backend (LRU)   */
+#define NLLM_CUDA_STAGE_MAX (8u << 20) /* uploads up to this size are staged  */
+#define NLLM_CUDA_WORKSPACE (32u << 20) /* cuBLAS workspace (graph-safe)       */
+
+/* One recording of be->record: an instantiated CUDA graph of a body. */
 typedef struct {
+    const void *owner;
+    uint64_t key;
+    cudaGraphExec_t exec; /* NULL: not captured (yet)              */
+    int eager_runs;       /* runs without a graph so far            */
+    int failed;           /* capture failed: always run eagerly     */
+    int breaks;           /* captures broken so far                 */
+    uint64_t last_use;
+} nllm__cuda_graph_t;
+
+/* A pinned host buffer an upload is staged through, and the event after
+ * the copy that reads it (the buffer is free again once it completed). */
+typedef struct {
+    void *buf;
+    size_t cap;
+    cudaEvent_t ev;
+    int pending;
+} nllm__cuda_stage_t;
+
+typedef struct {
+    void *p;
+    size_t bytes;
+} nllm__cuda_block_t;
+
+typedef struct {
+    nllm_backend_t *be; /* the backend this is the impl of */
     int device;
     char name[16];     /* "cuda:0" (be->name points here) */
     char devname[256]; /* "NVIDIA H200"                   */
@@ -30,8 +60,22 @@ typedef struct {
     char err_msg[NLLM_ERR_MSG_MAX];
     void *scratch;     /* grows on demand; used within one op at a time */
     size_t scratch_bytes;
-    double *d_norm;    /* NLLM_CUDA_SQN_BLOCKS partials + 1 result      */
-    double *h_norm;    /* pinned host copy of the result                */
+    double *d_norm;    /* NLLM_CUDA_SQN_BLOCKS partials                 */
+    void *workspace;   /* cuBLAS workspace, NLLM_CUDA_WORKSPACE bytes   */
+    /* recordings (be->record) */
+    int graphs_on;     /* 0: NLLM_CUDA_GRAPHS=0 in the environment      */
+    nllm__cuda_graph_t graphs[NLLM_CUDA_GRAPHS];
+    uint64_t use_clock;
+    int capturing;     /* inside a stream capture: errors break it      */
+    int capture_broken;
+    char capture_msg[256]; /* why the last capture failed (or "")      */
+    uint64_t graph_launches, eager_bodies;
+    /* staged uploads: two pinned buffers used in turn */
+    nllm__cuda_stage_t stage[2];
+    int stage_next;
+    /* device memory held (be->mem_bytes/mem_peak): the allocations */
+    nllm__cuda_block_t *blocks;
+    size_t nblocks, cap_blocks;
 } nllm__cuda_impl_t;
 
 static inline nllm__cuda_impl_t *nllm__cuda_impl(nllm_backend_t *be)
@@ -45,7 +89,9 @@ bool nllm__cuda_check(nllm__cuda_impl_t *ci, cudaError_t e, const char *what);
 /* Makes the backend's device current; false if the backend has failed. */
 bool nllm__cuda_enter(nllm__cuda_impl_t *ci);
 /* Device scratch of at least `bytes` (stream-ordered reuse: only valid
- * until the next call); NULL after recording an error. */
+ * until the next call); NULL after recording an error. Growing it drops
+ * every recorded graph (they hold the old pointer); inside a capture it
+ * breaks the capture instead (the body then runs eagerly and grows it). */
 void *nllm__cuda_scratch(nllm__cuda_impl_t *ci, size_t bytes, const char *what);
 
 /* cuda_ops.cu: fills the op table; C = beta * C (GEMM with K == 0);

@@ -278,11 +278,14 @@ __device__ __forceinline__ uint32_t philox_word(const nllm_philox_ctr_t &r, unsi
 
 /* x (B, H) rows of step t: relu(x + bias), then the dropout mask of
  * element (b*T + t)*H + j: kept iff (word >> 8) >= thr with
- * thr = ceil(p * 2^24), i.e. u01(word) >= p (nllm_dropout_keep). */
+ * thr = ceil(p * 2^24), i.e. u01(word) >= p (nllm_dropout_keep). The key
+ * and step come from the step block sd (device memory). */
 __global__ void k_bias_relu_dropout(float *x, const float *bias, int64_t n, int H, int t, int T,
-                                    uint64_t seed, uint32_t stream, uint32_t step, int dropout,
+                                    const nllm_step_dev_t *sd, uint32_t stream, int dropout,
                                     uint32_t thr, float scale)
 {
+    const uint64_t seed = dropout ? sd->seed : 0;
+    const uint32_t step = dropout ? sd->rng_step : 0;
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
         int64_t b = e / H;
@@ -299,9 +302,46 @@ __global__ void k_bias_relu_dropout(float *x, const float *bias, int64_t n, int 
     }
 }
 
+/* The same for H % 4 == 0 and 16-byte aligned rows: a thread owns four
+ * adjacent units j..j+3 (j % 4 == 0), whose element indices share one
+ * Philox block (the index is (b*T + t)*H + j, so idx % 4 == j % 4): one
+ * Philox call and one float4 load and store instead of four of each. */
+__global__ void k_bias_relu_dropout4(float4 *x, const float4 *bias, int64_t n4, int H4, int t,
+                                     int T, const nllm_step_dev_t *sd, uint32_t stream,
+                                     int dropout, uint32_t thr, float scale)
+{
+    const uint64_t seed = dropout ? sd->seed : 0;
+    const uint32_t step = dropout ? sd->rng_step : 0;
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n4;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        int64_t b = e / H4;
+        int q = (int)(e - b * H4);
+        float4 v = x[e], bb = bias[q];
+        v.x += bb.x;
+        v.y += bb.y;
+        v.z += bb.z;
+        v.w += bb.w;
+        if (dropout) {
+            uint64_t idx = ((uint64_t)b * (uint64_t)T + (uint64_t)t) * (uint64_t)H4 * 4u +
+                           (uint64_t)q * 4u;
+            nllm_philox_ctr_t r = nllm_rng_block(seed, stream, step, idx >> 2);
+            v.x = (v.x > 0.0f && (r.v[0] >> 8) >= thr) ? v.x * scale : 0.0f;
+            v.y = (v.y > 0.0f && (r.v[1] >> 8) >= thr) ? v.y * scale : 0.0f;
+            v.z = (v.z > 0.0f && (r.v[2] >> 8) >= thr) ? v.z * scale : 0.0f;
+            v.w = (v.w > 0.0f && (r.v[3] >> 8) >= thr) ? v.w * scale : 0.0f;
+        } else {
+            v.x = v.x > 0.0f ? v.x : 0.0f;
+            v.y = v.y > 0.0f ? v.y : 0.0f;
+            v.z = v.z > 0.0f ? v.z : 0.0f;
+            v.w = v.w > 0.0f ? v.w : 0.0f;
+        }
+        x[e] = v;
+    }
+}
+
 static void cu_bias_relu_dropout_forward(nllm_backend_t *be, float *x, const float *bias, int B,
-                                         int H, int t, int T, uint64_t seed, uint32_t stream,
-                                         uint32_t step, float p)
+                                         int H, int t, int T, const nllm_step_dev_t *sd,
+                                         uint32_t stream, float p)
 {
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
     if (B <= 0 || H <= 0 || !nllm__cuda_enter(ci))
@@ -310,8 +350,15 @@ static void cu_bias_relu_dropout_forward(nllm_backend_t *be, float *x, const flo
     /* threshold and scale computed exactly as the CPU backend does */
     uint32_t thr = p > 0.0f ? (uint32_t)ceil((double)p * 16777216.0) : 0;
     float scale = nllm_dropout_scale(p);
-    k_bias_relu_dropout<<<grid_for(n, NT_ELEM), NT_ELEM, 0, ci->stream>>>(
-        x, bias, n, H, t, T, seed, stream, step, p > 0.0f, thr, scale);
+    if (H % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)bias & 15) == 0) {
+        int64_t n4 = n / 4;
+        k_bias_relu_dropout4<<<grid_for(n4, NT_ELEM), NT_ELEM, 0, ci->stream>>>(
+            (float4 *)x, (const float4 *)bias, n4, H / 4, t, T, sd, stream, p > 0.0f, thr,
+            scale);
+    } else {
+        k_bias_relu_dropout<<<grid_for(n, NT_ELEM), NT_ELEM, 0, ci->stream>>>(
+            x, bias, n, H, t, T, sd, stream, p > 0.0f, thr, scale);
+    }
     launched(ci, "kernel bias_relu_dropout_forward");
 }
 
@@ -446,7 +493,7 @@ static void cu_context_backward(nllm_backend_t *be, const nllm_ctx_args_t *a, fl
 
 __global__ void __launch_bounds__(NT_ROW)
     k_softmax_xent(float *y, const float *bias, const int32_t *targets, int V, int want_grad,
-                   float grad_scale, float *row_loss, float *row_hit)
+                   const nllm_step_dev_t *sd, float *row_loss, float *row_hit)
 {
     __shared__ float shv[33];
     __shared__ int shi[33];
@@ -488,6 +535,7 @@ __global__ void __launch_bounds__(NT_ROW)
         row_hit[r] = am == tgt ? 1.0f : 0.0f;
     }
     if (want_grad) {
+        const float grad_scale = sd->grad_scale;
         const float inv = 1.0f / s;
         for (int k = threadIdx.x; k < V; k += NT_ROW) {
             float gk = grad_scale * (expf(yr[k] - mx) * inv);
@@ -500,14 +548,52 @@ __global__ void __launch_bounds__(NT_ROW)
 
 static void cu_softmax_xent(nllm_backend_t *be, float *y, const float *bias,
                             const int32_t *targets, int N, int V, int want_grad,
-                            float grad_scale, float *row_loss, float *row_hit)
+                            const nllm_step_dev_t *sd, float *row_loss, float *row_hit)
 {
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
     if (N <= 0 || V <= 0 || !nllm__cuda_enter(ci))
         return;
-    k_softmax_xent<<<(unsigned)N, NT_ROW, 0, ci->stream>>>(y, bias, targets, V, want_grad,
-                                                          grad_scale, row_loss, row_hit);
+    k_softmax_xent<<<(unsigned)N, NT_ROW, 0, ci->stream>>>(y, bias, targets, V, want_grad, sd,
+                                                          row_loss, row_hit);
     launched(ci, "kernel softmax_xent");
+}
+
+/* ---- the batch's figures ------------------------------------------------------
+ * One block: thread i sums rows i, i + NT_STATS, ... in order (double loss,
+ * integer hits), then the fixed tree of block_sum: the order depends on N
+ * alone. */
+
+#define NT_STATS 1024
+
+__global__ void __launch_bounds__(NT_STATS)
+    k_batch_stats(const float *row_loss, const float *row_hit, int N,
+                  const nllm_step_dev_t *sd, nllm_step_out_t *ring)
+{
+    __shared__ double shd[33];
+    __shared__ long long shi[33];
+    double loss = 0.0;
+    long long hits = 0;
+    for (int r = threadIdx.x; r < N; r += NT_STATS) {
+        loss += (double)row_loss[r];
+        hits += row_hit[r] != 0.0f;
+    }
+    loss = block_sum(loss, shd);
+    hits = block_sum(hits, shi);
+    if (threadIdx.x == 0) {
+        nllm_step_out_t *o = &ring[sd->slot];
+        o->loss_sum = loss;
+        o->correct = (int64_t)hits;
+    }
+}
+
+static void cu_batch_stats(nllm_backend_t *be, const float *row_loss, const float *row_hit,
+                           int N, const nllm_step_dev_t *sd, nllm_step_out_t *ring)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (!nllm__cuda_enter(ci))
+        return;
+    k_batch_stats<<<1, NT_STATS, 0, ci->stream>>>(row_loss, row_hit, N > 0 ? N : 0, sd, ring);
+    launched(ci, "kernel batch_stats");
 }
 
 /* ---- column sums -------------------------------------------------------------
@@ -595,45 +681,60 @@ __global__ void __launch_bounds__(256) k_sq_norm_partial(const float *x, int64_t
         part[blockIdx.x] = s;
 }
 
-__global__ void __launch_bounds__(NLLM_CUDA_SQN_BLOCKS) k_sq_norm_final(double *part)
+__global__ void __launch_bounds__(NLLM_CUDA_SQN_BLOCKS)
+    k_sq_norm_final(const double *part, double *out)
 {
     __shared__ double sh[33];
     double s = block_sum(part[threadIdx.x], sh);
     if (threadIdx.x == 0)
-        part[NLLM_CUDA_SQN_BLOCKS] = s;
+        *out = s;
 }
 
 static void cu_sq_norm(nllm_backend_t *be, const float *x, int64_t n, double *out)
 {
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
-    /* 0 on failure: the caller's next sync reports the error (a NaN here
-     * would read as "training diverged") */
-    *out = 0.0;
     if (!nllm__cuda_enter(ci))
         return;
     k_sq_norm_partial<<<NLLM_CUDA_SQN_BLOCKS, 256, 0, ci->stream>>>(x, n > 0 ? n : 0,
                                                                     ci->d_norm);
     if (!launched(ci, "kernel sq_norm (partial)"))
         return;
-    k_sq_norm_final<<<1, NLLM_CUDA_SQN_BLOCKS, 0, ci->stream>>>(ci->d_norm);
-    if (!launched(ci, "kernel sq_norm (final)"))
+    k_sq_norm_final<<<1, NLLM_CUDA_SQN_BLOCKS, 0, ci->stream>>>(ci->d_norm, out);
+    launched(ci, "kernel sq_norm (final)");
+}
+
+/* ---- the clip decision (one thread; nllm_clip_factor as the CPU) ------------------ */
+
+__global__ void k_clip(nllm_step_dev_t *sd, nllm_step_out_t *ring)
+{
+    double norm = sqrt(sd->sqnorm);
+    double scale = nllm_clip_factor(norm, sd->max_norm);
+    sd->adam.clip_scale = (float)scale;
+    if (!isfinite(norm))
+        sd->halted = 1;
+    nllm_step_out_t *o = &ring[sd->slot];
+    o->grad_norm = norm;
+    o->clip_scale = scale;
+    o->halted = sd->halted;
+}
+
+static void cu_clip(nllm_backend_t *be, nllm_step_dev_t *sd, nllm_step_out_t *ring)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (!nllm__cuda_enter(ci))
         return;
-    if (!nllm__cuda_check(ci,
-                          cudaMemcpyAsync(ci->h_norm, ci->d_norm + NLLM_CUDA_SQN_BLOCKS,
-                                          sizeof(double), cudaMemcpyDeviceToHost, ci->stream),
-                          "sq_norm (cudaMemcpyAsync device to host)"))
-        return;
-    if (!nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream),
-                          "queued work (found at sq_norm's cudaStreamSynchronize)"))
-        return;
-    *out = *ci->h_norm;
+    k_clip<<<1, 1, 0, ci->stream>>>(sd, ring);
+    launched(ci, "kernel clip");
 }
 
 /* ---- Adam ------------------------------------------------------------------------ */
 
 __global__ void k_adam(float *p, float *m, float *v, const float *g, int64_t n,
-                       nllm_adam_consts_t c)
+                       const nllm_step_dev_t *sd)
 {
+    if (sd->halted)
+        return; /* a non-finite gradient norm: nothing changes */
+    const nllm_adam_consts_t c = sd->adam;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         float pp = p[i], mm = m[i], vv = v[i];
@@ -645,13 +746,12 @@ __global__ void k_adam(float *p, float *m, float *v, const float *g, int64_t n,
 }
 
 static void cu_adam(nllm_backend_t *be, float *p, float *m, float *v, const float *g, int64_t n,
-                    const void *consts)
+                    const nllm_step_dev_t *sd)
 {
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
     if (n <= 0 || !nllm__cuda_enter(ci))
         return;
-    nllm_adam_consts_t c = *(const nllm_adam_consts_t *)consts;
-    k_adam<<<grid_for(n, NT_ELEM), NT_ELEM, 0, ci->stream>>>(p, m, v, g, n, c);
+    k_adam<<<grid_for(n, NT_ELEM), NT_ELEM, 0, ci->stream>>>(p, m, v, g, n, sd);
     launched(ci, "kernel adam");
 }
 
@@ -666,6 +766,8 @@ void nllm__cuda_ops_install(nllm_backend_t *be)
     be->context_forward = cu_context_forward;
     be->context_backward = cu_context_backward;
     be->softmax_xent = cu_softmax_xent;
+    be->batch_stats = cu_batch_stats;
+    be->clip = cu_clip;
     be->col_sum = cu_col_sum;
     be->sq_norm = cu_sq_norm;
     be->adam = cu_adam;
