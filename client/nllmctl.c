@@ -106,7 +106,7 @@ enum {
     O_DATA, O_VAL, O_CONFIG, O_EPOCHS, O_BATCH, O_LR, O_SEQ, O_VOCAB, O_EMBED, O_HIDDEN,
     O_CONTEXT, O_LAYERS, O_DROPOUT, O_PATIENCE, O_RESET_PATIENCE, O_SAVE_EVERY, O_KEEP,
     O_CLIP, O_SEED, O_TOKENIZER, O_DEVICE, O_INIT_FROM, O_INIT_OPT, O_THREADS, O_WATCH,
-    O_SET,
+    O_SET, O_PRECISION,
     /* others */
     O_AT_EPOCH_END, O_ALL, O_CSV, O_LIMIT, O_DELETE_FILES, O_CHECKPOINT, O_PROMPT,
     O_TOKENS, O_TEMPERATURE, O_OUTPUT,
@@ -511,6 +511,7 @@ static void print_status(const json_t *st)
     else
         printf("best val loss:   -\n");
     printf("device:          %s\n", nllm_j_str(st, "device", "-"));
+    printf("precision:       %s\n", nllm_j_str(st, "precision", "-"));
     printf("attempt:         %lld\n", (long long)nllm_j_int(st, "attempt", 1));
     const char *e = nllm_j_str(st, "error", NULL);
     if (e && *e)
@@ -661,6 +662,7 @@ static const struct option start_long[] = {
     {"init-from", required_argument, 0, O_INIT_FROM},
     {"init-optimizer", no_argument, 0, O_INIT_OPT},
     {"threads", required_argument, 0, O_THREADS},
+    {"precision", required_argument, 0, O_PRECISION},
     {"watch", no_argument, 0, O_WATCH},
     {"set", required_argument, 0, O_SET},
     {0, 0, 0, 0},
@@ -680,6 +682,7 @@ static const struct {
     {O_KEEP, "keep", "--keep"},                   {O_CLIP, "clip", "--clip"},
     {O_SEED, "seed", "--seed"},                   {O_TOKENIZER, "tokenizer", "--tokenizer"},
     {O_DEVICE, "device", "--device"},             {O_THREADS, "threads", "--threads"},
+    {O_PRECISION, "precision", "--precision"},
 };
 
 static int add_setting(settings_t *s, const cmd_t *c, const char *key, const char *value,
@@ -910,6 +913,7 @@ static const struct option resume_long[] = {
     {"batch", required_argument, 0, O_BATCH},
     {"patience", required_argument, 0, O_PATIENCE},
     {"clip", required_argument, 0, O_CLIP},
+    {"precision", required_argument, 0, O_PRECISION},
     {"set", required_argument, 0, O_SET},
     {"watch", no_argument, 0, O_WATCH},
     {0, 0, 0, 0},
@@ -932,7 +936,8 @@ static int resume_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
         o->watch = 1;
         return -1;
     }
-    int rc = setting_opt(&o->s, c, opt, arg, 0); /* --lr, --batch, --patience, --clip, --set */
+    /* --lr, --batch, --patience, --clip, --precision, --set */
+    int rc = setting_opt(&o->s, c, opt, arg, 0);
     return rc ? rc : usage_error(c, "unexpected flag");
 }
 
@@ -1681,8 +1686,8 @@ static const cmd_t commands[] = {
      "       [--seq-len N] [--vocab N] [--embed-dim N] [--hidden-dim N] [--context-dim N]\n"
      "       [--layers N] [--dropout X] [--patience N] [--reset-patience] [--save-every N]\n"
      "       [--keep N] [--clip X|reference|none] [--seed N] [--tokenizer word|byte]\n"
-     "       [--device D] [--init-from JOB:CKPT|FILE] [--init-optimizer] [--threads N]\n"
-     "       [--set KEY=VALUE] [--watch]",
+     "       [--device D] [--precision fp32|tf32|bf16] [--init-from JOB:CKPT|FILE]\n"
+     "       [--init-optimizer] [--threads N] [--set KEY=VALUE] [--watch]",
      "create a training job and queue it",
      "Creates job NAME ([A-Za-z0-9._-], 1-64 characters, not starting with '.') and\n"
      "queues it until a device is free. Settings come from the defaults, then the job\n"
@@ -1722,6 +1727,8 @@ static const cmd_t commands[] = {
      "  --keep N             periodic checkpoints kept, 0 = all (keep, 0)\n"
      "Placement:\n"
      "  --device D           cpu or cuda:N (default: any free device)\n"
+     "  --precision P        GEMM arithmetic: fp32 (default), tf32 or bf16 (precision);\n"
+     "                       tf32 and bf16 need a CUDA device (cpu implements fp32 only)\n"
      "  --threads N          CPU threads, 0 = all (threads, 0)\n"
      "Other:\n"
      "  --set KEY=VALUE      any configuration key, e.g. --set weight_decay=0.01\n"
@@ -1729,7 +1736,7 @@ static const cmd_t commands[] = {
      "                       max_seq_length dropout data val tokenizer val_fraction\n"
      "                       num_epochs batch_size learning_rate beta1 beta2 eps\n"
      "                       weight_decay clip patience min_delta reset_patience seed\n"
-     "                       save_every keep device threads)\n"
+     "                       save_every keep device threads precision)\n"
      "  --watch              then follow the job like `nllmctl watch NAME`\n"
      "\n"
      "A bad flag value or a missing data file is a usage error (exit 2).\n"},
@@ -1738,7 +1745,7 @@ static const cmd_t commands[] = {
      "epoch) VAL_LOSS (last epoch) BEST_VAL (loss@epoch) DEVICE UPDATED.\n"},
     {"status", cmd_status, "status NAME", "show one job's state, metrics and configuration",
      "Prints `key: value` lines: state, epoch, step, losses, best validation loss,\n"
-     "device, error, times, and the full configuration.\n"},
+     "device, precision, error, times, and the full configuration.\n"},
     {"watch", cmd_watch, "watch NAME", "follow a job's training live",
      "Draws the training display: a header (model dims, parameters, device), then per\n"
      "epoch `Epoch N/M`, a progress bar with percent, elapsed time, ETA and the running\n"
@@ -1755,7 +1762,7 @@ static const cmd_t commands[] = {
      "  --at-epoch-end       finish the running epoch first\n"},
     {"resume", cmd_resume,
      "resume NAME [CKPT] [--epochs N] [--reset-patience] [--lr X] [--batch N]\n"
-     "       [--patience N] [--clip X] [--set KEY=VALUE] [--watch]",
+     "       [--patience N] [--clip X] [--precision P] [--set KEY=VALUE] [--watch]",
      "continue a paused, interrupted, stopped, completed or failed job",
      "CKPT is paused, latest (default), best, final or epoch_N; history after it is kept\n"
      "but marked superseded. Training settings may change; the model shape may not.\n"
@@ -1765,6 +1772,8 @@ static const cmd_t commands[] = {
      "  --batch N            batch size from now on\n"
      "  --patience N         early-stopping patience from now on\n"
      "  --clip X             clipping from now on: a max norm, reference or none\n"
+     "  --precision P        GEMM precision from now on: fp32, tf32 or bf16 (an event\n"
+     "                       records the change)\n"
      "  --set KEY=VALUE      any other training setting (e.g. weight_decay=0.01)\n"
      "  --watch              then follow the job like `nllmctl watch NAME`\n"},
     {"extend", cmd_extend, "extend NAME NUM_EPOCHS", "raise a job's target number of epochs",

@@ -206,7 +206,8 @@ static void header(view_t *v, const json_t *st)
         const char *val = nllm_j_str(cfg, "val", "");
         printf("Data: %s%s%s\n", nllm_j_str(cfg, "data", "?"), *val ? ", val " : "", val);
     }
-    printf("Device: %s\n", dev);
+    printf("Device: %s, precision %s\n", dev,
+           nllm_j_str(st, "precision", cfg ? nllm_j_str(cfg, "precision", "fp32") : "fp32"));
     fflush(stdout);
 }
 

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { F_I32, F_F32, F_F64, F_U64, F_PATH, F_TOK, F_CLIP, F_BOOL, F_DEV } ftype_t;
+typedef enum { F_I32, F_F32, F_F64, F_U64, F_PATH, F_TOK, F_CLIP, F_BOOL, F_DEV, F_PREC } ftype_t;
 
 typedef struct {
     const char *key;
@@ -56,6 +56,8 @@ static const field_t fields[] = {
     {"keep", F_I32, OFF(keep), 0, 1000000, 0, "periodic checkpoints kept (0: all)"},
     {"device", F_DEV, OFF(device), 0, 0, 0, "cpu, cuda:N, or empty for any free device"},
     {"threads", F_I32, OFF(threads), 0, 4096, 0, "CPU threads (0: all)"},
+    {"precision", F_PREC, OFF(precision), 0, 0, 0,
+     "GEMM arithmetic: fp32, tf32 or bf16 (tf32 and bf16 need a CUDA device)"},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
@@ -100,6 +102,7 @@ void nllm_job_config_defaults(nllm_job_config_t *c)
     c->save_every = 5;
     c->keep = 0;
     c->threads = 0;
+    c->precision = NLLM_PREC_FP32;
 }
 
 static const field_t *find_field(const char *key)
@@ -231,6 +234,14 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
         }
         snprintf(c->device, sizeof c->device, "%s", v);
         return 0;
+    case F_PREC: {
+        nllm_precision_t p;
+        if (nllm_precision_parse(v, &p, NULL) < 0)
+            return nllm_err_set(err, NLLM_EINVAL, "%s must be fp32, tf32 or bf16, not \"%.64s\"",
+                                f->key, v);
+        c->precision = p;
+        return 0;
+    }
     }
     return nllm_err_set(err, NLLM_EINTERNAL, "config field %s has no type", f->key);
 }
@@ -314,6 +325,9 @@ static void field_text(const nllm_job_config_t *c, const field_t *f, char *buf, 
         else
             snprintf(buf, n, "%s", c->clip_mode == NLLM_CLIP_NONE ? "none" : "reference");
         break;
+    case F_PREC:
+        snprintf(buf, n, "%s", nllm_precision_name(c->precision));
+        break;
     }
 }
 
@@ -357,6 +371,7 @@ json_t *nllm_job_config_to_json(const nllm_job_config_t *c)
             break;
         case F_TOK:
         case F_CLIP:
+        case F_PREC:
             field_text(c, f, buf, sizeof buf);
             v = f->type == F_CLIP && c->clip_mode == NLLM_CLIP_FIXED ? json_real(c->clip_value)
                                                                      : json_string(buf);

@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "data.h"
 #include "model.h"
 #include "nllm_err.h"
@@ -42,6 +43,7 @@ typedef struct {
     /* placement */
     char device[32];          /* "cpu", "cuda:0", or "" = any free device */
     int32_t threads;          /* CPU threads; 0 = all */
+    nllm_precision_t precision; /* GEMM arithmetic (backend.h); may change on resume */
 } nllm_job_config_t;
 
 void nllm_job_config_defaults(nllm_job_config_t *c);

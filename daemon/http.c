@@ -399,6 +399,7 @@ static void respond_json_error(http_conn_t *c, int status, const char *code, con
 typedef struct {
     const char *name;
     const char *state;
+    const char *precision; /* "fp32", "tf32", "bf16" */
     int active;
     int have_step, have_epoch;
     int64_t epoch, num_epochs, step, steps_per_epoch, global_step, attempt, best_epoch;
@@ -414,6 +415,7 @@ static void snap_job(nllmd_t *d, nllm_job_t *j, job_snap_t *o)
     memset(o, 0, sizeof *o);
     o->name = j->name;
     o->state = j->state;
+    o->precision = nllm_precision_name(j->cfg.precision);
     o->active = !strcmp(j->state, "running") || !strcmp(j->state, "pausing");
     pthread_mutex_lock(&j->mu);
     nllm_step_report_t st = j->last_step;
@@ -615,6 +617,11 @@ static void metrics_text(nllmd_http_t *s, buf_t *b)
         if (js[i].has_error)
             sample(b, "nllm_job_error_info", "job_name", js[i].name, "code",
                    js[i].error_code ? nllm_err_name(js[i].error_code) : "error", 1);
+    family(b, "nllm_job_precision_info", "gauge",
+           "The job's GEMM precision (job key precision: fp32, tf32 or bf16), value 1.");
+    for (int i = 0; i < n; i++)
+        sample(b, "nllm_job_precision_info", "job_name", js[i].name, "precision",
+               js[i].precision, 1);
 
     refresh_devices(d, s);
     family(b, "nllm_device_busy", "gauge", "1 when a job is training on the device.");

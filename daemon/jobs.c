@@ -128,6 +128,7 @@ json_t *nllmd_job_status_json(nllm_job_t *j)
     json_object_set_new(o, "device",
                         j->device >= 0 ? json_string(j->d->devices[j->device].name)
                                        : json_null());
+    json_object_set_new(o, "precision", json_string(nllm_precision_name(j->cfg.precision)));
     json_object_set_new(o, "error", j->error[0] ? json_string(j->error) : json_null());
     json_object_set_new(o, "attempt", json_integer(j->attempt));
     json_object_set_new(o, "created", json_real(j->created));
@@ -364,6 +365,8 @@ static void job_main(void *arg)
 
     int threads = cfg.threads > 0 ? cfg.threads : d->opt.threads;
     rc = nllm_backend_create(d->devices[j->device].name, threads, &be, err);
+    if (rc == 0 && (rc = nllm_backend_set_precision(be, cfg.precision, err)) < 0)
+        nllm_err_prefix(err, "job %s: ", j->name);
     if (rc == 0 && o->path[0]) {
         rc = nllm_ckpt_load(o->path, o->checksum, o->weights_only ? &cfg.model : NULL, &ck, err);
         if (rc == 0 && ck->vocab) {
@@ -469,9 +472,10 @@ int nllmd_jobs_running(nllmd_t *d)
     return n;
 }
 
-static int device_fits(const nllmd_device_t *dev, const char *want)
+static int device_fits(const nllmd_device_t *dev, const nllm_job_config_t *cfg)
 {
-    if (dev->busy)
+    const char *want = cfg->device;
+    if (dev->busy || !((dev->precisions >> cfg->precision) & 1u))
         return 0;
     return !want[0] || strcmp(want, dev->name) == 0 ||
            (strcmp(want, "cuda") == 0 && strcmp(dev->kind, "cuda") == 0);
@@ -498,7 +502,8 @@ static void job_launch(nllm_job_t *j, int dev)
         job_set_state(j, "failed", "could not start the job's thread");
         return;
     }
-    nllmd_job_event(j, "started", "training on %s (attempt %lld)%s%s", d->devices[dev].name,
+    nllmd_job_event(j, "started", "training on %s, precision %s (attempt %lld)%s%s",
+                    d->devices[dev].name, nllm_precision_name(j->cfg.precision),
                     (long long)j->attempt, j->origin.path[0] ? " from " : "",
                     j->origin.path[0] ? j->origin.label : "");
 }
@@ -513,7 +518,7 @@ void nllmd_schedule(nllmd_t *d)
         if (nllmd_jobs_running(d) >= d->opt.max_jobs)
             return;
         for (int k = 0; k < d->ndevices; k++)
-            if (device_fits(&d->devices[k], j->cfg.device)) {
+            if (device_fits(&d->devices[k], &j->cfg)) {
                 job_launch(j, k);
                 break;
             }
@@ -785,6 +790,32 @@ static int make_job_dirs(nllm_job_t *j, nllm_err_t *err)
     return nllm_fs_mkdir_p(p, 0750, err);
 }
 
+/* Refuses a job whose precision no device it may run on implements (a
+ * tf32 or bf16 job for device cpu, or on a daemon without GPUs), before
+ * anything changes. The message is the one the job thread would get from
+ * nllm_backend_set_precision (asked here of a stand-in for the device):
+ * "job x: device cpu implements precision fp32 only, not bf16: use
+ * --precision fp32 or a CUDA device". */
+static int check_precision(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
+                           nllm_err_t *err)
+{
+    const nllmd_device_t *lacking = NULL;
+    for (int k = 0; k < d->ndevices; k++) {
+        const nllmd_device_t *v = &d->devices[k];
+        if (cfg->device[0] && strcmp(cfg->device, v->name) != 0)
+            continue;
+        if ((v->precisions >> cfg->precision) & 1u)
+            return 0;
+        if (!lacking)
+            lacking = v;
+    }
+    if (!lacking)
+        return 0; /* no device of that name (nllmd_job_create refuses it) */
+    nllm_backend_t probe = {.name = lacking->name, .precisions = lacking->precisions};
+    int rc = nllm_backend_set_precision(&probe, cfg->precision, err);
+    return rc < 0 ? nllm_err_prefix(err, "job %s: ", name) : 0;
+}
+
 int nllmd_job_create(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
                      const nllm_job_origin_t *origin, const char *parent_job,
                      const char *parent_ckpt, nllm_job_t **out, nllm_err_t *err)
@@ -818,6 +849,8 @@ int nllmd_job_create(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
                                 "`nllmctl hello`)",
                                 name, cfg->device);
     }
+    if ((rc = check_precision(d, name, cfg, err)) < 0)
+        return rc;
     json_t *cj = nllm_job_config_to_json(cfg);
     char *ctext = json_dumps(cj, JSON_COMPACT | JSON_REAL_PRECISION(17));
     json_decref(cj);
@@ -1268,10 +1301,13 @@ int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *n
         if (rc < 0)
             return nllm_err_prefix(err, "job %s: ", j->name);
     }
+    int rc = check_precision(d, j->name, newcfg ? newcfg : &j->cfg, err);
+    if (rc < 0)
+        return rc;
     nllm_job_origin_t o = {0};
     nllm_catalog_ckpt_t ck;
     const char *name = ckpt && *ckpt ? ckpt : "latest";
-    int rc = nllm_catalog_ckpt_find(d->cat, j->name, name, &ck, err);
+    rc = nllm_catalog_ckpt_find(d->cat, j->name, name, &ck, err);
     int64_t from_epoch = 0;
     if (rc == 0) {
         if (strcmp(ck.status, "ok") != 0) {
@@ -1333,8 +1369,13 @@ int nllmd_job_extend(nllm_job_t *j, int64_t num_epochs, nllm_err_t *err)
                             "job %s has already completed %lld epochs: num_epochs must be at "
                             "least that",
                             j->name, (long long)j->epoch_done);
+    /* a completed job trains on at once: refused before the target changes */
+    int rc = 0;
+    if (!strcmp(j->state, "completed") && num_epochs > j->epoch_done &&
+        (rc = check_precision(j->d, j->name, &j->cfg, err)) < 0)
+        return rc;
     int64_t old = j->cfg.num_epochs;
-    int rc = nllm_catalog_job_set_num_epochs(j->d->cat, j->name, num_epochs, err);
+    rc = nllm_catalog_job_set_num_epochs(j->d->cat, j->name, num_epochs, err);
     if (rc < 0)
         return rc;
     j->cfg.num_epochs = (int32_t)num_epochs;

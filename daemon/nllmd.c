@@ -329,6 +329,11 @@ static int read_config_file(nllmd_opts_t *o, const char *path, int required, nll
     return rc;
 }
 
+/* d->devices from --devices (default: every GPU, else cpu). Each device's
+ * precisions are what its backend implements (kernels/cpu: fp32 only;
+ * kernels/cuda: fp32, tf32, bf16), known here without creating one, so
+ * that start and resume can refuse a precision its device lacks; the job
+ * thread's nllm_backend_set_precision still has the last word. */
 static int setup_devices(nllmd_t *d, nllm_err_t *err)
 {
     char list[256];
@@ -354,6 +359,7 @@ static int setup_devices(nllmd_t *d, nllm_err_t *err)
         if (strcmp(t, "cpu") == 0) {
             snprintf(v->name, sizeof v->name, "cpu");
             snprintf(v->kind, sizeof v->kind, "cpu");
+            v->precisions = 1u << NLLM_PREC_FP32;
         } else if (strncmp(t, "cuda:", 5) == 0) {
             char *end;
             long id = strtol(t + 5, &end, 10);
@@ -367,6 +373,8 @@ static int setup_devices(nllmd_t *d, nllm_err_t *err)
                                     t);
             snprintf(v->name, sizeof v->name, "cuda:%ld", id);
             snprintf(v->kind, sizeof v->kind, "cuda");
+            v->precisions = (1u << NLLM_PREC_FP32) | (1u << NLLM_PREC_TF32) |
+                            (1u << NLLM_PREC_BF16);
         } else {
             return nllm_err_set(err, NLLM_EINVAL,
                                 "--devices: \"%s\" is not a device: use cpu or cuda:N", t);
@@ -533,7 +541,8 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         if (!strcmp(key, "help")) {
             printf("usage: nllmd run [--state-dir DIR] NAME --data FILE [--KEY VALUE ...] "
                    "[--resume [CKPT]] [--init-from JOB:CKPT|FILE]\n"
-                   "Trains one job in the foreground; job keys as in `nllmctl start --help`.\n"
+                   "Trains one job in the foreground; job keys as in `nllmctl start --help`\n"
+                   "(e.g. --epochs 10 --precision bf16; tf32 and bf16 need a CUDA device).\n"
                    "Exit 0 when it completes, 1 when it fails, 75 when SIGTERM paused it\n"
                    "(rerun with --resume to continue).\n");
             return 0;
@@ -631,11 +640,11 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         } else {
             o.weights_only = init_from != NULL;
             printf("Job %s: V=%d De=%d H=%d Dc=%d L=%d S=%d dropout=%g, %d epochs, batch %d, "
-                   "lr %g, device %s\n",
+                   "lr %g, device %s, precision %s\n",
                    name, cfg.model.vocab_size, cfg.model.embed_dim, cfg.model.hidden_dim,
                    cfg.model.context_dim, cfg.model.num_layers, cfg.model.max_seq_length,
                    (double)cfg.model.dropout, cfg.num_epochs, cfg.batch_size, cfg.learning_rate,
-                   d->devices[0].name);
+                   d->devices[0].name, nllm_precision_name(cfg.precision));
             /* the job must be known before it starts, to print its first events */
             d->oneshot = NULL;
             if (nllmd_job_create(d, name, &cfg, &o, NULL, NULL, &j, &err) < 0) {

@@ -51,6 +51,7 @@ typedef struct {
     char kind[8];    /* "cpu" | "cuda" */
     char gpu[128];   /* GPU name, "" for cpu */
     uint64_t mem_total, mem_free;
+    unsigned precisions; /* what its backend implements: bit 1 << NLLM_PREC_* */
     nllm_job_t *busy; /* job running on it, or NULL */
 } nllmd_device_t;
 

@@ -1,8 +1,9 @@
 /* test_config.c -- job configuration: model.md defaults, every bad value
  * rejected with a message naming the field (vocab_size < 5, a dimension 0
  * or over 65536, batch 0, ...), the job-file parser (FILE:LINE in errors),
- * JSON round trip, the shape diff used for resume mismatches, and the
- * reference clipping schedule.
+ * JSON round trip, the shape diff used for resume mismatches, the
+ * reference clipping schedule, and the key `precision` (fp32 default, also
+ * for a config JSON from before the key existed; a training-only setting).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,6 +129,7 @@ static void test_json_roundtrip(void)
     a.learning_rate = 1.234567890123e-4;
     a.seed = 18446744073709551ULL;
     a.clip_mode = NLLM_CLIP_NONE;
+    a.precision = NLLM_PREC_BF16;
     json_t *j = nllm_job_config_to_json(&a);
     char *s = json_dumps(j, JSON_REAL_PRECISION(17));
     json_decref(j);
@@ -142,6 +144,82 @@ static void test_json_roundtrip(void)
     CHECK(nllm_job_config_from_json(u, &b, &err) == NLLM_EINVAL && strstr(err.msg, "bogus"),
           "unknown JSON key: %s", err.msg);
     json_decref(u);
+}
+
+static void test_precision(void)
+{
+    nllm_job_config_t c;
+    nllm_err_t err;
+    nllm_job_config_defaults(&c);
+    CHECK(c.precision == NLLM_PREC_FP32, "precision defaults to fp32");
+    const char *const *keys = nllm_job_config_keys();
+    int listed = 0;
+    for (size_t i = 0; keys[i]; i++)
+        listed |= !strcmp(keys[i], "precision");
+    CHECK(listed, "precision is one of nllm_job_config_keys");
+    const char *names[] = {"fp32", "tf32", "bf16"};
+    const nllm_precision_t want[] = {NLLM_PREC_FP32, NLLM_PREC_TF32, NLLM_PREC_BF16};
+    for (int i = 0; i < 3; i++) {
+        nllm_job_config_defaults(&c);
+        if (i == 0)
+            c.precision = NLLM_PREC_BF16;
+        CHECK(nllm_job_config_set(&c, "precision", names[i], &err) == 0 &&
+                  c.precision == want[i],
+              "precision = %s: %s", names[i], err.msg);
+    }
+    expect_bad("precision", "fp16", "precision");
+    expect_bad("precision", "FP32", "precision");
+    expect_bad("precision", "", "precision");
+    nllm_err_clear(&err);
+    nllm_job_config_set(&c, "precision", "half", &err);
+    CHECK(strstr(err.msg, "precision") && strstr(err.msg, "fp32, tf32 or bf16") &&
+              strstr(err.msg, "\"half\""),
+          "bad precision: the message names the key, the allowed values and the value: %s",
+          err.msg);
+
+    /* a job file; an error names FILE:LINE */
+    const char *text = "data = /d/t.txt\nprecision = tf32\n";
+    nllm_job_config_defaults(&c);
+    CHECK(nllm_job_config_parse_text(text, strlen(text), "job.ini", &c, &err) == 0 &&
+              c.precision == NLLM_PREC_TF32,
+          "job file precision = tf32: %s", err.msg);
+    const char *bad = "data = /d/t.txt\nprecision = int8\n";
+    CHECK(nllm_job_config_parse_text(bad, strlen(bad), "job.ini", &c, &err) == NLLM_EINVAL &&
+              strstr(err.msg, "job.ini:2") && strstr(err.msg, "precision"),
+          "job file precision = int8: %s", err.msg);
+
+    /* JSON: a string; a config JSON without the key (checkpoints and catalog
+     * rows from before it) loads as fp32; a bad value is refused */
+    nllm_job_config_defaults(&c);
+    c.precision = NLLM_PREC_TF32;
+    json_t *j = nllm_job_config_to_json(&c);
+    CHECK(json_is_string(json_object_get(j, "precision")) &&
+              !strcmp(json_string_value(json_object_get(j, "precision")), "tf32"),
+          "precision is a JSON string");
+    json_object_del(j, "precision");
+    nllm_job_config_t old;
+    nllm_job_config_defaults(&old);
+    CHECK(nllm_job_config_from_json(j, &old, &err) == 0 && old.precision == NLLM_PREC_FP32,
+          "config JSON without precision loads as fp32: %s", err.msg);
+    json_object_set_new(j, "precision", json_string("fp8"));
+    CHECK(nllm_job_config_from_json(j, &old, &err) == NLLM_EINVAL &&
+              strstr(err.msg, "precision") && strstr(err.msg, "fp8"),
+          "config JSON with precision fp8: %s", err.msg);
+    json_object_set_new(j, "precision", json_integer(2));
+    CHECK(nllm_job_config_from_json(j, &old, &err) == NLLM_EINVAL && strstr(err.msg, "precision"),
+          "config JSON with precision 2 (a number): %s", err.msg);
+    json_decref(j);
+
+    /* training-only: a change is a train diff (what resume reports), never a
+     * model-shape diff */
+    nllm_job_config_t a, b;
+    nllm_job_config_defaults(&a);
+    b = a;
+    b.precision = NLLM_PREC_TF32;
+    char buf[512];
+    int n = nllm_job_config_train_diff(&a, &b, buf, sizeof buf);
+    CHECK(n == 1 && strstr(buf, "precision: was fp32, now tf32"), "train diff: %d \"%s\"", n,
+          buf);
 }
 
 static void test_diff_and_clip(void)
@@ -172,6 +250,7 @@ int main(void)
     RUN(test_bad_values);
     RUN(test_job_file);
     RUN(test_json_roundtrip);
+    RUN(test_precision);
     RUN(test_diff_and_clip);
     return TEST_REPORT();
 }

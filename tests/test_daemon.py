@@ -10,10 +10,13 @@ a job that fails (its data file vanished) while the daemon keeps serving,
 replies (also generate/verify from the thread pool) to a client that
 half-closed (shutdown(SHUT_WR)) before they were ready, then EOF,
 a refused resume of a completed job without more epochs (conflict, nothing
-touched) and one with --epochs that trains on, SIGKILL then restart (job
-`interrupted`, checkpoints verify, resumes, checkpoint files no row names
-removed, a token cache temp file removed), a kill between a first epoch_1
-save and its row commit (the restart records the file),
+touched) and one with --epochs that trains on, precision (a job started
+with --precision fp32 shows it in status; bf16 or tf32 on the cpu is
+refused by start, resume and `nllmd run`, naming the job, the device and
+fp32, leaving nothing behind, the daemon still serving), SIGKILL then
+restart (job `interrupted`, checkpoints verify, resumes, checkpoint files
+no row names removed, a token cache temp file removed), a kill between a
+first epoch_1 save and its row commit (the restart records the file),
 SIGTERM (paused checkpoint, exit 0), and 50 concurrent clients calling
 status while a job trains.
 
@@ -174,12 +177,21 @@ def run(tmp):
           % [m[:3] for m in got])
 
     # --- a straight run of 6 epochs (reference weights) ---
-    rc, st, err = d.ctl("start", "ref", "--data", data, "--epochs", "6", *SMALL)
+    rc, st, err = d.ctl("start", "ref", "--data", data, "--epochs", "6", "--precision", "fp32",
+                        *SMALL)
     check(rc == 0 and st["state"] in ("queued", "running"), "start ref")
+    check(st.get("precision") == "fp32" and st["config"].get("precision") == "fp32",
+          "ref started with --precision fp32: status shows precision fp32 (%s, config %s)"
+          % (st.get("precision"), st["config"].get("precision")))
     rc, out, _ = d.ctl("watch", "ref", timeout=300)
     check(rc == 0 and '"epoch"' in (out or ""), "watch ref until it completes")
     st = d.wait_state("ref", ["completed"])
     check(st["state"] == "completed" and st["epoch"] == 6, "ref completed 6 epochs")
+    r = subprocess.run([NLLMCTL, "--socket", d.sock, "status", "ref"], capture_output=True,
+                       text=True, timeout=60)
+    lines = [l.split() for l in r.stdout.splitlines()]
+    check(r.returncode == 0 and ["precision:", "fp32"] in lines and ["precision", "fp32"] in lines,
+          "nllmctl status ref (text): precision fp32, also in the config")
     ref_hash = final_hash(d, "ref")
     check(ref_hash is not None, "ref has a final checkpoint")
     names = sorted(c["name"] for c in d.ctl("checkpoints", "ref")[1]["checkpoints"])
@@ -327,6 +339,38 @@ def run(tmp):
     check(rc in (1, 2) and "name" in err, "bad job name refused")
     rc, _, err = d.ctl("resume", "ref", "epoch_99", ok=False)
     check(rc == 1, "resume from a missing checkpoint refused")
+
+    # --- precision: the cpu implements fp32 only; refused before anything exists ---
+    rc, _, err = d.ctl("start", "half", "--data", data, "--device", "cpu", "--precision", "bf16",
+                       *SMALL, ok=False)
+    check(rc == 1 and "job half" in err and "device cpu" in err and "fp32" in err and
+          "bf16" in err, "start --device cpu --precision bf16 refused: %s" % err.strip())
+    check(d.ctl("status", "half", ok=False)[0] == 1 and
+          not os.path.exists(os.path.join(d.state, "jobs", "half")) and
+          "half" not in {j["name"] for j in d.ctl("list")[1]["jobs"]},
+          "the refused job left no catalog row and no folder")
+    rc, _, err = d.ctl("start", "half", "--data", data, "--precision", "tf32", *SMALL, ok=False)
+    check(rc == 1 and "job half" in err and "device cpu" in err and "fp32" in err,
+          "start --precision tf32 on a daemon without GPUs refused: %s" % err.strip())
+    check(d.ctl("hello")[0] == 0, "daemon still serving after refused precisions")
+    before = d.status("ref")
+    events = d.ctl("events", "ref")[1]["events"]
+    rc, _, err = d.ctl("resume", "ref", "--epochs", "9", "--precision", "bf16", ok=False)
+    st = d.status("ref")
+    check(rc == 1 and "job ref" in err and "device cpu" in err and "fp32" in err,
+          "resume --precision bf16 on the cpu refused: %s" % err.strip())
+    check(st["state"] == before["state"] and st["attempt"] == before["attempt"] and
+          st["num_epochs"] == before["num_epochs"] and st["precision"] == "fp32" and
+          d.ctl("events", "ref")[1]["events"] == events,
+          "the refused resume changed nothing (%s, attempt %s, precision %s)"
+          % (st["state"], st["attempt"], st["precision"]))
+    run_state = os.path.join(tmp, "run-state")
+    r = subprocess.run([NLLMD, "run", "--state-dir", run_state, "oneshot", "--data", data,
+                        "--devices", "cpu", "--precision", "bf16"] + SMALL,
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 1 and "job oneshot" in r.stderr and "device cpu" in r.stderr and
+          "fp32" in r.stderr and not os.path.exists(os.path.join(run_state, "jobs", "oneshot")),
+          "nllmd run --precision bf16 on the cpu refused, exit 1: %s" % r.stderr.strip())
 
     # --- fine-tune from another job's checkpoint; retention keeps the newest K ---
     other = os.path.join(tmp, "other.txt")

@@ -220,8 +220,9 @@ def run(tmp):
         time.sleep(0.1)
     check(len(job.get("history", [])) >= 2, "/api/jobs/web: history has %d epochs" %
           len(job.get("history", [])))
-    check(job.get("name") == "web" and "state" in job and "best_val_loss" in job,
-          "/api/jobs/web: the job status")
+    check(job.get("name") == "web" and "state" in job and "best_val_loss" in job and
+          job.get("precision") == "fp32" and job.get("config", {}).get("precision") == "fp32",
+          "/api/jobs/web: the job status, precision fp32")
     check(all(k in job["history"][0] for k in ("epoch", "train_loss", "val_loss", "val_ppl")),
           "/api/jobs/web: history rows have epoch, losses, ppl")
     check(isinstance(job.get("checkpoints"), list) and
@@ -246,7 +247,8 @@ def run(tmp):
             "nllm_job_global_step", "nllm_job_train_loss", "nllm_job_val_loss",
             "nllm_job_val_ppl", "nllm_job_val_accuracy", "nllm_job_best_val_loss",
             "nllm_job_tokens_per_second", "nllm_job_seconds_since_checkpoint",
-            "nllm_job_checkpoint_bytes", "nllm_job_checkpoint_failures_total"]
+            "nllm_job_checkpoint_bytes", "nllm_job_checkpoint_failures_total",
+            "nllm_job_precision_info"]
     absent = [m for m in want if not any(n == m and l.get("job_name") == "web"
                                          for n, l, _ in samples)]
     check(not absent, "/metrics: job gauges for web (missing: %s)" % absent)
@@ -254,6 +256,8 @@ def run(tmp):
               if n == "nllm_job_state" and l.get("job_name") == "web" and v == 1]
     check(len(states) == 1, "/metrics: exactly one current state for web (%s)" % states)
     check(sample(samples, "nllm_job_num_epochs", job_name="web") == 40, "nllm_job_num_epochs 40")
+    check(sample(samples, "nllm_job_precision_info", job_name="web", precision="fp32") == 1,
+          "nllm_job_precision_info{precision=fp32} 1")
     check((sample(samples, "nllm_job_epoch", job_name="web") or 0) >= 2, "nllm_job_epoch >= 2")
     check(sample(samples, "nllm_device_busy", device="cpu") in (0, 1), "nllm_device_busy{cpu}")
     check(any(n == "nllm_build_info" and l.get("version") and v == 1 for n, l, v in samples),
