@@ -381,6 +381,8 @@ static void cu_record(nllm_backend_t *be, const void *owner, uint64_t key,
             lru = c;
     }
     if (!g) {
+        if (lru->exec) /* a graph of another body may still run */
+            nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream), "cudaStreamSynchronize");
         graph_forget(lru); /* an unused slot has last_use 0 */
         g = lru;
         g->owner = owner;

@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
 # tests/gpu/check.sh -- the GPU acceptance check, for a machine with an NVIDIA
-# GPU (under 8 minutes on one H100/H200). From the repository root or anywhere:
-#   tests/gpu/check.sh            (env: BUILD=build-gpu DEV=0 SKIP_SANITIZER=1)
-# 1. configures and builds with -Dcuda=enabled into $BUILD
-# 2. test_cuda_ops: every op against the CPU backend, 50 training steps
-# 3. determinism: two GPU training runs must print the same digest
-#    (+ a hook for the trainer-level exact-resume test)
+# GPU (about 6 minutes on one H200). From the repository root or anywhere:
+#   tests/gpu/check.sh            (env: BUILD=build-gpu DEV=0 SKIP_SANITIZER=1
+#                                  SKIP_QUALITY=1)
+#   BIN=.dev/bin DATA=.dev/data LD_LIBRARY_PATH=.dev/lib tests/gpu/check.sh
+#                                 (programs built elsewhere: scripts/gpu_bundle.sh)
+# 1. configures and builds with -Dcuda=enabled into $BUILD (not with BIN)
+# 2. test_cuda_ops: every op against the CPU backend, 50 training steps,
+#    graph replay == eager, queued steps == waited-for steps, tf32 and bf16
+#    against fp32 (tolerances in tests/test_cuda_ops.c)
+# 3. determinism: two GPU training runs per precision print the same digest
 # 4. compute-sanitizer memcheck of the op tests, when the tool is installed
-# 5. nllm-bench on the seed config at --batch 512 and at the largest batch
-#    that fits 10% of device memory: tokens/s and TFLOP/s against SGEMM
-# Logs go to $BUILD/gpu-check/; a summary table is printed last; the exit
-# status is non-zero when any check failed.
+# 5. exact resume through `nllmd run` (SIGTERM mid-epoch, --resume) in fp32
+#    and bf16 (tests/gpu/resume.sh)
+# 6. small-recipe quality per precision (tests/gpu/quality.sh)
+# 7. nllm-bench on the seed config in each precision at batch 16, 512 and
+#    4096 (and fp32 without graphs, and waiting for every step): tokens/s
+#    and TFLOP/s against the same run's SGEMM; every line goes to
+#    $LOGS/bench.jsonl
+# Logs go to $LOGS ($BUILD/gpu-check/); a summary table is printed last; the
+# exit status is non-zero when any check failed.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build-gpu}
+BIN=${BIN:-}
 DEV=${DEV:-0}
-LOGS=$BUILD/gpu-check
+LOGS=${LOGS:-${BIN:-$BUILD}/gpu-check}
+if [ -n "${DATA:-}" ]; then
+    export DATA_FILE=$DATA/tinyshakespeare.txt
+fi
 ROWS=()
 FAILED=0
 
@@ -68,28 +81,44 @@ TOTAL_MIB=$(timeout 30 nvidia-smi --query-gpu=memory.total --format=csv,noheader
 export CUDA_VISIBLE_DEVICES=$DEV # the tests and the bench use cuda:0 = this device
 
 # ---- 1. build -------------------------------------------------------------
-if [ -d "$BUILD" ]; then
-    meson configure "$BUILD" -Dcuda=enabled >/dev/null
-else
-    meson setup "$BUILD" -Dcuda=enabled >/dev/null
-fi
 mkdir -p "$LOGS"
-t0=$SECONDS
-run_step build 600 ninja -C "$BUILD"
-if [ "$RC" != 0 ]; then
-    row "build (-Dcuda=enabled)" FAIL "ninja exit $RC, see $LOGS/build.log"
-    table
-    trap - EXIT
-    exit 1
+if [ -n "$BIN" ]; then
+    for p in test_cuda_ops nllm-bench nllmd; do
+        if [ ! -x "$BIN/$p" ]; then
+            row "programs in $BIN" FAIL "$BIN/$p missing (scripts/gpu_bundle.sh makes them)"
+            table
+            trap - EXIT
+            exit 1
+        fi
+    done
+    row "programs (prebuilt)" ok "$BIN"
+    TEST=$BIN/test_cuda_ops
+else
+    if [ -d "$BUILD" ]; then
+        meson configure "$BUILD" -Dcuda=enabled >/dev/null
+    else
+        meson setup "$BUILD" -Dcuda=enabled >/dev/null
+    fi
+    t0=$SECONDS
+    run_step build 600 ninja -C "$BUILD"
+    if [ "$RC" != 0 ]; then
+        row "build (-Dcuda=enabled)" FAIL "ninja exit $RC, see $LOGS/build.log"
+        table
+        trap - EXIT
+        exit 1
+    fi
+    if ! grep -q NLLM_HAVE_CUDA "$BUILD/compile_commands.json"; then
+        row "build (-Dcuda=enabled)" FAIL "configured without the CUDA backend (meson summary)"
+        table
+        trap - EXIT
+        exit 1
+    fi
+    row "build (-Dcuda=enabled)" ok "$((SECONDS - t0)) s"
+    TEST=$BUILD/tests/test_cuda_ops
+    BIN=$BUILD
 fi
-if ! grep -q NLLM_HAVE_CUDA "$BUILD/compile_commands.json"; then
-    row "build (-Dcuda=enabled)" FAIL "configured without the CUDA backend (meson summary)"
-    table
-    trap - EXIT
-    exit 1
-fi
-row "build (-Dcuda=enabled)" ok "$((SECONDS - t0)) s"
-TEST=$BUILD/tests/test_cuda_ops
+export BIN
+BENCH=$BIN/nllm-bench
 if [ ! -x "$TEST" ]; then
     row "test_cuda_ops" FAIL "$TEST not built: add it to tests/meson.build (suite gpu)"
 else
@@ -103,25 +132,19 @@ else
     *) row "test_cuda_ops" FAIL "exit $RC: $(grep -m 1 FAIL "$LOGS/test_cuda_ops.log" || true)" ;;
     esac
 
-    # ---- 3. determinism: the same run twice, bit for bit ----------------------
-    run_step digest1 120 "$TEST" --digest
-    rc1=$RC
-    run_step digest2 120 "$TEST" --digest
-    d1=$(grep '^digest' "$LOGS/digest1.log" || true)
-    d2=$(grep '^digest' "$LOGS/digest2.log" || true)
-    if [ "$rc1" = 0 ] && [ "$RC" = 0 ] && [ -n "$d1" ] && [ "$d1" = "$d2" ]; then
-        row "determinism (2 runs)" ok "$(echo "$d1" | cut -d' ' -f2)"
-    else
-        row "determinism (2 runs)" FAIL "exit $rc1/$RC; '$d1' vs '$d2'"
-    fi
-    # ---- HOOK: trainer-level exact resume ----------------------------------
-    # When the trainer's resume test exists (train, checkpoint, stop, resume,
-    # and compare bit for bit with an uninterrupted run), run it here on the
-    # GPU and record its row, for example:
-    #   run_step resume 300 "$BUILD/tests/test_resume" --device cuda:0
-    #   [ "$RC" = 0 ] && row "exact resume (trainer)" ok "" ||
-    #       row "exact resume (trainer)" FAIL "exit $RC, see $LOGS/resume.log"
-    # ------------------------------------------------------------------------
+    # ---- 3. determinism: the same run twice, bit for bit, per precision ------
+    for prec in fp32 tf32 bf16; do
+        run_step "digest-$prec-1" 120 "$TEST" --digest "$prec"
+        rc1=$RC
+        run_step "digest-$prec-2" 120 "$TEST" --digest "$prec"
+        d1=$(grep '^digest' "$LOGS/digest-$prec-1.log" || true)
+        d2=$(grep '^digest' "$LOGS/digest-$prec-2.log" || true)
+        if [ "$rc1" = 0 ] && [ "$RC" = 0 ] && [ -n "$d1" ] && [ "$d1" = "$d2" ]; then
+            row "determinism $prec (2 runs)" ok "$(echo "$d1" | cut -d' ' -f2)"
+        else
+            row "determinism $prec (2 runs)" FAIL "exit $rc1/$RC; '$d1' vs '$d2'"
+        fi
+    done
 
     # ---- 4. memcheck of the ops (catches out-of-bounds and races early) -------
     SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -138,32 +161,72 @@ else
     fi
 fi
 
-# ---- 5. throughput ------------------------------------------------------------
-# Device bytes of the seed config (kernels/model.c: activation_floats and the
-# four parameter-sized buffers): per window and fixed.
-T=63 V=1000 DE=256 H=512 DC=512 L=12
-PER_WINDOW=$((4 * (T * (DE + DC) + 2 * L * T * H + T * 3 * DC + 2 * T * DC + T + T * V + T * DE + 2 * DC + 4 * T)))
-PARAMS=$((16 * (V * DE + (DE + DC) * H + H + (L - 1) * (H * H + H) + V * H + V + 3 * DC * H + 5 * DC + 1024)))
-BIG=$(((TOTAL_MIB * 1048576 / 10 - PARAMS) / PER_WINDOW / 64 * 64))
-[ "$BIG" -ge 64 ] || BIG=64
-BENCH=$BUILD/nllm-bench
+# ---- 5. exact resume through nllmd run --------------------------------------
+for prec in fp32 bf16; do
+    t0=$SECONDS
+    run_step "resume-$prec" 300 tests/gpu/resume.sh "$prec"
+    case $RC in
+    0) row "exact resume $prec" ok "$(tail -n 1 "$LOGS/resume-$prec.log" | cut -c1-60), $((SECONDS - t0)) s" ;;
+    77) row "exact resume $prec" skip "$(tail -n 1 "$LOGS/resume-$prec.log")" ;;
+    *) row "exact resume $prec" FAIL "exit $RC: $(tail -n 1 "$LOGS/resume-$prec.log")" ;;
+    esac
+done
+
+# ---- 6. small-recipe quality per precision -----------------------------------
+if [ "${SKIP_QUALITY:-0}" = 1 ]; then
+    row "quality per precision" skip "SKIP_QUALITY=1"
+else
+    t0=$SECONDS
+    run_step quality 400 tests/gpu/quality.sh
+    detail="$({ grep 'mean val loss' "$LOGS/quality.log" || true; } | sed 's/quality: mean val loss //' | tr '\n' ';'), $((SECONDS - t0)) s"
+    case $RC in
+    0) row "quality per precision" ok "$detail" ;;
+    77) row "quality per precision" skip "$(tail -n 1 "$LOGS/quality.log")" ;;
+    *) row "quality per precision" FAIL "exit $RC: $detail $(tail -n 1 "$LOGS/quality.log")" ;;
+    esac
+fi
+
+# ---- 7. throughput ----------------------------------------------------------------
+: >"$LOGS/bench.jsonl"
 SG=0
-run_step bench512 240 "$BENCH" --device cuda:0 --batch 512 --steps 5 --warmup 2 --sgemm 4096
+run_step sgemm 120 "$BENCH" --device cuda:0 --batch 16 --steps 1 --warmup 0 --sgemm 4096
 if [ "$RC" = 0 ]; then
-    J=$(grep '^{' "$LOGS/bench512.log" | tail -n 1)
-    SG=$(echo "$J" | jget sgemm_gflops)
+    SG=$({ grep '^{' "$LOGS/sgemm.log" || true; } | tail -n 1 | jget sgemm_gflops)
     row "sgemm 4096^3" ok "$(awk -v g="$SG" 'BEGIN { printf "%.1f TFLOP/s", g / 1000 }')"
-    row "bench --batch 512" ok "$(rate "$J" "$SG")"
 else
-    row "bench --batch 512" FAIL "exit $RC: $(tail -n 1 "$LOGS/bench512.log")"
+    row "sgemm 4096^3" FAIL "exit $RC: $(tail -n 1 "$LOGS/sgemm.log")"
 fi
-run_step benchbig 240 "$BENCH" --device cuda:0 --batch "$BIG" --steps 3 --warmup 1
-if [ "$RC" = 0 ]; then
-    J=$(grep '^{' "$LOGS/benchbig.log" | tail -n 1)
-    row "bench --batch $BIG (10% mem)" ok "$(rate "$J" "$SG")"
-else
-    row "bench --batch $BIG (10% mem)" FAIL "exit $RC: $(tail -n 1 "$LOGS/benchbig.log")"
-fi
+# bench NAME ENV... -- FLAGS...: one nllm-bench line into the table and bench.jsonl
+bench() {
+    local name=$1
+    shift
+    local envs=()
+    while [ "$1" != "--" ]; do
+        envs+=("$1")
+        shift
+    done
+    shift
+    run_step "bench-$name" 240 env "${envs[@]}" "$BENCH" --device cuda:0 "$@"
+    if [ "$RC" = 0 ]; then
+        local J
+        J=$({ grep '^{' "$LOGS/bench-$name.log" || true; } | tail -n 1)
+        echo "{\"name\":\"$name\",\"result\":$J}" >>"$LOGS/bench.jsonl"
+        row "bench $name" ok "$(rate "$J" "$SG")"
+    else
+        row "bench $name" FAIL "exit $RC: $(tail -n 1 "$LOGS/bench-$name.log")"
+    fi
+}
+steps_for() { # batch -> timed steps of about a second
+    case $1 in 16) echo 200 ;; 512) echo 60 ;; *) echo 12 ;; esac
+}
+for b in 16 512 4096; do
+    for prec in fp32 tf32 bf16; do
+        bench "b$b-$prec" X=1 -- --batch "$b" --precision "$prec" --steps "$(steps_for "$b")" --warmup 3
+    done
+done
+bench "b16-fp32-nographs" NLLM_CUDA_GRAPHS=0 -- --batch 16 --steps 200 --warmup 3
+bench "b16-fp32-sync" X=1 -- --batch 16 --steps 200 --warmup 3 --sync
+bench "b512-fp32-nographs" NLLM_CUDA_GRAPHS=0 -- --batch 512 --steps 60 --warmup 3
 
 trap - EXIT
 table
