@@ -46,17 +46,16 @@ int nllmd_place(const nllmd_place_dev_t *devs, int n, const char *want, int per_
     }
     if (best >= 0)
         return best;
-    if (could)
+    /* none allowed: a job from the catalog naming a device this daemon was
+     * not started with waits, as it always has */
+    if (could || !allowed)
         return NLLMD_PLACE_WAIT;
-    if (!allowed)
-        snprintf(why, whyn, "no device of this daemon is %s", want[0] ? want : "free");
-    else
-        snprintf(why, whyn,
-                 "it needs about %.1f MiB of device memory (weights, gradients, Adam state and "
-                 "the activations of one batch) and %.0f MiB more for the CUDA libraries, but "
-                 "the largest GPU it may use, %s, has %.1f MiB in all: lower batch_size or the "
-                 "model's dimensions",
-                 (double)need / 1048576.0, (double)NLLMD_GPU_HEADROOM / 1048576.0,
-                 devs[largest].name, (double)devs[largest].mem_total / 1048576.0);
+    snprintf(why, whyn,
+             "it needs about %.1f MiB of device memory (weights, gradients, Adam state and "
+             "the activations of one batch) and %.0f MiB more for the CUDA libraries, but "
+             "the largest GPU it may use, %s, has %.1f MiB in all: lower batch_size or the "
+             "model's dimensions",
+             (double)need / 1048576.0, (double)NLLMD_GPU_HEADROOM / 1048576.0,
+             devs[largest].name, (double)devs[largest].mem_total / 1048576.0);
     return NLLMD_PLACE_NEVER;
 }

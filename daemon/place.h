@@ -39,9 +39,10 @@ int nllmd_place_allowed(const nllmd_place_dev_t *dev, const char *want);
  * than per_device jobs) and, for a GPU, need + NLLMD_GPU_HEADROOM bytes
  * free, the one with the fewest running jobs; between two GPUs with as
  * many, the one with more free memory; else the first listed. Returns the
- * index in devs, NLLMD_PLACE_WAIT, or NLLMD_PLACE_NEVER with a message in
- * why (every device it may use is a GPU with less memory in all than it
- * needs, or none matches want). */
+ * index in devs, NLLMD_PLACE_WAIT (also when no device matches want: a
+ * daemon started with other devices keeps such a job queued), or
+ * NLLMD_PLACE_NEVER with a message in why when every device it may use is
+ * a GPU with less memory in all than need + NLLMD_GPU_HEADROOM. */
 int nllmd_place(const nllmd_place_dev_t *devs, int n, const char *want, int per_device,
                 uint64_t need, char *why, size_t whyn);
 
