@@ -477,6 +477,25 @@ static void table_print(table_t *t)
 
 /* ---- printers ---------------------------------------------------------- */
 
+/* The strings of arr joined with ", " into buf, leaving out skip (may be
+ * NULL); returns how many were joined. */
+static int join_names(const json_t *arr, const char *skip, char *buf, size_t n)
+{
+    size_t i, used = 0;
+    const json_t *v;
+    int k = 0;
+    buf[0] = '\0';
+    json_array_foreach(arr, i, v)
+    {
+        const char *s = json_string_value(v);
+        if (!s || (skip && !strcmp(s, skip)) || used >= n)
+            continue;
+        used += (size_t)snprintf(buf + used, n - used, "%s%s", k ? ", " : "", s);
+        k++;
+    }
+    return k;
+}
+
 static void print_status(const json_t *st)
 {
     char a[64], b[64], c[64], d[64];
@@ -510,7 +529,17 @@ static void print_status(const json_t *st)
                (long long)nllm_j_int(st, "best_epoch", 0));
     else
         printf("best val loss:   -\n");
-    printf("device:          %s\n", nllm_j_str(st, "device", "-"));
+    char others[512];
+    if (join_names(json_object_get(st, "device_jobs"), nllm_j_str(st, "name", ""), others,
+                   sizeof others))
+        printf("device:          %s (shared with %s)\n", nllm_j_str(st, "device", "-"), others);
+    else
+        printf("device:          %s\n", nllm_j_str(st, "device", "-"));
+    double peak;
+    if (nllm_j_num(st, "device_memory_peak", &peak) && peak > 0) {
+        nllm_fmt_size(peak, a, sizeof a);
+        printf("device memory:   %s at most (its latest run)\n", a);
+    }
     printf("precision:       %s\n", nllm_j_str(st, "precision", "-"));
     printf("attempt:         %lld\n", (long long)nllm_j_int(st, "attempt", 1));
     const char *e = nllm_j_str(st, "error", NULL);
@@ -1102,26 +1131,32 @@ static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
     printf("daemon:     %s\n", nllm_j_str(res, "daemon", "?"));
     printf("protocol:   %lld (nllmctl speaks %d)\n", (long long)nllm_j_int(res, "protocol", 0),
            NLLM_PROTOCOL_VERSION);
-    printf("max jobs:   %lld\n", (long long)nllm_j_int(res, "max_jobs", 0));
+    printf("max jobs:   %lld (%lld per device)\n", (long long)nllm_j_int(res, "max_jobs", 0),
+           (long long)nllm_j_int(res, "jobs_per_device", 1));
     printf("auth:       %s\n", nllm_j_bool(res, "auth_required", 0) ? "required" : "not required");
     const json_t *devs = json_object_get(res, "devices");
     if (json_array_size(devs)) {
         printf("devices:\n");
         table_t t;
         table_init(&t, 5);
-        table_row(&t, "  NAME", "KIND", "BUSY", "MEM_FREE", "MEM_TOTAL");
+        table_row(&t, "  NAME", "KIND", "JOBS", "MEM_FREE", "MEM_TOTAL");
         size_t i;
         const json_t *d;
         json_array_foreach(devs, i, d)
         {
-            char nm[128], fr[32] = "-", to[32] = "-";
+            char nm[128], fr[32] = "-", to[32] = "-", jobs[512];
             double x;
+            const json_t *ja = json_object_get(d, "jobs");
+            if (!json_is_array(ja)) /* a daemon older than jobs_per_device */
+                snprintf(jobs, sizeof jobs, "%s", nllm_j_str(d, "busy", "-"));
+            else if (!join_names(ja, NULL, jobs, sizeof jobs))
+                snprintf(jobs, sizeof jobs, "-");
             snprintf(nm, sizeof nm, "  %s", nllm_j_str(d, "name", "?"));
             if (nllm_j_num(d, "memory_free", &x) && x > 0)
                 nllm_fmt_size(x, fr, sizeof fr);
             if (nllm_j_num(d, "memory_total", &x) && x > 0)
                 nllm_fmt_size(x, to, sizeof to);
-            table_row(&t, nm, nllm_j_str(d, "kind", "-"), nllm_j_str(d, "busy", "-"), fr, to);
+            table_row(&t, nm, nllm_j_str(d, "kind", "-"), jobs, fr, to);
         }
         table_print(&t);
     }
@@ -1690,8 +1725,9 @@ static const cmd_t commands[] = {
      "       [--init-optimizer] [--threads N] [--set KEY=VALUE] [--watch]",
      "create a training job and queue it",
      "Creates job NAME ([A-Za-z0-9._-], 1-64 characters, not starting with '.') and\n"
-     "queues it until a device is free. Settings come from the defaults, then the job\n"
-     "file (--config), then the flags, in that order; the full configuration is sent.\n"
+     "queues it until a device has a free slot. Settings come from the defaults, then\n"
+     "the job file (--config), then the flags, in that order; the full configuration\n"
+     "is sent.\n"
      "Paths are made absolute here: flag paths relative to the working directory,\n"
      "job-file paths relative to the job file.\n"
      "\n"
@@ -1726,7 +1762,7 @@ static const cmd_t commands[] = {
      "  --save-every N       epochs between NAME_epoch_N checkpoints (save_every, 5)\n"
      "  --keep N             periodic checkpoints kept, 0 = all (keep, 0)\n"
      "Placement:\n"
-     "  --device D           cpu or cuda:N (default: any free device)\n"
+     "  --device D           cpu or cuda:N (default: the least busy device)\n"
      "  --precision P        GEMM arithmetic: fp32 (default), tf32 or bf16 (precision);\n"
      "                       tf32 and bf16 need a CUDA device (cpu implements fp32 only)\n"
      "  --threads N          CPU threads, 0 = all (threads, 0)\n"
@@ -1745,7 +1781,8 @@ static const cmd_t commands[] = {
      "epoch) VAL_LOSS (last epoch) BEST_VAL (loss@epoch) DEVICE UPDATED.\n"},
     {"status", cmd_status, "status NAME", "show one job's state, metrics and configuration",
      "Prints `key: value` lines: state, epoch, step, losses, best validation loss,\n"
-     "device, precision, error, times, and the full configuration.\n"},
+     "device (and the jobs sharing it), precision, peak device memory, error, times,\n"
+     "and the full configuration.\n"},
     {"watch", cmd_watch, "watch NAME", "follow a job's training live",
      "Draws the training display: a header (model dims, parameters, device), then per\n"
      "epoch `Epoch N/M`, a progress bar with percent, elapsed time, ETA and the running\n"
@@ -1819,8 +1856,9 @@ static const cmd_t commands[] = {
      "  --temperature X      sampling temperature (default 1.0; 0 = greedy)\n"
      "  --seed N             sampling seed\n"},
     {"hello", cmd_hello, "hello", "show the daemon's version, devices and limits",
-     "Prints the daemon version, protocol, maximum concurrent jobs, whether TCP clients\n"
-     "must authenticate, and each device with the job using it.\n"},
+     "Prints the daemon version, protocol, maximum concurrent jobs (in all and per\n"
+     "device), whether TCP clients must authenticate, and each device with the jobs\n"
+     "running on it.\n"},
     {"shutdown", cmd_shutdown, "shutdown", "stop the daemon",
      "Pauses every running job at a step boundary (state interrupted) and exits.\n"},
     {"version", cmd_version, "version", "print nllmctl's (and the daemon's) version",

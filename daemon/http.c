@@ -406,6 +406,7 @@ typedef struct {
     double running_loss, train_loss, val_loss, val_ppl, val_acc, best_val_loss, tokens_per_s;
     double last_ckpt_time; /* wall seconds, <= 0: none known */
     uint64_t ckpt_bytes, ckpt_failures;
+    uint64_t mem_peak; /* 0: not known */
     int error_code; /* with an error: its nllm_err code (0: not classified) */
     int has_error;
 } job_snap_t;
@@ -430,6 +431,7 @@ static void snap_job(nllmd_t *d, nllm_job_t *j, job_snap_t *o)
     o->best_epoch = j->best_epoch;
     o->last_ckpt_time = j->last_ckpt_time;
     o->ckpt_bytes = j->ckpt_bytes;
+    o->mem_peak = j->mem_peak;
     pthread_mutex_unlock(&j->mu);
     o->attempt = j->attempt;
     o->has_error = j->error[0] != '\0';
@@ -623,11 +625,35 @@ static void metrics_text(nllmd_http_t *s, buf_t *b)
         sample(b, "nllm_job_precision_info", "job_name", js[i].name, "precision",
                js[i].precision, 1);
 
+    family(b, "nllm_job_device_memory_peak_bytes", "gauge",
+           "Device memory the job's latest run held at most (its backend's count, at least "
+           "the model's weights, gradients, Adam state and activations).");
+    for (int i = 0; i < n; i++)
+        if (js[i].mem_peak)
+            sample(b, "nllm_job_device_memory_peak_bytes", "job_name", js[i].name, NULL, NULL,
+                   (double)js[i].mem_peak);
+    family(b, "nllm_job_device_info", "gauge",
+           "1 for each running job, labelled with the device it runs on.");
+    for (nllm_job_t *j = d->jobs; j; j = j->next)
+        if (!j->removing && j->device >= 0)
+            sample(b, "nllm_job_device_info", "job_name", j->name, "device",
+                   d->devices[j->device].name, 1);
+
     refresh_devices(d, s);
-    family(b, "nllm_device_busy", "gauge", "1 when a job is training on the device.");
+    family(b, "nllm_device_busy", "gauge", "1 when at least one job is training on the device.");
     for (int v = 0; v < d->ndevices; v++)
         sample(b, "nllm_device_busy", "device", d->devices[v].name, "kind", d->devices[v].kind,
-               d->devices[v].busy != NULL);
+               d->devices[v].njobs > 0);
+    family(b, "nllm_device_jobs", "gauge",
+           "Jobs training on the device (at most nllm_device_job_slots).");
+    for (int v = 0; v < d->ndevices; v++)
+        sample(b, "nllm_device_jobs", "device", d->devices[v].name, "kind", d->devices[v].kind,
+               d->devices[v].njobs);
+    family(b, "nllm_device_job_slots", "gauge", "Jobs the device may run at once "
+           "(--jobs-per-device).");
+    for (int v = 0; v < d->ndevices; v++)
+        sample(b, "nllm_device_job_slots", "device", d->devices[v].name, "kind",
+               d->devices[v].kind, d->opt.jobs_per_device);
     family(b, "nllm_device_memory_total_bytes", "gauge", "Device memory (GPUs only).");
     for (int v = 0; v < d->ndevices; v++)
         if (d->devices[v].mem_total)
@@ -714,13 +740,15 @@ static json_t *daemon_json(nllmd_t *d)
     json_t *devs = json_array();
     for (int k = 0; k < d->ndevices; k++) {
         nllmd_device_t *v = &d->devices[k];
-        json_array_append_new(devs, json_pack("{s:s,s:s,s:s,s:o}", "name", v->name, "kind",
+        json_t *jobs = nllmd_device_jobs_json(d, k);
+        json_t *first = json_array_get(jobs, 0);
+        json_array_append_new(devs, json_pack("{s:s,s:s,s:s,s:O,s:o}", "name", v->name, "kind",
                                               v->kind, "model", v->gpu, "busy",
-                                              v->busy ? json_string(v->busy->name)
-                                                      : json_null()));
+                                              first ? first : json_null(), "jobs", jobs));
     }
-    return json_pack("{s:s,s:f,s:i,s:o,s:b}", "version", NLLMD_VERSION, "uptime",
+    return json_pack("{s:s,s:f,s:i,s:o,s:i,s:i,s:b}", "version", NLLMD_VERSION, "uptime",
                      uv_now(d->loop) / 1000.0 - d->started, "clients", d->nconns, "devices", devs,
+                     "jobs_per_device", d->opt.jobs_per_device, "max_jobs", d->opt.max_jobs,
                      "shutting_down", d->shutting_down);
 }
 

@@ -1,6 +1,7 @@
 /* jobs.c -- training jobs in nllmd: the state machine (drawn in nllmd.h),
- * device scheduling, the job thread that trains, the checkpoint writer
- * thread beside it, and the loop-side handling of what they report.
+ * device scheduling (up to opt.jobs_per_device jobs per device, placed by
+ * place.c), the job thread that trains, the checkpoint writer thread beside
+ * it, and the loop-side handling of what they report.
  *
  * Order of a checkpoint: the training thread copies the state to host
  * memory (snapshot) and goes on; the writer thread writes the file (temp,
@@ -20,9 +21,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cuda/cuda_backend.h"
 #include "curves.h"
 #include "fsutil.h"
 #include "nllmd.h"
+#include "place.h"
 #include "safetensors.h"
 
 static double wall_now(void)
@@ -124,11 +127,15 @@ json_t *nllmd_job_status_json(nllm_job_t *j)
     json_object_set_new(o, "epoch_seconds", json_real(have_step ? st.epoch_seconds : 0.0));
     json_object_set_new(o, "last_checkpoint_time", nllm_json_num(j->last_ckpt_time));
     json_object_set_new(o, "checkpoint_bytes", json_integer((json_int_t)j->ckpt_bytes));
+    json_object_set_new(o, "device_memory_peak",
+                        j->mem_peak ? json_integer((json_int_t)j->mem_peak) : json_null());
     pthread_mutex_unlock(&j->mu);
     json_object_set_new(o, "device",
                         j->device >= 0 ? json_string(j->d->devices[j->device].name)
                                        : json_null());
     json_object_set_new(o, "precision", json_string(nllm_precision_name(j->cfg.precision)));
+    json_object_set_new(o, "device_jobs",
+                        j->device >= 0 ? nllmd_device_jobs_json(j->d, j->device) : json_null());
     json_object_set_new(o, "error", j->error[0] ? json_string(j->error) : json_null());
     json_object_set_new(o, "attempt", json_integer(j->attempt));
     json_object_set_new(o, "created", json_real(j->created));
@@ -250,16 +257,30 @@ static void writer_wait(writer_t *w, int max)
 typedef struct {
     nllm_job_t *job;
     writer_t *w;
+    nllm_backend_t *be;
+    uint64_t model_bytes; /* nllm_model_device_bytes of the trainer's model */
 } run_ctx_t;
+
+/* The job's device memory at most so far: what its backend counted (GPUs),
+ * at least what the model holds. Job thread; the copy is under j->mu. */
+static uint64_t mem_peak_of(const run_ctx_t *rc)
+{
+    uint64_t peak = rc->be->mem_peak;
+    return peak > rc->model_bytes ? peak : rc->model_bytes;
+}
 
 static void on_step(void *ud, nllm_trainer_t *tr, const nllm_step_report_t *r)
 {
     (void)tr;
-    nllm_job_t *j = ((run_ctx_t *)ud)->job;
+    run_ctx_t *rc = ud;
+    nllm_job_t *j = rc->job;
+    uint64_t peak = mem_peak_of(rc);
     pthread_mutex_lock(&j->mu);
     j->last_step = *r;
     j->have_step = 1;
     j->global_step = r->global_step;
+    if (peak > j->mem_peak)
+        j->mem_peak = peak;
     pthread_mutex_unlock(&j->mu);
 }
 
@@ -435,7 +456,12 @@ static void job_main(void *arg)
     nllm_ckpt_free(ck);
     ck = NULL;
     if (rc == 0) {
-        run_ctx_t ctx = {j, &w};
+        run_ctx_t ctx = {j, &w, be, nllm_model_device_bytes(nllm_trainer_model(tr))};
+        uint64_t peak = mem_peak_of(&ctx);
+        pthread_mutex_lock(&j->mu);
+        if (peak > j->mem_peak)
+            j->mem_peak = peak;
+        pthread_mutex_unlock(&j->mu);
         nllm_trainer_cbs_t cbs = {&ctx, on_step, on_epoch, on_checkpoint};
         rc = nllm_trainer_run(tr, &cbs, &done->result, err);
     }
@@ -472,20 +498,51 @@ int nllmd_jobs_running(nllmd_t *d)
     return n;
 }
 
-static int device_fits(const nllmd_device_t *dev, const nllm_job_config_t *cfg)
+json_t *nllmd_device_jobs_json(nllmd_t *d, int k)
 {
-    const char *want = cfg->device;
-    if (dev->busy || !((dev->precisions >> cfg->precision) & 1u))
-        return 0;
-    return !want[0] || strcmp(want, dev->name) == 0 ||
-           (strcmp(want, "cuda") == 0 && strcmp(dev->kind, "cuda") == 0);
+    json_t *a = json_array();
+    for (nllm_job_t *j = d->jobs; j; j = j->next)
+        if (j->device == k)
+            json_array_append_new(a, json_string(j->name));
+    return a;
+}
+
+static int is_gpu(const nllmd_device_t *v)
+{
+    return strcmp(v->kind, "cuda") == 0;
+}
+
+/* The devices as place.c sees them: jobs per device, and each GPU's free
+ * memory read now, less what the jobs launched there and not yet allocated
+ * will take. */
+static void place_snapshot(nllmd_t *d, nllmd_place_dev_t *pd)
+{
+    for (int k = 0; k < d->ndevices; k++) {
+        nllmd_device_t *v = &d->devices[k];
+        uint64_t total, freeb;
+        if (is_gpu(v) && nllm_cuda_device_info(atoi(v->name + 5), NULL, 0, &total, &freeb) == 0) {
+            v->mem_total = total;
+            v->mem_free = freeb;
+        }
+        pd[k] = (nllmd_place_dev_t){v->name, is_gpu(v), v->njobs, is_gpu(v) ? v->mem_total : 0,
+                                    is_gpu(v) ? v->mem_free : 0, 0};
+    }
+    for (nllm_job_t *j = d->jobs; j; j = j->next)
+        if (j->mem_pending && j->device >= 0) {
+            nllmd_place_dev_t *p = &pd[j->device];
+            p->mem_free = p->mem_free > j->mem_need ? p->mem_free - j->mem_need : 0;
+        }
 }
 
 static void job_launch(nllm_job_t *j, int dev)
 {
     nllmd_t *d = j->d;
     j->device = dev;
-    d->devices[dev].busy = j;
+    j->mem_pending = is_gpu(&d->devices[dev]);
+    d->devices[dev].njobs++;
+    pthread_mutex_lock(&j->mu);
+    j->mem_peak = 0; /* of this run */
+    pthread_mutex_unlock(&j->mu);
     atomic_store(&j->ctl.pause, 0);
     atomic_store(&j->ctl.pause_epoch_end, 0);
     atomic_store(&j->ctl.stop, 0);
@@ -497,31 +554,77 @@ static void job_launch(nllm_job_t *j, int dev)
     if (uv_thread_create(&j->thread, job_main, j) != 0) {
         j->thread_live = 0;
         j->refs--;
-        d->devices[dev].busy = NULL;
+        d->devices[dev].njobs--;
         j->device = -1;
+        j->mem_pending = 0;
         job_set_state(j, "failed", "could not start the job's thread");
         return;
     }
-    nllmd_job_event(j, "started", "training on %s, precision %s (attempt %lld)%s%s",
-                    d->devices[dev].name, nllm_precision_name(j->cfg.precision),
+    int others = d->devices[dev].njobs - 1;
+    char with[64] = "";
+    if (others > 0)
+        snprintf(with, sizeof with, ", beside %d other job%s", others, others > 1 ? "s" : "");
+    nllmd_job_event(j, "started", "training on %s%s, precision %s (attempt %lld)%s%s",
+                    d->devices[dev].name, with, nllm_precision_name(j->cfg.precision),
                     (long long)j->attempt, j->origin.path[0] ? " from " : "",
                     j->origin.path[0] ? j->origin.label : "");
 }
 
+/* Starts queued jobs, in creation order, while max_jobs allows: each on the
+ * device place.c picks, or it stays queued (a later job that fits elsewhere
+ * may go first). A job no GPU it may use could ever hold fails at once,
+ * with the reason, as a job that ran out of memory does. */
 void nllmd_schedule(nllmd_t *d)
 {
+    d->waiting_for_memory = 0;
     if (d->shutting_down)
         return;
+    int queued = 0;
+    for (nllm_job_t *j = d->jobs; j; j = j->next)
+        queued += !strcmp(j->state, "queued") && !j->removing;
+    if (!queued)
+        return;
+    nllmd_place_dev_t pd[NLLMD_MAX_DEVICES];
+    place_snapshot(d, pd);
+    int running = nllmd_jobs_running(d);
     for (nllm_job_t *j = d->jobs; j; j = j->next) {
         if (strcmp(j->state, "queued") != 0 || j->removing)
             continue;
-        if (nllmd_jobs_running(d) >= d->opt.max_jobs)
-            return;
-        for (int k = 0; k < d->ndevices; k++)
-            if (device_fits(&d->devices[k], &j->cfg)) {
-                job_launch(j, k);
-                break;
-            }
+        uint64_t need = nllm_model_bytes_needed(&j->cfg.model, j->cfg.batch_size);
+        char why[768];
+        /* devices that lack the job's precision are not its devices */
+        nllmd_place_dev_t pj[NLLMD_MAX_DEVICES];
+        for (int v = 0; v < d->ndevices; v++) {
+            pj[v] = pd[v];
+            pj[v].excluded = !((d->devices[v].precisions >> j->cfg.precision) & 1u);
+        }
+        int k = nllmd_place(pj, d->ndevices, j->cfg.device, d->opt.jobs_per_device, need, why,
+                            sizeof why);
+        if (k == NLLMD_PLACE_NEVER) {
+            char msg[NLLM_ERR_MSG_MAX];
+            snprintf(msg, sizeof msg, "job %s cannot run: %s", j->name, why);
+            nllmd_job_event(j, "failed", "%s", msg);
+            job_set_state(j, "failed", msg);
+            continue;
+        }
+        if (running >= d->opt.max_jobs)
+            continue;
+        if (k < 0) {
+            /* a GPU with a free slot but not the memory: look again each tick
+             * (other processes free memory without telling us) */
+            for (int v = 0; v < d->ndevices; v++)
+                if (pj[v].is_gpu && pj[v].jobs < d->opt.jobs_per_device &&
+                    nllmd_place_allowed(&pj[v], j->cfg.device))
+                    d->waiting_for_memory = 1;
+            continue;
+        }
+        j->mem_need = need;
+        job_launch(j, k);
+        if (!j->thread_live)
+            continue;
+        running++;
+        pd[k].jobs++;
+        pd[k].mem_free = pd[k].mem_free > need ? pd[k].mem_free - need : 0;
     }
 }
 
@@ -611,6 +714,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
     nllm_err_t err;
     switch (e->kind) {
     case EV_STARTED: {
+        j->mem_pending = 0; /* the model is allocated: free memory counts it */
         json_t *extra = NULL;
         if (e->path[0]) {
             extra = json_pack("{s:{s:s,s:I,s:o,s:o}}", "resumed_from", "checkpoint", e->path,
@@ -701,8 +805,9 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         uv_thread_join(&j->thread);
         j->thread_live = 0;
         if (j->device >= 0)
-            d->devices[j->device].busy = NULL;
+            d->devices[j->device].njobs--;
         j->device = -1;
+        j->mem_pending = 0;
         int ckpt_failed = (int)e->ck_step || j->error[0]; /* written, or not recorded */
         if (e->rc < 0) {
             nllmd_job_event(j, "failed", "%s", e->err.msg);

@@ -66,15 +66,18 @@ static int m_hello(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t 
     json_t *devs = json_array();
     for (int k = 0; k < d->ndevices; k++) {
         nllmd_device_t *v = &d->devices[k];
+        json_t *jobs = nllmd_device_jobs_json(d, k);
+        json_t *first = json_array_get(jobs, 0);
+        /* busy: the first of jobs, for clients older than jobs_per_device */
         json_array_append_new(
-            devs, json_pack("{s:s,s:s,s:s,s:o,s:I,s:I}", "name", v->name, "kind", v->kind,
-                            "model", v->gpu, "busy", v->busy ? json_string(v->busy->name)
-                                                             : json_null(),
+            devs, json_pack("{s:s,s:s,s:s,s:O,s:o,s:I,s:I}", "name", v->name, "kind", v->kind,
+                            "model", v->gpu, "busy", first ? first : json_null(), "jobs", jobs,
                             "memory_total", (json_int_t)v->mem_total, "memory_free",
                             (json_int_t)v->mem_free));
     }
-    *res = json_pack("{s:i,s:s,s:o,s:i,s:b,s:f}", "protocol", NLLM_PROTOCOL_VERSION, "daemon",
-                     "nllmd " NLLMD_VERSION, "devices", devs, "max_jobs", d->opt.max_jobs,
+    *res = json_pack("{s:i,s:s,s:o,s:i,s:i,s:b,s:f}", "protocol", NLLM_PROTOCOL_VERSION,
+                     "daemon", "nllmd " NLLMD_VERSION, "devices", devs, "max_jobs",
+                     d->opt.max_jobs, "jobs_per_device", d->opt.jobs_per_device,
                      "auth_required", c->is_tcp && d->token_len > 0, "uptime",
                      uv_now(d->loop) / 1000.0 - d->started);
     return 0;

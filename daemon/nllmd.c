@@ -138,6 +138,8 @@ static void on_tick(uv_timer_t *t)
         sd_notify_msg("WATCHDOG=1");
         last_wd = now;
     }
+    if (d->waiting_for_memory)
+        nllmd_schedule(d); /* a queued job waits for GPU memory others may have freed */
     for (nllm_job_t *j = d->jobs; j; j = j->next) {
         if (!j->thread_live)
             continue;
@@ -176,7 +178,10 @@ static const char usage_text[] =
     "  --listen HOST:PORT  also accept TCP clients (needs --token-file unless loopback)\n"
     "  --token-file F      token TCP clients must send with `auth` (>= 16 bytes)\n"
     "  --devices LIST      cpu, or cuda:0,cuda:1,... (default: every GPU, else cpu)\n"
-    "  --max-jobs N        jobs running at once (default: one per device)\n"
+    "  --max-jobs N        jobs running at once (default: jobs-per-device per device)\n"
+    "  --jobs-per-device N jobs one device runs at once, each on its own backend\n"
+    "                      (default 1); a GPU takes a job only while it has the\n"
+    "                      memory the job needs free\n"
     "  --threads N         CPU threads per job on the cpu device (default: all)\n"
     "  --auto-resume       resume interrupted jobs at start\n"
     "  --max-message BYTES largest RPC message accepted (default 1048576)\n"
@@ -219,14 +224,14 @@ static void default_paths(nllmd_opts_t *o)
 }
 
 enum { O_STATE = 1000, O_SOCKET, O_LISTEN, O_TOKEN, O_DEVICES, O_MAXJOBS, O_AUTORESUME,
-       O_CONFIG, O_VERSION, O_HELP, O_MAXMSG, O_THREADS, O_METRICS };
+       O_CONFIG, O_VERSION, O_HELP, O_MAXMSG, O_THREADS, O_METRICS, O_JOBSPERDEV, O_LAST };
 
 static const struct option daemon_opts[] = {
     {"state-dir", 1, 0, O_STATE}, {"socket", 1, 0, O_SOCKET},    {"listen", 1, 0, O_LISTEN},
     {"token-file", 1, 0, O_TOKEN}, {"devices", 1, 0, O_DEVICES}, {"max-jobs", 1, 0, O_MAXJOBS},
     {"auto-resume", 0, 0, O_AUTORESUME}, {"config", 1, 0, O_CONFIG}, {"version", 0, 0, O_VERSION},
     {"help", 0, 0, O_HELP}, {"max-message", 1, 0, O_MAXMSG}, {"threads", 1, 0, O_THREADS},
-    {"metrics", 1, 0, O_METRICS}, {0, 0, 0, 0}};
+    {"metrics", 1, 0, O_METRICS}, {"jobs-per-device", 1, 0, O_JOBSPERDEV}, {0, 0, 0, 0}};
 
 static int set_opt(nllmd_opts_t *o, int code, const char *v, nllm_err_t *err)
 {
@@ -258,6 +263,14 @@ static int set_opt(nllmd_opts_t *o, int code, const char *v, nllm_err_t *err)
         return 0;
     case O_AUTORESUME:
         o->auto_resume = !v || strcmp(v, "0") != 0;
+        return 0;
+    case O_JOBSPERDEV:
+        x = strtoll(v, &end, 10);
+        if (end == v || *end || x < 1 || x > NLLMD_MAX_JOBS_PER_DEVICE)
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "--jobs-per-device %s: use a number from 1 to %d", v,
+                                NLLMD_MAX_JOBS_PER_DEVICE);
+        o->jobs_per_device = (int)x;
         return 0;
     case O_MAXJOBS:
     case O_MAXMSG:
@@ -386,8 +399,10 @@ static int setup_devices(nllmd_t *d, nllm_err_t *err)
     }
     if (d->ndevices == 0)
         return nllm_err_set(err, NLLM_EINVAL, "--devices: no device given");
+    if (d->opt.jobs_per_device <= 0)
+        d->opt.jobs_per_device = 1;
     if (d->opt.max_jobs <= 0)
-        d->opt.max_jobs = d->ndevices;
+        d->opt.max_jobs = d->ndevices * d->opt.jobs_per_device;
     return 0;
 }
 
@@ -680,7 +695,7 @@ int main(int argc, char **argv)
     const char *config = NULL;
     int c;
     nllmd_opts_t cli = {0};
-    int seen[O_METRICS + 1] = {0};
+    int seen[O_LAST] = {0};
     while ((c = getopt_long(argc, argv, "", daemon_opts, NULL)) != -1) {
         if (c == O_HELP) {
             fputs(usage_text, stdout);
@@ -694,7 +709,7 @@ int main(int argc, char **argv)
             config = optarg;
             continue;
         }
-        if (c < O_STATE || c > O_METRICS) {
+        if (c < O_STATE || c >= O_LAST) {
             fputs(usage_text, stderr);
             return 2;
         }
@@ -726,6 +741,8 @@ int main(int argc, char **argv)
         memcpy(d->opt.devices, cli.devices, sizeof cli.devices);
     if (seen[O_MAXJOBS])
         d->opt.max_jobs = cli.max_jobs;
+    if (seen[O_JOBSPERDEV])
+        d->opt.jobs_per_device = cli.jobs_per_device;
     if (seen[O_AUTORESUME])
         d->opt.auto_resume = 1;
     if (seen[O_MAXMSG])
@@ -745,10 +762,12 @@ int main(int argc, char **argv)
         loop_finish(d);
         return 1;
     }
-    nllmd_log(d, NULL, "nllmd %s ready: socket %s, state %s, %d device(s) (%s%s), %s",
+    nllmd_log(d, NULL,
+              "nllmd %s ready: socket %s, state %s, %d device(s) (%s%s), %d job(s) per device, "
+              "%d at once, %s",
               NLLMD_VERSION, d->opt.socket_path, d->opt.state_dir, d->ndevices,
-              d->devices[0].name, d->ndevices > 1 ? ",..." : "",
-              d->opt.listen[0] ? d->opt.listen : "no TCP");
+              d->devices[0].name, d->ndevices > 1 ? ",..." : "", d->opt.jobs_per_device,
+              d->opt.max_jobs, d->opt.listen[0] ? d->opt.listen : "no TCP");
     uv_timer_start(&d->tick, on_tick, 1000, 1000);
     nllmd_schedule(d);
     sd_notify_msg("READY=1");

@@ -25,6 +25,7 @@
 
 #define NLLMD_VERSION "0.1.0"
 #define NLLMD_MAX_DEVICES 64
+#define NLLMD_MAX_JOBS_PER_DEVICE 256
 #define NLLMD_WRITE_QUEUE_MAX ((size_t)4 << 20) /* bytes pending per connection */
 #define NLLMD_MAX_WATCH 16                      /* jobs one connection watches */
 
@@ -34,16 +35,20 @@ typedef struct nllm_conn nllm_conn_t;
 
 /* Job state machine (catalog column jobs.state):
  *
- *   start ──> queued ──(device free: job_launch)──> running
- *               │                                      │ pause (step boundary, paused ckpt)
- *               │ pause                                ├──────────> pausing ──> paused
- *               v                                      │ stop ───────────────> stopped (final ckpt)
- *             paused <── resume ─┐                     │ epochs done / patience ──> completed
- *                                │                     │ error ───────────────> failed
- *   paused | interrupted | stopped | completed | failed│ daemon SIGTERM ─────> interrupted (paused ckpt)
- *        └──── resume / extend ──┴──> queued           │ daemon killed: running ──(next start)──> interrupted
+ *   start ──> queued ──(a free slot on a device: job_launch)──> running
+ *             │  │                                                │ pause (step boundary, paused ckpt)
+ *             │  │ no GPU it may use could ever hold it           ├──────────> pausing ──> paused
+ *             │  └──(nllmd_schedule)──> failed                    │ stop ───────────────> stopped (final ckpt)
+ *             │ pause                                             │ epochs done / patience ──> completed
+ *             v                                                   │ error ───────────────> failed
+ *           paused <── resume ─┐                                  │ daemon SIGTERM ─────> interrupted (paused ckpt)
+ *                              │                                  │ daemon killed: running ──(next start)──> interrupted
+ *   paused | interrupted | stopped | completed | failed
+ *        └──── resume / extend ──┴──> queued
  *
- * Transitions are made only by job_set_state() on the loop thread.
+ * A device runs up to opt.jobs_per_device jobs at once, each on its own
+ * thread and backend; place.c picks the device. Transitions are made only
+ * by job_set_state() on the loop thread.
  */
 
 typedef struct {
@@ -52,7 +57,8 @@ typedef struct {
     char gpu[128];   /* GPU name, "" for cpu */
     uint64_t mem_total, mem_free;
     unsigned precisions; /* what its backend implements: bit 1 << NLLM_PREC_* */
-    nllm_job_t *busy; /* job running on it, or NULL */
+    int njobs;        /* jobs running on it (j->device == its index), at most
+                       * opt.jobs_per_device */
 } nllmd_device_t;
 
 /* What the job thread starts from. */
@@ -83,6 +89,10 @@ struct nllm_job {
 
     /* running */
     int device;              /* index in d->devices, -1 none */
+    uint64_t mem_need;       /* loop only: device bytes it needs (nllm_model_bytes_needed) */
+    int mem_pending;         /* loop only: launched on a GPU, model not allocated yet
+                              * (until EV_STARTED or EV_DONE): place.c counts mem_need
+                              * as taken */
     uv_thread_t thread;
     int thread_live;
     nllm_trainer_ctl_t ctl;  /* [shared] requests to the trainer */
@@ -99,6 +109,7 @@ struct nllm_job {
     int64_t epoch_done, global_step, steps_per_epoch;
     double last_ckpt_time;
     uint64_t ckpt_bytes;
+    uint64_t mem_peak;       /* device memory of its latest run at most (0: not known) */
     char resumed_label[96];
     double progress_sent; /* loop only: last progress notification time */
     /* loop only: the `checkpoints` reply ([0] current, [1] all) and the
@@ -169,6 +180,7 @@ typedef struct {
     char token_file[NLLM_PATH_MAX];
     char devices[256];      /* "cpu", "cuda:0,cuda:1", "" = auto */
     int max_jobs;
+    int jobs_per_device;    /* jobs one device runs at once (default 1) */
     int auto_resume;
     size_t max_message;
     int threads;            /* default CPU threads for jobs (0 = all) */
@@ -196,6 +208,7 @@ struct nllmd {
     uv_async_t async;
     pthread_mutex_t evmu;
     nllmd_ev_t *ev_head, *ev_tail;
+    int waiting_for_memory; /* a queued job waits for GPU memory: the tick reschedules */
     int shutting_down;
     int shutdown_requested; /* by the shutdown method; acted on in on_async */
     int closed;             /* handles closing: the loop is about to end */
@@ -221,6 +234,8 @@ int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *n
 int nllmd_job_extend(nllm_job_t *j, int64_t num_epochs, nllm_err_t *err);
 int nllmd_job_remove(nllm_job_t *j, int delete_files, int *deleted, nllm_err_t *err);
 void nllmd_schedule(nllmd_t *d);
+/* Names of the jobs running on device k (a JSON array), in job-list order. */
+json_t *nllmd_device_jobs_json(nllmd_t *d, int k);
 void nllmd_pause_all_for_shutdown(nllmd_t *d);
 int nllmd_jobs_running(nllmd_t *d);
 void nllmd_events_drain(nllmd_t *d);

@@ -7,9 +7,10 @@ build/nllmctl, waits for two finished epochs, then loads http://.../ with
 `chromium --headless --dump-dom` (virtual time budget 5 s: the page's
 fetches and its 2 s polling run) and checks the rendered DOM: the job's row
 in #jobs, svg#loss-curve with a train and a validation polyline of >= 2
-points and the best-epoch marker, svg#ppl-curve, the checkpoints table and
-the live status. Also saves a screenshot (1280x900) as BUILD_DIR/dashboard.png
-and prints its path. Exits 77 (skip) when chromium is not installed.
+points and the best-epoch marker, svg#ppl-curve, the checkpoints table, the
+job's peak device memory and the live status. Also saves a screenshot
+(1280x900) as BUILD_DIR/dashboard.png and prints its path. Exits 77 (skip)
+when chromium is not installed.
 
 Usage: test_dashboard.py BUILD_DIR (meson passes it). Prints "N passed, M failed".
 """
@@ -193,6 +194,9 @@ def run(tmp, chrome):
                if a.get("data-checkpoint")]
         check(len(cks) >= 1, "#checkpoints lists %s" % cks)
         check("dash" in dom.text.get("detail-title", ""), "the detail panel shows job dash")
+        check(len(dom.inside("div", "jobs", **{"class": "small mem-peak"})) == 1 and
+              "Peak device memory" in r.stdout,
+              "the job's peak device memory in its row and in the detail panel")
         check(dom.text.get("status", "").startswith("live"),
               "status line: %r" % dom.text.get("status", ""))
 

@@ -78,6 +78,7 @@ static void fuzz_daemon_init(const char *tag)
     nllmd_t *d = &D;
     snprintf(d->opt.state_dir, sizeof d->opt.state_dir, "%s", state_dir);
     d->opt.max_jobs = 1;
+    d->opt.jobs_per_device = 1;
     d->loop = uv_default_loop();
     d->started = uv_now(d->loop) / 1000.0;
     pthread_mutex_init(&d->evmu, NULL);

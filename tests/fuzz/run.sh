@@ -84,7 +84,7 @@ srcs=(kernels/nllm_err.c kernels/backend.c kernels/model.c kernels/cpu/cpu_backe
       daemon/data.c daemon/config.c daemon/trainer.c daemon/ckpt.c daemon/safetensors.c
       daemon/fsutil.c daemon/catalog.c proto/rpc.c
       daemon/nllmd.c daemon/server.c daemon/jobs.c daemon/methods.c daemon/jsonpack.c
-      daemon/curves.c daemon/curves_job.c daemon/http.c "$out/dashboard_html.c")
+      daemon/curves.c daemon/curves_job.c daemon/http.c daemon/place.c "$out/dashboard_html.c")
 objs=()
 pids=()
 for s in "${srcs[@]}"; do
