@@ -119,6 +119,15 @@ struct nllm_backend {
     /* Forgets every recording of owner (before its buffers are freed). */
     void (*record_drop)(nllm_backend_t *be, const void *owner);
 
+    /* --- the parameters, for precisions that convert GEMM operands ---
+     * params_bind names the parameter buffer [w, w+n) (NULL: none); a
+     * backend may keep a converted copy of it (bf16) and use that for GEMM
+     * operands inside the buffer. params_changed is called, in stream order,
+     * after every change of the parameters (Adam, uploads). One buffer per
+     * backend. NULL: nothing to do. */
+    void (*params_bind)(nllm_backend_t *be, const float *w, int64_t n);
+    void (*params_changed)(nllm_backend_t *be);
+
     /* --- ops --- */
 
     /* C(M,N) = alpha * op(A) op(B) + beta * C; op(X) = X^T when transX. */

@@ -33,6 +33,12 @@ _Static_assert(sizeof(nllm_step_dev_t) <= IDS_OFFSET, "step block scalars overfl
 /* record keys: batch size and what the body does */
 enum { KEY_EVAL = 0, KEY_TRAIN = 1 };
 
+static void params_changed(nllm_backend_t *be)
+{
+    if (be->params_changed)
+        be->params_changed(be);
+}
+
 struct nllm_model {
     nllm_model_config_t cfg;
     nllm_backend_t *be;
@@ -314,6 +320,8 @@ int nllm_model_create(const nllm_model_config_t *cfg, nllm_backend_t *be, int ma
     }
     m->h_sd = (nllm_step_dev_t *)m->hblock;
     m->h_in = (int32_t *)(m->hblock + IDS_OFFSET);
+    if (be->params_bind)
+        be->params_bind(be, m->w, m->nfloats);
     *out = m;
     return 0;
 oom:
@@ -336,6 +344,8 @@ void nllm_model_destroy(nllm_model_t *m)
     nllm_backend_t *be = m->be;
     if (be->record_drop)
         be->record_drop(be, m);
+    if (be->params_bind && m->w)
+        be->params_bind(be, NULL, 0);
     void *dev[] = {m->w,    m->g,    m->m1,       m->m2,      m->a0,     m->act,
                    m->dz,   m->gts,  m->xhat,     m->rstd,    m->dn,     m->y,
                    m->dx,   m->dc,   m->clast,    m->row_loss, m->row_hit, m->dblock,
@@ -402,6 +412,7 @@ void nllm_model_init_weights(nllm_model_t *m, uint64_t seed)
     m->be->zero(m->be, m->m2, bytes);
     m->be->zero(m->be, m->g, bytes);
     m->be->zero(m->be, m->sd, NLLM_STEP_DEV_HOST_OFFSET); /* new weights: not halted */
+    params_changed(m->be);
     free(h);
 }
 
@@ -429,6 +440,7 @@ int nllm_model_set_state(nllm_model_t *m, const float *weights, const float *exp
     if (exp_avg_sq)
         m->be->upload(m->be, m->m2, exp_avg_sq, bytes);
     m->be->zero(m->be, m->sd, NLLM_STEP_DEV_HOST_OFFSET); /* new weights: not halted */
+    params_changed(m->be);
     return m->be->sync(m->be, err);
 }
 
@@ -706,6 +718,7 @@ void nllm_model_adam(nllm_model_t *m, const nllm_adam_consts_t *c)
     be->upload(be, m->dblock + NLLM_STEP_DEV_HOST_OFFSET, m->hblock + NLLM_STEP_DEV_HOST_OFFSET,
                sizeof(nllm_step_dev_t) - NLLM_STEP_DEV_HOST_OFFSET);
     be->adam(be, m->w, m->m1, m->m2, m->g, m->nfloats, m->sd);
+    params_changed(be);
 }
 
 /* The whole training step after prepare(): forward, BPTT, weight
@@ -720,6 +733,7 @@ static void train_body(void *ctx)
     be->sq_norm(be, m->g, m->nfloats, &m->sd->sqnorm);
     be->clip(be, m->sd, m->ring);
     be->adam(be, m->w, m->m1, m->m2, m->g, m->nfloats, m->sd);
+    params_changed(be);
 }
 
 int nllm_model_train_step_async(nllm_model_t *m, const int32_t *windows, int B, uint64_t seed,

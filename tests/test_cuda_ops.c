@@ -933,9 +933,9 @@ static void test_model_graphs(void)
 
 /* tf32 and bf16 against the CPU's fp32. The bars: a GEMM's error relative
  * to the output's scale below 1e-2 (tf32: 10-bit mantissa, unit roundoff
- * 4.9e-4) or 4e-2 (bf16: 7 bits, 3.9e-3); 50 training steps within 3e-2
- * (tf32) or 1e-1 (bf16) of the CPU's loss at every step, the loss going
- * down, and two runs bit-identical. */
+ * 4.9e-4) or 4e-2 (bf16: 7 bits, 3.9e-3), bf16 not giving tf32's bits;
+ * 50 training steps within 3e-2 (tf32) or 1e-1 (bf16) of the CPU's loss at
+ * every step, the loss going down, and two runs bit-identical. */
 static void test_precisions(void)
 {
     static const nllm_precision_t precs[] = {NLLM_PREC_TF32, NLLM_PREC_BF16};
@@ -944,6 +944,7 @@ static void test_precisions(void)
     float *wc = xmalloc(sizeof(float) * 3 * nf), *w1 = xmalloc(sizeof(float) * 3 * nf),
           *w2 = xmalloc(sizeof(float) * 3 * nf);
     double lc[TSTEPS], l1[TSTEPS], l2[TSTEPS], nc[TSTEPS], n1[TSTEPS], n2[TSTEPS];
+    float *Ctf = xmalloc(sizeof(float) * 300 * 257);
     CHECK(train_run(cpu, &tcfg, TB, TSTEPS, lc, nc, wc) == 0, "cpu training failed");
     for (int q = 0; q < 2; q++) {
         const char *pn = nllm_precision_name(precs[q]);
@@ -967,6 +968,11 @@ static void test_precisions(void)
         CHECK(e < gemm_tol[q], "%s gemm %dx%dx%d: error %g of the output's scale (bar %g)", pn,
               M, N, K, e, gemm_tol[q]);
         CHECK(e > 0.0, "%s gemm: bit-identical to fp32: the precision was not applied", pn);
+        if (q == 0)
+            memcpy(Ctf, Cg, sizeof(float) * M * N);
+        else
+            CHECK(ndiff(Cg, Ctf, (size_t)M * N) > 0,
+                  "bf16 gemm gives tf32's bits: bf16 operands were not applied");
         be->free(be, dA);
         be->free(be, dB);
         be->free(be, dC);
@@ -999,6 +1005,7 @@ static void test_precisions(void)
     free(wc);
     free(w1);
     free(w2);
+    free(Ctf);
 }
 
 /* ---- digest mode --------------------------------------------------------------------- */

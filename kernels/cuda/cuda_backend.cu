@@ -484,6 +484,8 @@ static void cu_destroy(nllm_backend_t *be)
             cudaFree(ci->d_norm);
         if (ci->workspace)
             cudaFree(ci->workspace);
+        if (ci->pshadow)
+            cudaFree(ci->pshadow);
         for (int i = 0; i < 2; i++) {
             if (ci->stage[i].buf)
                 cudaFreeHost(ci->stage[i].buf);
@@ -500,6 +502,53 @@ static void cu_destroy(nllm_backend_t *be)
 }
 
 /* ---- GEMM ----------------------------------------------------------------- */
+
+/* The bf16 copy of X (rows x cols at stride ld) when X lies in the bound
+ * parameter buffer and the copy is current: same offset, same stride. */
+static const void *param_bf16(nllm__cuda_impl_t *ci, const float *X, int rows, int cols, int ld)
+{
+    if (!ci->pshadow_valid || X < ci->pbase ||
+        X + (int64_t)(rows - 1) * ld + cols > ci->pbase + ci->pn)
+        return NULL;
+    return (const char *)ci->pshadow + 2 * (X - ci->pbase);
+}
+
+static void cu_params_bind(nllm_backend_t *be, const float *w, int64_t n)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    ci->pshadow_valid = 0;
+    if (ci->pshadow && (!w || n != ci->pn)) {
+        cudaSetDevice(ci->device);
+        cudaStreamSynchronize(ci->stream);
+        mem_remove(be, ci->pshadow);
+        cudaFree(ci->pshadow);
+        ci->pshadow = NULL;
+    }
+    ci->pbase = w;
+    ci->pn = w ? n : 0;
+}
+
+/* Re-converts the bound parameters after a change (bf16 only; the copy is
+ * allocated on first use, outside any capture). */
+static void cu_params_changed(nllm_backend_t *be)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (be->precision != NLLM_PREC_BF16 || !ci->pbase || !nllm__cuda_enter(ci))
+        return;
+    if (!ci->pshadow) {
+        if (ci->capturing) {
+            capture_error(ci, "bf16 parameter copy", "allocation inside a capture");
+            return;
+        }
+        size_t bytes = 2 * (size_t)ci->pn;
+        if (!nllm__cuda_check(ci, cudaMalloc(&ci->pshadow, bytes),
+                              "cudaMalloc (bf16 copy of the parameters)"))
+            return;
+        mem_add(be, ci->pshadow, bytes);
+    }
+    nllm__cuda_to_bf16(ci, ci->pbase, 1, ci->pn, ci->pn, ci->pshadow);
+    ci->pshadow_valid = 1;
+}
 
 /* Row-major C(M,N) = alpha op(A) op(B) + beta C is, read column-major, the
  * product C^T(N,M) = op(B)^T op(A)^T: a row-major matrix with leading
@@ -525,15 +574,45 @@ static void cu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, in
                    "cublasSgemm");
         return;
     }
-    /* float32 in memory; the tensor cores see TF32 or bf16 operands and
-     * accumulate in float32 */
-    cublasComputeType_t ct = be->precision == NLLM_PREC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                             : CUBLAS_COMPUTE_32F_FAST_16BF;
+    if (be->precision == NLLM_PREC_TF32) {
+        /* float32 in memory; the tensor cores round the operands to TF32
+         * and accumulate in float32 */
+        blas_check(ci,
+                   cublasGemmEx(ci->blas, opB, opA, N, M, K, &alpha, B, CUDA_R_32F, ldb, A,
+                                CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc,
+                                CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT),
+                   "cublasGemmEx (tf32)");
+        return;
+    }
+    /* bf16: both operands rounded to bfloat16 (parameters from the bound
+     * buffer's copy, anything else converted here into scratch), float32
+     * accumulation and output. CUBLAS_COMPUTE_32F_FAST_16BF on float32
+     * operands is not this: cuBLAS may run it as TF32 (it did on an H200). */
+    int arows = transA ? K : M, acols = transA ? M : K;
+    int brows = transB ? N : K, bcols = transB ? K : N;
+    const void *a16 = param_bf16(ci, A, arows, acols, lda);
+    const void *b16 = param_bf16(ci, B, brows, bcols, ldb);
+    size_t na = a16 ? 0 : ((size_t)arows * acols * 2 + 255) & ~(size_t)255;
+    size_t nb = b16 ? 0 : (size_t)brows * bcols * 2;
+    int lda16 = a16 ? lda : acols, ldb16 = b16 ? ldb : bcols;
+    if (na + nb) {
+        char *scr = (char *)nllm__cuda_scratch(ci, na + nb, "bf16 GEMM operands");
+        if (!scr)
+            return;
+        if (!a16) {
+            nllm__cuda_to_bf16(ci, A, arows, acols, lda, scr);
+            a16 = scr;
+        }
+        if (!b16) {
+            nllm__cuda_to_bf16(ci, B, brows, bcols, ldb, scr + na);
+            b16 = scr + na;
+        }
+    }
     blas_check(ci,
-               cublasGemmEx(ci->blas, opB, opA, N, M, K, &alpha, B, CUDA_R_32F, ldb, A,
-                            CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, ct,
+               cublasGemmEx(ci->blas, opB, opA, N, M, K, &alpha, b16, CUDA_R_16BF, ldb16, a16,
+                            CUDA_R_16BF, lda16, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT),
-               be->precision == NLLM_PREC_TF32 ? "cublasGemmEx (tf32)" : "cublasGemmEx (bf16)");
+               "cublasGemmEx (bf16)");
 }
 
 /* ---- device inventory ------------------------------------------------------ */
@@ -682,6 +761,8 @@ extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_e
     be->gemm = cu_gemm;
     be->record = cu_record;
     be->record_drop = cu_record_drop;
+    be->params_bind = cu_params_bind;
+    be->params_changed = cu_params_changed;
     nllm__cuda_ops_install(be);
     *out = be;
     return 0;

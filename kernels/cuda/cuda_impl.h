@@ -73,6 +73,11 @@ typedef struct {
     /* staged uploads: two pinned buffers used in turn */
     nllm__cuda_stage_t stage[2];
     int stage_next;
+    /* bf16 GEMMs: the bound parameter buffer and its bf16 copy */
+    const float *pbase;
+    int64_t pn;
+    void *pshadow;     /* pn bf16 values, same layout as pbase          */
+    int pshadow_valid; /* converted since the last change               */
     /* device memory held (be->mem_bytes/mem_peak): the allocations */
     nllm__cuda_block_t *blocks;
     size_t nblocks, cap_blocks;
@@ -99,5 +104,9 @@ void *nllm__cuda_scratch(nllm__cuda_impl_t *ci, size_t bytes, const char *what);
 void nllm__cuda_ops_install(nllm_backend_t *be);
 void nllm__cuda_scale(nllm__cuda_impl_t *ci, float *C, int ldc, int M, int N, float beta);
 cudaError_t nllm__cuda_probe_kernels(void);
+/* dst (rows, cols, packed) = src (rows, cols, row stride ld) rounded to
+ * bfloat16 (round to nearest even). */
+void nllm__cuda_to_bf16(nllm__cuda_impl_t *ci, const float *src, int64_t rows, int64_t cols,
+                        int64_t ld, void *dst);
 
 #endif /* NLLM_CUDA_IMPL_H */

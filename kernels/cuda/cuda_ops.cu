@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include <cub/device/device_radix_sort.cuh>
+#include <cuda_bf16.h>
 
 #include "cuda_impl.h"
 #include "nllm_math.h"
@@ -131,6 +132,30 @@ void nllm__cuda_scale(nllm__cuda_impl_t *ci, float *C, int ldc, int M, int N, fl
     int64_t n = (int64_t)M * N;
     k_scale<<<grid_for(n, NT_ELEM), NT_ELEM, 0, ci->stream>>>(C, ldc, M, N, beta);
     launched(ci, "kernel gemm_scale (K = 0)");
+}
+
+/* ---- float32 to bfloat16 (the operands of bf16 GEMMs) --------------------- */
+
+__global__ void k_to_bf16(const float *src, int64_t rows, int64_t cols, int64_t ld,
+                          __nv_bfloat16 *dst)
+{
+    int64_t n = rows * cols;
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = e / cols, c = e - r * cols;
+        dst[e] = __float2bfloat16_rn(src[r * ld + c]);
+    }
+}
+
+void nllm__cuda_to_bf16(nllm__cuda_impl_t *ci, const float *src, int64_t rows, int64_t cols,
+                        int64_t ld, void *dst)
+{
+    int64_t n = rows * cols;
+    if (n <= 0)
+        return;
+    k_to_bf16<<<grid_for(n, NT_ELEM), NT_ELEM, 0, ci->stream>>>(src, rows, cols, ld,
+                                                               (__nv_bfloat16 *)dst);
+    launched(ci, "kernel to_bf16");
 }
 
 cudaError_t nllm__cuda_probe_kernels(void)
