@@ -258,6 +258,8 @@ int main(int argc, char **argv)
             putchar(*c == '"' || *c == '\\' || (unsigned char)*c < 0x20 ? ' ' : *c);
         printf("\",");
     }
+    if (strncmp(be->name, "cuda:", 5) == 0)
+        printf("\"second_queue\":%s,", be->aux_begin ? "true" : "false");
     if (be->mem_peak)
         printf("\"device_mem_peak_mib\":%.1f,", (double)be->mem_peak / 1048576.0);
     if (sgemm > 0)

@@ -119,6 +119,19 @@ struct nllm_backend {
     /* Forgets every recording of owner (before its buffers are freed). */
     void (*record_drop)(nllm_backend_t *be, const void *owner);
 
+    /* --- a second queue ---
+     * aux_begin: later ops run on a second queue, after everything queued
+     * so far; aux_end: later ops run on the main queue again (while the
+     * second one may still work); aux_join: the main queue waits for all
+     * work queued on the second. Until joined, ops on the two queues must
+     * not touch the same memory. NULL (the CPU): one queue, in call order.
+     * wgrad_chunk: time steps per chunk of the weight gradients that the
+     * model hands to the second queue during BPTT (0: the whole window). */
+    void (*aux_begin)(nllm_backend_t *be);
+    void (*aux_end)(nllm_backend_t *be);
+    void (*aux_join)(nllm_backend_t *be);
+    int wgrad_chunk;
+
     /* --- the parameters, for precisions that convert GEMM operands ---
      * params_bind names the parameter buffer [w, w+n) (NULL: none); a
      * backend may keep a converted copy of it (bf16) and use that for GEMM

@@ -39,6 +39,25 @@ static void params_changed(nllm_backend_t *be)
         be->params_changed(be);
 }
 
+/* The backend's second queue (no-ops where it has none). */
+static void aux_begin(nllm_backend_t *be)
+{
+    if (be->aux_begin)
+        be->aux_begin(be);
+}
+
+static void aux_end(nllm_backend_t *be)
+{
+    if (be->aux_end)
+        be->aux_end(be);
+}
+
+static void aux_join(nllm_backend_t *be)
+{
+    if (be->aux_join)
+        be->aux_join(be);
+}
+
 struct nllm_model {
     nllm_model_config_t cfg;
     nllm_backend_t *be;
@@ -642,10 +661,22 @@ static void backward_body(nllm_model_t *m)
     /* dz of the last layer doubles as dh (gradient at h_t) */
     float *dh = m->dz + (size_t)(L - 1) * NH;
 
-    /* output head: dWo = dY^T h, dbo = colsum dY, dh = dY Wo */
+    /* output head: dh = dY Wo; dWo = dY^T h and dbo = colsum dY beside the
+     * BPTT chain (they read only dY and h) */
+    be->gemm(be, 0, 0, N, H, V, 1.0f, m->y, V, m->w + m->off_wo, H, 0.0f, dh, H);
+    aux_begin(be);
     be->gemm(be, 1, 0, V, H, N, 1.0f, m->y, V, hL, H, 0.0f, m->g + m->off_wo, H);
     be->col_sum(be, m->g + m->off_bo, m->y, N, V, V);
-    be->gemm(be, 0, 0, N, H, V, 1.0f, m->y, V, m->w + m->off_wo, H, 0.0f, dh, H);
+    aux_end(be);
+
+    /* Weight gradients by chunks of time steps, each as soon as BPTT has
+     * finished its rows, on the backend's second queue (where it has one)
+     * while the chain goes on: the chunks' products add up, last chunk
+     * first. A backend without a second queue takes the whole window as one
+     * chunk: one product per weight, as before. */
+    const int chunk = be->aux_begin && be->wgrad_chunk > 0 ? be->wgrad_chunk : T;
+    int t_hi = T;
+    float beta_w = 0.0f;
 
     nllm_ctx_args_t ca = {B, Dc, m->w + m->off_bg, m->w + m->off_gamma, m->w + m->off_beta};
     be->zero(be, m->dc, sizeof(float) * (size_t)B * Dc);
@@ -671,22 +702,34 @@ static void backward_body(nllm_model_t *m)
         if (t > 0)
             be->gemm(be, 0, 0, B, Dc, H, 1.0f, m->dz + r0 * H, H, W1 + De, Da, 1.0f, m->dc,
                      Dc);
+        if (t % chunk != 0)
+            continue;
+        /* rows of time steps t .. t_hi-1 are final: their share of every
+         * weight gradient, and their rows of dX = dz_1 W1[:, :De] */
+        const int K = (t_hi - t) * B;
+        aux_begin(be);
+        for (int l = 1; l < L; l++)
+            be->gemm(be, 1, 0, H, H, K, 1.0f, m->dz + (size_t)l * NH + r0 * H, H,
+                     m->act + (size_t)(l - 1) * NH + r0 * H, H, beta_w, m->g + m->off_w[l], H);
+        be->gemm(be, 1, 0, H, Da, K, 1.0f, m->dz + r0 * H, H, m->a0 + r0 * Da, Da, beta_w,
+                 m->g + m->off_w[0], Da);
+        be->gemm(be, 1, 0, 3 * Dc, H, K, 1.0f, g, 3 * Dc, hL + r0 * H, H, beta_w,
+                 m->g + m->off_wg, H);
+        be->gemm(be, 0, 0, K, De, H, 1.0f, m->dz + r0 * H, H, W1, Da, 0.0f, m->dx + r0 * De,
+                 De);
+        aux_end(be);
+        t_hi = t;
+        beta_w = 1.0f;
     }
+    aux_join(be);
 
-    /* weight gradients over all positions */
-    for (int l = 1; l < L; l++) {
-        be->gemm(be, 1, 0, H, H, N, 1.0f, m->dz + (size_t)l * NH, H,
-                 m->act + (size_t)(l - 1) * NH, H, 0.0f, m->g + m->off_w[l], H);
+    /* bias, gamma and beta gradients over all positions */
+    for (int l = 0; l < L; l++)
         be->col_sum(be, m->g + m->off_b[l], m->dz + (size_t)l * NH, N, H, H);
-    }
-    be->gemm(be, 1, 0, H, Da, N, 1.0f, m->dz, H, m->a0, Da, 0.0f, m->g + m->off_w[0], Da);
-    be->col_sum(be, m->g + m->off_b[0], m->dz, N, H, H);
-    be->gemm(be, 1, 0, 3 * Dc, H, N, 1.0f, m->gts, 3 * Dc, hL, H, 0.0f, m->g + m->off_wg, H);
     be->col_sum(be, m->g + m->off_bg, m->gts, N, 3 * Dc, 3 * Dc);
     be->col_sum(be, m->g + m->off_gamma, m->xhat, N, Dc, Dc);
     be->col_sum(be, m->g + m->off_beta, m->dn, N, Dc, Dc);
-    /* embedding: dX = dz_1 W1[:, :De], scattered by token id */
-    be->gemm(be, 0, 0, N, De, H, 1.0f, m->dz, H, W1, Da, 0.0f, m->dx, De);
+    /* embedding: dX scattered by token id */
     be->zero(be, m->g + m->off_emb, sizeof(float) * (size_t)V * De);
     be->embedding_backward(be, m->g + m->off_emb, m->dx, De, m->ids_in, N, De);
 }

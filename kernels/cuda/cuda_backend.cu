@@ -113,6 +113,14 @@ bool nllm__cuda_enter(nllm__cuda_impl_t *ci)
     return nllm__cuda_check(ci, cudaSetDevice(ci->device), "cudaSetDevice");
 }
 
+/* Waits for both queues (the caller records any error). */
+static cudaError_t sync_all(nllm__cuda_impl_t *ci)
+{
+    cudaError_t e = ci->stream ? cudaStreamSynchronize(ci->stream) : cudaSuccess;
+    cudaError_t e2 = ci->alt_stream ? cudaStreamSynchronize(ci->alt_stream) : cudaSuccess;
+    return e != cudaSuccess ? e : e2;
+}
+
 /* ---- device memory accounting (be->mem_bytes, be->mem_peak) ----------- */
 
 static void mem_add(nllm_backend_t *be, void *p, size_t bytes)
@@ -177,8 +185,9 @@ void *nllm__cuda_scratch(nllm__cuda_impl_t *ci, size_t bytes, const char *what)
         capture_error(ci, what, "scratch memory must grow");
         return NULL;
     }
-    /* work queued earlier may still read the old buffer */
-    if (!nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream), "cudaStreamSynchronize"))
+    /* work queued earlier may still read the old buffer, and a graph about
+     * to be dropped may still run on either queue */
+    if (!nllm__cuda_check(ci, sync_all(ci), "cudaStreamSynchronize"))
         return NULL;
     graphs_invalidate(ci);
     if (ci->scratch) {
@@ -237,7 +246,7 @@ static void cu_free(nllm_backend_t *be, void *p)
         return;
     /* free even after a failure, so a failed job gives its memory back */
     cudaSetDevice(ci->device);
-    cudaStreamSynchronize(ci->stream);
+    sync_all(ci);
     mem_remove(be, p);
     cudaError_t e = cudaFree(p);
     if (!ci->err_code)
@@ -346,11 +355,64 @@ static int cu_sync(nllm_backend_t *be, nllm_err_t *err)
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
     be->n_syncs++;
     if (nllm__cuda_enter(ci))
-        nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream),
-                         "queued work (found at cudaStreamSynchronize)");
+        nllm__cuda_check(ci, sync_all(ci), "queued work (found at cudaStreamSynchronize)");
     if (ci->err_code)
         return nllm_err_set(err, ci->err_code, "%s", ci->err_msg);
     return 0;
+}
+
+/* ---- the second queue -------------------------------------------------- */
+
+static void swap_queues(nllm__cuda_impl_t *ci)
+{
+    cudaStream_t st = ci->stream;
+    ci->stream = ci->alt_stream;
+    ci->alt_stream = st;
+    cublasHandle_t bh = ci->blas;
+    ci->blas = ci->alt_blas;
+    ci->alt_blas = bh;
+    void *sc = ci->scratch;
+    ci->scratch = ci->alt_scratch;
+    ci->alt_scratch = sc;
+    size_t sb = ci->scratch_bytes;
+    ci->scratch_bytes = ci->alt_scratch_bytes;
+    ci->alt_scratch_bytes = sb;
+    ci->on_aux ^= 1;
+}
+
+/* Fork: the second queue waits for the main queue's work so far (an event;
+ * inside a capture this pulls the second queue into the graph). */
+static void cu_aux_begin(nllm_backend_t *be)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (ci->on_aux || !nllm__cuda_enter(ci))
+        return;
+    if (!nllm__cuda_check(ci, cudaEventRecord(ci->ev_fork, ci->stream), "aux_begin (event record)"))
+        return;
+    swap_queues(ci);
+    nllm__cuda_check(ci, cudaStreamWaitEvent(ci->stream, ci->ev_fork, 0),
+                     "aux_begin (cudaStreamWaitEvent)");
+}
+
+static void cu_aux_end(nllm_backend_t *be)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (ci->on_aux)
+        swap_queues(ci);
+}
+
+/* Join: the main queue waits for the second queue's work so far. */
+static void cu_aux_join(nllm_backend_t *be)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (ci->on_aux)
+        swap_queues(ci);
+    if (!nllm__cuda_enter(ci))
+        return;
+    if (nllm__cuda_check(ci, cudaEventRecord(ci->ev_join, ci->alt_stream),
+                         "aux_join (event record)"))
+        nllm__cuda_check(ci, cudaStreamWaitEvent(ci->stream, ci->ev_join, 0),
+                         "aux_join (cudaStreamWaitEvent)");
 }
 
 /* be->record: the first call of a (owner, key) runs body eagerly (it
@@ -382,7 +444,7 @@ static void cu_record(nllm_backend_t *be, const void *owner, uint64_t key,
     }
     if (!g) {
         if (lru->exec) /* a graph of another body may still run */
-            nllm__cuda_check(ci, cudaStreamSynchronize(ci->stream), "cudaStreamSynchronize");
+            nllm__cuda_check(ci, sync_all(ci), "cudaStreamSynchronize");
         graph_forget(lru); /* an unused slot has last_use 0 */
         g = lru;
         g->owner = owner;
@@ -444,7 +506,7 @@ static void cu_record_drop(nllm_backend_t *be, const void *owner)
 {
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
     cudaSetDevice(ci->device);
-    cudaStreamSynchronize(ci->stream); /* a launched graph may still run */
+    sync_all(ci); /* a launched graph may still run */
     for (int i = 0; i < NLLM_CUDA_GRAPHS; i++)
         if (ci->graphs[i].owner == owner)
             graph_forget(&ci->graphs[i]);
@@ -472,12 +534,34 @@ static void cu_destroy(nllm_backend_t *be)
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
     if (ci) {
         cudaSetDevice(ci->device);
-        if (ci->stream)
-            cudaStreamSynchronize(ci->stream);
+        if (ci->on_aux) { /* the fields of the main queue back in place */
+            cudaStream_t st = ci->stream;
+            ci->stream = ci->alt_stream;
+            ci->alt_stream = st;
+            cublasHandle_t bh = ci->blas;
+            ci->blas = ci->alt_blas;
+            ci->alt_blas = bh;
+            void *sc = ci->scratch;
+            ci->scratch = ci->alt_scratch;
+            ci->alt_scratch = sc;
+        }
+        sync_all(ci);
         for (int i = 0; i < NLLM_CUDA_GRAPHS; i++)
             graph_forget(&ci->graphs[i]);
         if (ci->blas)
             cublasDestroy(ci->blas);
+        if (ci->alt_blas)
+            cublasDestroy(ci->alt_blas);
+        if (ci->alt_scratch)
+            cudaFree(ci->alt_scratch);
+        if (ci->alt_workspace)
+            cudaFree(ci->alt_workspace);
+        if (ci->alt_stream)
+            cudaStreamDestroy(ci->alt_stream);
+        if (ci->ev_fork)
+            cudaEventDestroy(ci->ev_fork);
+        if (ci->ev_join)
+            cudaEventDestroy(ci->ev_join);
         if (ci->scratch)
             cudaFree(ci->scratch);
         if (ci->d_norm)
@@ -519,7 +603,7 @@ static void cu_params_bind(nllm_backend_t *be, const float *w, int64_t n)
     ci->pshadow_valid = 0;
     if (ci->pshadow && (!w || n != ci->pn)) {
         cudaSetDevice(ci->device);
-        cudaStreamSynchronize(ci->stream);
+        sync_all(ci);
         mem_remove(be, ci->pshadow);
         cudaFree(ci->pshadow);
         ci->pshadow = NULL;
@@ -739,9 +823,34 @@ extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_e
     for (int i = 0; i < 2 && !ci->err_code; i++)
         nllm__cuda_check(ci, cudaEventCreateWithFlags(&ci->stage[i].ev, cudaEventDisableTiming),
                          "cudaEventCreateWithFlags (upload staging)");
+    /* the second queue: its own stream, cuBLAS handle and workspace (two
+     * queues must not share a workspace), unless NLLM_CUDA_AUX=0 */
+    const char *ae = getenv("NLLM_CUDA_AUX");
+    int aux_on = !(ae && strcmp(ae, "0") == 0);
+    if (aux_on && !ci->err_code)
+        nllm__cuda_check(ci, cudaStreamCreateWithFlags(&ci->alt_stream, cudaStreamNonBlocking),
+                         "cudaStreamCreateWithFlags (second queue)");
+    if (aux_on && !ci->err_code)
+        nllm__cuda_check(ci, cudaEventCreateWithFlags(&ci->ev_fork, cudaEventDisableTiming),
+                         "cudaEventCreateWithFlags (fork)");
+    if (aux_on && !ci->err_code)
+        nllm__cuda_check(ci, cudaEventCreateWithFlags(&ci->ev_join, cudaEventDisableTiming),
+                         "cudaEventCreateWithFlags (join)");
+    if (aux_on && !ci->err_code &&
+        blas_check(ci, cublasCreate(&ci->alt_blas), "cublasCreate (second queue)")) {
+        blas_check(ci, cublasSetStream(ci->alt_blas, ci->alt_stream), "cublasSetStream");
+        blas_check(ci, cublasSetMathMode(ci->alt_blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+        blas_check(ci, cublasSetAtomicsMode(ci->alt_blas, CUBLAS_ATOMICS_NOT_ALLOWED),
+                   "cublasSetAtomicsMode");
+        if (nllm__cuda_check(ci, cudaMalloc(&ci->alt_workspace, NLLM_CUDA_WORKSPACE),
+                             "cudaMalloc (cuBLAS workspace, second queue)"))
+            blas_check(ci,
+                       cublasSetWorkspace(ci->alt_blas, ci->alt_workspace, NLLM_CUDA_WORKSPACE),
+                       "cublasSetWorkspace");
+    }
     if (!ci->err_code) {
-        be->mem_bytes = be->mem_peak =
-            sizeof(double) * NLLM_CUDA_SQN_BLOCKS + NLLM_CUDA_WORKSPACE;
+        be->mem_bytes = be->mem_peak = sizeof(double) * NLLM_CUDA_SQN_BLOCKS +
+                                       NLLM_CUDA_WORKSPACE * (aux_on ? 2 : 1);
     }
     if (ci->err_code) {
         int rc = nllm_err_set(err, ci->err_code, "%s", ci->err_msg);
@@ -763,6 +872,12 @@ extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_e
     be->record_drop = cu_record_drop;
     be->params_bind = cu_params_bind;
     be->params_changed = cu_params_changed;
+    if (ci->alt_stream) {
+        be->aux_begin = cu_aux_begin;
+        be->aux_end = cu_aux_end;
+        be->aux_join = cu_aux_join;
+        be->wgrad_chunk = 8;
+    }
     nllm__cuda_ops_install(be);
     *out = be;
     return 0;

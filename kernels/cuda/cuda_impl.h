@@ -73,6 +73,16 @@ typedef struct {
     /* staged uploads: two pinned buffers used in turn */
     nllm__cuda_stage_t stage[2];
     int stage_next;
+    /* the second queue (be->aux_*): while on_aux, stream, blas, scratch
+     * and scratch_bytes above are the second queue's and the alt_ fields
+     * the main queue's; aux_begin/aux_end swap them */
+    cudaStream_t alt_stream;
+    cublasHandle_t alt_blas;
+    void *alt_scratch;
+    size_t alt_scratch_bytes;
+    void *alt_workspace;
+    cudaEvent_t ev_fork, ev_join;
+    int on_aux;
     /* bf16 GEMMs: the bound parameter buffer and its bf16 copy */
     const float *pbase;
     int64_t pn;
