@@ -742,9 +742,10 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         nllm_catalog_job_set_progress(d->cat, j->name, r->epoch, best, &err);
         nllmd_job_event(j, "epoch",
                         "epoch %lld/%lld: train loss %.4f, val loss %.4f, val ppl %.2f, "
-                        "val acc %.1f%%, %.0f tokens/s%s",
+                        "val acc %.1f%%, %.0f tokens/s, %.2f steps/s%s",
                         (long long)r->epoch, (long long)r->num_epochs, r->train_loss,
                         r->val_loss, r->val_ppl, 100 * r->val_acc, r->tokens_per_s,
+                        r->seconds > 0 ? (double)j->steps_per_epoch / r->seconds : 0.0,
                         r->is_best ? " (best)" : "");
         if (r->early_stop)
             nllmd_job_event(j, "early_stopped",

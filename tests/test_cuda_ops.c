@@ -752,15 +752,15 @@ static int train_run(nllm_backend_t *be, const nllm_model_config_t *cfg, int B, 
 }
 
 /* A CUDA backend on device 0 with graphs on or off and a precision
- * (graphs < 0: graphs on, the second queue off). */
+ * (graphs 2: graphs on and the second queue too). */
 static nllm_backend_t *gpu_backend(int graphs, nllm_precision_t prec)
 {
     nllm_backend_t *be;
     nllm_err_t err;
     if (!graphs)
         setenv("NLLM_CUDA_GRAPHS", "0", 1);
-    if (graphs < 0)
-        setenv("NLLM_CUDA_AUX", "0", 1);
+    if (graphs == 2)
+        setenv("NLLM_CUDA_AUX", "1", 1);
     int rc = nllm_cuda_backend_create(0, &be, &err);
     unsetenv("NLLM_CUDA_GRAPHS");
     unsetenv("NLLM_CUDA_AUX");
@@ -902,13 +902,14 @@ static void test_model_graphs(void)
               memcmp(nq, ne, sizeof ne) == 0,
           "queued steps differ from waited-for steps (%zu of %lld state floats)",
           ndiff(sq, se, (size_t)(3 * nf)), (long long)(3 * nf));
-    /* one queue, weight gradients as one product each: the same training up
-     * to float summation order */
-    nllm_backend_t *single = gpu_backend(-1, NLLM_PREC_FP32);
-    CHECK(single->aux_begin == NULL && graphs->aux_begin != NULL,
-          "NLLM_CUDA_AUX=0 did not turn the second queue off (or it is never on)");
-    double ls[STEPS], ns[STEPS];
-    CHECK(train_run(single, &cfg, B, STEPS, ls, ns, sq) == 0, "single-queue training failed");
+    /* the second queue (weight gradients by chunks beside BPTT, in a graph):
+     * the same training up to float summation order, and deterministic */
+    nllm_backend_t *two = gpu_backend(2, NLLM_PREC_FP32);
+    CHECK(two->aux_begin != NULL && graphs->aux_begin == NULL,
+          "NLLM_CUDA_AUX=1 did not turn the second queue on (or it is on by default)");
+    double ls[STEPS], ns[STEPS], ls2[STEPS], ns2[STEPS];
+    CHECK(train_run(two, &cfg, B, STEPS, ls, ns, sq) == 0, "two-queue training failed");
+    CHECK(train_run(two, &cfg, B, STEPS, ls2, ns2, sg) == 0, "two-queue training failed");
     double lmax = 0;
     for (int s2 = 0; s2 < STEPS; s2++) {
         double d = fabs(ls[s2] - le[s2]) / fabs(le[s2]);
@@ -916,8 +917,10 @@ static void test_model_graphs(void)
             lmax = d;
     }
     CHECK(lmax < 1e-4, "second queue: loss differs from the single queue's by %g", lmax);
+    CHECK(ndiff(sq, sg, (size_t)(3 * nf)) == 0 && memcmp(ls, ls2, sizeof ls) == 0,
+          "second queue: two runs differ");
     printf("     second queue vs one queue: max loss rel diff %.2g over %d steps\n", lmax, STEPS);
-    single->destroy(single);
+    two->destroy(two);
     /* validation forwards: recorded after the first, same figures as eager */
     nllm_model_t *me = make_model(eager, &cfg, B), *mg = make_model(graphs, &cfg, B);
     int32_t *w = xmalloc(sizeof(int32_t) * B * (size_t)cfg.max_seq_length);

@@ -15,7 +15,7 @@
 #    and bf16 (tests/gpu/resume.sh)
 # 6. small-recipe quality per precision (tests/gpu/quality.sh)
 # 7. nllm-bench on the seed config in each precision at batch 16, 512 and
-#    4096 (and fp32 without graphs, without the second queue, and waiting
+#    4096 (and fp32 without graphs, with the second queue, and waiting
 #    for every step): tokens/s
 #    and TFLOP/s against the same run's SGEMM; every line goes to
 #    $LOGS/bench.jsonl
@@ -229,28 +229,28 @@ done
 bench "b16-fp32-nographs" NLLM_CUDA_GRAPHS=0 -- --batch 16 --steps 200 --warmup 3
 bench "b16-fp32-sync" X=1 -- --batch 16 --steps 200 --warmup 3 --sync
 bench "b512-fp32-nographs" NLLM_CUDA_GRAPHS=0 -- --batch 512 --steps 60 --warmup 3
-for b in 16 512 4096; do
-    bench "b$b-fp32-onequeue" NLLM_CUDA_AUX=0 -- --batch "$b" --steps "$(steps_for "$b")" --warmup 3
-done
-bench "b4096-tf32-onequeue" NLLM_CUDA_AUX=0 -- --batch 4096 --precision tf32 --steps 12 --warmup 3
+bench "b512-fp32-twoqueues" NLLM_CUDA_AUX=1 -- --batch 512 --steps 60 --warmup 3
 
 # ---- 8. the daemon trains at the bench's rate --------------------------------------
-# nllmd run, seed model, batch 512, Tiny Shakespeare: the mean tokens/s of
+# nllmd run, seed model, batch 512, Tiny Shakespeare: the mean steps/s of
 # epochs 2 and 3 (checkpoints and validation outside the epoch's time, as
 # the bench has none) against bench b512-fp32 above; the aim is within 5%.
+# Steps, not tokens: the daemon counts non-pad targets, and most positions
+# of Tiny Shakespeare's short lines are padding; the bench has none.
 if [ -f "${DATA_FILE:-../shared/data/tinyshakespeare/input.txt}" ]; then
     W=$(mktemp -d /tmp/nllm-gpu-rate.XXXXXX)
     run_step daemon-rate 300 "$BIN/nllmd" run --state-dir "$W" rate \
         --data "${DATA_FILE:-../shared/data/tinyshakespeare/input.txt}" --epochs 3 --batch 512 \
         --device cuda:0
     rm -rf "$W"
-    d=$({ grep -o 'epoch [23]/3: .* \([0-9]*\) tokens/s' "$LOGS/daemon-rate.log" || true; } |
-        sed 's/.* \([0-9]*\) tokens\/s/\1/' | awk '{ s += $1; n++ } END { if (n) printf "%.0f", s / n }')
-    b=$({ grep -h '^{' "$LOGS/bench-b512-fp32.log" 2>/dev/null || true; } | tail -n 1 | jget tokens_per_s)
+    d=$({ grep -o 'epoch [23]/3: .* \([0-9.]*\) steps/s' "$LOGS/daemon-rate.log" || true; } |
+        sed 's/.* \([0-9.]*\) steps\/s/\1/' | awk '{ s += $1; n++ } END { if (n) printf "%.2f", s / n }')
+    b=$({ grep -h '^{' "$LOGS/bench-b512-fp32.log" 2>/dev/null || true; } | tail -n 1 |
+        jget step_ms_median | awk '{ if ($1 > 0) printf "%.2f", 1000 / $1 }')
     if [ "$RC" = 0 ] && [ -n "$d" ] && [ -n "$b" ]; then
         ratio=$(awk -v d="$d" -v b="$b" 'BEGIN { printf "%.3f", d / b }')
         ok=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.95) ? "ok" : "FAIL" }')
-        row "daemon rate b512 fp32" "$ok" "nllmd run $d tok/s, bench $b: ratio $ratio (aim >= 0.95)"
+        row "daemon rate b512 fp32" "$ok" "nllmd run $d steps/s, bench $b: ratio $ratio (aim >= 0.95)"
     else
         row "daemon rate b512 fp32" FAIL "exit $RC: $(tail -n 1 "$LOGS/daemon-rate.log")"
     fi
