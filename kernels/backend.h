@@ -119,6 +119,24 @@ struct nllm_backend {
     /* Forgets every recording of owner (before its buffers are freed). */
     void (*record_drop)(nllm_backend_t *be, const void *owner);
 
+    /* --- small-batch products of the recurrent chain ---
+     * For batches of at most small_batch rows (0: not offered), products
+     * fused with the element-wise step that follows them; the same results
+     * as the plain ops up to float summation order, deterministic, in the
+     * backend's precision.
+     * small_nt: C(M,N) = beta*C + A(M,K) W(N,K)^T; then, with bias, C =
+     *   relu(C + bias) * dropout mask as bias_relu_dropout_forward does
+     *   for step t of T (rows of C are the batch, N its units).
+     * small_nn: C(M,N) = beta*C + A(M,K) W(K,N); then, with mask (stride
+     *   ldc), C = mask > 0 ? C / (1-p) : 0 as relu_dropout_backward does. */
+    void (*small_nt)(nllm_backend_t *be, int M, int N, int K, const float *A, int lda,
+                     const float *W, int ldw, float beta, float *C, int ldc, const float *bias,
+                     int t, int T, const nllm_step_dev_t *sd, uint32_t stream, float p);
+    void (*small_nn)(nllm_backend_t *be, int M, int N, int K, const float *A, int lda,
+                     const float *W, int ldw, float beta, float *C, int ldc, const float *mask,
+                     float p);
+    int small_batch;
+
     /* --- a second queue ---
      * aux_begin: later ops run on a second queue, after everything queued
      * so far; aux_end: later ops run on the main queue again (while the

@@ -544,24 +544,41 @@ static void forward_body(nllm_model_t *m)
 
     nllm_ctx_args_t ca = {B, Dc, m->w + m->off_bg, m->w + m->off_gamma, m->w + m->off_beta};
     const size_t NH = (size_t)N * H;
+    /* small batches: each product fused with the element-wise step after it */
+    const int small = be->small_nt && B <= be->small_batch;
     for (int t = 0; t < T; t++) {
         size_t r0 = (size_t)t * B;
         float *cprev = t > 0 ? m->a0 + r0 * Da + De : NULL;
         float *a1 = m->act + r0 * H;
-        if (cprev)
-            be->gemm(be, 0, 1, B, H, Dc, 1.0f, cprev, Da, W1 + De, Da, 1.0f, a1, H);
-        be->bias_relu_dropout_forward(be, a1, m->w + m->off_b[0], B, H, t, T, m->sd,
-                                      NLLM_STREAM_DROPOUT0, p);
+        if (cprev && small) {
+            be->small_nt(be, B, H, Dc, cprev, Da, W1 + De, Da, 1.0f, a1, H, m->w + m->off_b[0],
+                         t, T, m->sd, NLLM_STREAM_DROPOUT0, p);
+        } else {
+            if (cprev)
+                be->gemm(be, 0, 1, B, H, Dc, 1.0f, cprev, Da, W1 + De, Da, 1.0f, a1, H);
+            be->bias_relu_dropout_forward(be, a1, m->w + m->off_b[0], B, H, t, T, m->sd,
+                                          NLLM_STREAM_DROPOUT0, p);
+        }
         for (int l = 1; l < L; l++) {
             float *in = m->act + (size_t)(l - 1) * NH + r0 * H;
             float *o = m->act + (size_t)l * NH + r0 * H;
+            if (small) {
+                be->small_nt(be, B, H, H, in, H, m->w + m->off_w[l], H, 0.0f, o, H,
+                             m->w + m->off_b[l], t, T, m->sd,
+                             NLLM_STREAM_DROPOUT0 + (uint32_t)l, p);
+                continue;
+            }
             be->gemm(be, 0, 1, B, H, H, 1.0f, in, H, m->w + m->off_w[l], H, 0.0f, o, H);
             be->bias_relu_dropout_forward(be, o, m->w + m->off_b[l], B, H, t, T, m->sd,
                                           NLLM_STREAM_DROPOUT0 + (uint32_t)l, p);
         }
         float *h = m->act + (size_t)(L - 1) * NH + r0 * H;
         float *g = m->gts + r0 * 3 * Dc;
-        be->gemm(be, 0, 1, B, 3 * Dc, H, 1.0f, h, H, m->w + m->off_wg, H, 0.0f, g, 3 * Dc);
+        if (small)
+            be->small_nt(be, B, 3 * Dc, H, h, H, m->w + m->off_wg, H, 0.0f, g, 3 * Dc, NULL, t,
+                         T, m->sd, 0, 0.0f);
+        else
+            be->gemm(be, 0, 1, B, 3 * Dc, H, 1.0f, h, H, m->w + m->off_wg, H, 0.0f, g, 3 * Dc);
         float *cout = t + 1 < T ? m->a0 + (r0 + (size_t)B) * Da + De : m->clast;
         int ldo = t + 1 < T ? Da : Dc;
         be->context_forward(be, &ca, g, cprev, Da, m->xhat + r0 * Dc, m->rstd + r0, cout, ldo);
@@ -679,6 +696,7 @@ static void backward_body(nllm_model_t *m)
     float beta_w = 0.0f;
 
     nllm_ctx_args_t ca = {B, Dc, m->w + m->off_bg, m->w + m->off_gamma, m->w + m->off_beta};
+    const int small = be->small_nn && B <= be->small_batch;
     be->zero(be, m->dc, sizeof(float) * (size_t)B * Dc);
     for (int t = T - 1; t >= 0; t--) {
         size_t r0 = (size_t)t * B;
@@ -687,21 +705,36 @@ static void backward_body(nllm_model_t *m)
         /* dc: gradient w.r.t. c(t) -> gate grads, and dc = ds * f */
         be->context_backward(be, &ca, m->dc, g, cprev, Da, m->xhat + r0 * Dc, m->rstd + r0,
                              m->dn + r0 * Dc);
-        /* dh_t += dG W_g */
-        be->gemm(be, 0, 0, B, H, 3 * Dc, 1.0f, g, 3 * Dc, m->w + m->off_wg, H, 1.0f,
-                 dh + r0 * H, H);
-        for (int l = L - 1; l >= 0; l--) {
-            float *dzl = m->dz + (size_t)l * NH + r0 * H;
-            be->relu_dropout_backward(be, dzl, m->act + (size_t)l * NH + r0 * H,
+        if (small) {
+            /* the same chain, each product fused with the mask after it */
+            be->small_nn(be, B, H, 3 * Dc, g, 3 * Dc, m->w + m->off_wg, H, 1.0f, dh + r0 * H, H,
+                         NULL, 0.0f);
+            be->relu_dropout_backward(be, dh + r0 * H, m->act + (size_t)(L - 1) * NH + r0 * H,
                                       (int64_t)B * H, p);
-            if (l > 0)
-                be->gemm(be, 0, 0, B, H, H, 1.0f, dzl, H, m->w + m->off_w[l], H, 0.0f,
-                         m->dz + (size_t)(l - 1) * NH + r0 * H, H);
+            for (int l = L - 1; l > 0; l--)
+                be->small_nn(be, B, H, H, m->dz + (size_t)l * NH + r0 * H, H, m->w + m->off_w[l],
+                             H, 0.0f, m->dz + (size_t)(l - 1) * NH + r0 * H, H,
+                             m->act + (size_t)(l - 1) * NH + r0 * H, p);
+            if (t > 0)
+                be->small_nn(be, B, Dc, H, m->dz + r0 * H, H, W1 + De, Da, 1.0f, m->dc, Dc,
+                             NULL, 0.0f);
+        } else {
+            /* dh_t += dG W_g */
+            be->gemm(be, 0, 0, B, H, 3 * Dc, 1.0f, g, 3 * Dc, m->w + m->off_wg, H, 1.0f,
+                     dh + r0 * H, H);
+            for (int l = L - 1; l >= 0; l--) {
+                float *dzl = m->dz + (size_t)l * NH + r0 * H;
+                be->relu_dropout_backward(be, dzl, m->act + (size_t)l * NH + r0 * H,
+                                          (int64_t)B * H, p);
+                if (l > 0)
+                    be->gemm(be, 0, 0, B, H, H, 1.0f, dzl, H, m->w + m->off_w[l], H, 0.0f,
+                             m->dz + (size_t)(l - 1) * NH + r0 * H, H);
+            }
+            /* dc(t-1) += dz_1 W1[:, De:] */
+            if (t > 0)
+                be->gemm(be, 0, 0, B, Dc, H, 1.0f, m->dz + r0 * H, H, W1 + De, Da, 1.0f, m->dc,
+                         Dc);
         }
-        /* dc(t-1) += dz_1 W1[:, De:] */
-        if (t > 0)
-            be->gemm(be, 0, 0, B, Dc, H, 1.0f, m->dz + r0 * H, H, W1 + De, Da, 1.0f, m->dc,
-                     Dc);
         if (t % chunk != 0)
             continue;
         /* rows of time steps t .. t_hi-1 are final: their share of every

@@ -33,6 +33,7 @@
 
 static nllm_backend_t *cpu, *gpu;
 static int ops_only;
+static nllm_backend_t *gpu_backend(int graphs, nllm_precision_t prec);
 
 static void fill(float *x, size_t n, uint64_t seed, float scale)
 {
@@ -536,6 +537,95 @@ static void test_adam(void)
     free(pg);
     free(mg);
     free(vg);
+}
+
+/* The fused small-batch products against the CPU's GEMM followed by its
+ * element-wise op: values to 1e-5 of the output's scale in fp32 (a ReLU at
+ * a value within rounding of zero may go either way, costing nothing at
+ * that bar), 1e-2 in tf32 and 4e-2 in bf16; deterministic. */
+static void small_case(nllm_backend_t *g, int M, int N, int K, int epi, float beta, float p,
+                       double tol)
+{
+    int lda = K + 3, ldw = K + 1, ldc = N;
+    size_t na = (size_t)M * lda, nw = (size_t)N * ldw, nc = (size_t)M * ldc;
+    size_t nw2 = (size_t)K * (N + 2);
+    float *A = xmalloc(4 * na), *W = xmalloc(4 * (nw > nw2 ? nw : nw2)), *C = xmalloc(4 * nc),
+          *C0 = xmalloc(4 * nc), *Cg = xmalloc(4 * nc), *Cg2 = xmalloc(4 * nc),
+          *bias = xmalloc(4 * (size_t)N), *mask = xmalloc(4 * nc);
+    fill(A, na, 70, 1.0f);
+    fill(W, nw > nw2 ? nw : nw2, 71, 0.05f);
+    fill(C0, nc, 72, 1.0f);
+    fill(bias, (size_t)N, 73, 0.3f);
+    fill(mask, nc, 74, 1.0f);
+    nllm_step_dev_t sd = {.seed = 99, .rng_step = 5};
+    float *dA = dput(A, 4 * na), *dW = dput(W, 4 * (nw > nw2 ? nw : nw2)), *dC = dput(C0, 4 * nc),
+          *db = dput(bias, 4 * (size_t)N), *dm = dput(mask, 4 * nc);
+    nllm_step_dev_t *dsd = dput(&sd, sizeof sd);
+    const char *what = epi ? "small_nt (bias, relu, dropout)" : "small_nt";
+    for (int pass = 0; pass < 2; pass++) {
+        /* pass 0: A W^T (+ bias, relu, dropout); pass 1: A W (+ mask) */
+        memcpy(C, C0, 4 * nc);
+        g->upload(g, dC, C0, 4 * nc);
+        if (pass == 0) {
+            cpu->gemm(cpu, 0, 1, M, N, K, 1.0f, A, lda, W, ldw, beta, C, ldc);
+            if (epi)
+                cpu->bias_relu_dropout_forward(cpu, C, bias, M, N, 3, 7, &sd, 4, p);
+            g->small_nt(g, M, N, K, dA, lda, dW, ldw, beta, dC, ldc, epi ? db : NULL, 3, 7, dsd,
+                        4, p);
+        } else {
+            what = epi ? "small_nn (mask)" : "small_nn";
+            cpu->gemm(cpu, 0, 0, M, N, K, 1.0f, A, lda, W, N + 2, beta, C, ldc);
+            if (epi)
+                cpu->relu_dropout_backward(cpu, C, mask, (int64_t)nc, p);
+            g->small_nn(g, M, N, K, dA, lda, dW, N + 2, beta, dC, ldc, epi ? dm : NULL, p);
+        }
+        dget(Cg, dC, 4 * nc, what);
+        g->upload(g, dC, C0, 4 * nc);
+        if (pass == 0)
+            g->small_nt(g, M, N, K, dA, lda, dW, ldw, beta, dC, ldc, epi ? db : NULL, 3, 7, dsd,
+                        4, p);
+        else
+            g->small_nn(g, M, N, K, dA, lda, dW, N + 2, beta, dC, ldc, epi ? dm : NULL, p);
+        dget(Cg2, dC, 4 * nc, what);
+        double e = rel_err(Cg, C, nc);
+        CHECK(e < tol, "%s %s M=%d N=%d K=%d beta=%g p=%g: error %g (bar %g)",
+              nllm_precision_name(g->precision), what, M, N, K, (double)beta, (double)p, e, tol);
+        CHECK(ndiff(Cg, Cg2, nc) == 0, "%s M=%d N=%d K=%d: two runs differ", what, M, N, K);
+    }
+    void *dev[] = {dA, dW, dC, db, dm, dsd};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        g->free(g, dev[i]);
+    free(A);
+    free(W);
+    free(C);
+    free(C0);
+    free(Cg);
+    free(Cg2);
+    free(bias);
+    free(mask);
+}
+
+static void test_small(void)
+{
+    CHECK(gpu->small_nt && gpu->small_nn && gpu->small_batch >= 16,
+          "the CUDA backend offers no small-batch products");
+    if (!gpu->small_nt)
+        return;
+    int shapes[][3] = {{1, 37, 100}, {5, 512, 512}, {16, 512, 512}, {16, 1536, 512},
+                       {16, 512, 1536}, {32, 512, 300}, {8, 70, 513}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int epi = 0; epi < 2; epi++) {
+            small_case(gpu, shapes[i][0], shapes[i][1], shapes[i][2], epi, 0.0f, 0.1f, 1e-5);
+            small_case(gpu, shapes[i][0], shapes[i][1], shapes[i][2], epi, 1.0f, 0.0f, 1e-5);
+        }
+    static const nllm_precision_t precs[] = {NLLM_PREC_TF32, NLLM_PREC_BF16};
+    static const double tols[] = {1e-2, 4e-2};
+    for (int q = 0; q < 2; q++) {
+        nllm_backend_t *g = gpu_backend(1, precs[q]);
+        small_case(g, 16, 512, 512, 1, 0.0f, 0.1f, tols[q]);
+        small_case(g, 16, 512, 1536, 0, 1.0f, 0.0f, tols[q]);
+        g->destroy(g);
+    }
 }
 
 /* batch_stats, clip and the halt, against the CPU: the figures to 1e-12,
@@ -1109,6 +1199,7 @@ int main(int argc, char **argv)
         RUN(test_reductions);
         RUN(test_adam);
         RUN(test_step_ops);
+        RUN(test_small);
         if (!ops_only) {
             RUN(test_model_grads);
             RUN(test_model_train);

@@ -12,6 +12,8 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cuda_bf16.h>
@@ -780,6 +782,215 @@ static void cu_adam(nllm_backend_t *be, float *p, float *m, float *v, const floa
     launched(ci, "kernel adam");
 }
 
+/* ---- small-batch products of the chain (be->small_nt, be->small_nn) -------------
+ * For M <= 32 rows. Operands are rounded as the precision asks (tf32: to
+ * 10 mantissa bits, bf16: to 7, both to nearest even) and multiplied and
+ * added in float32 in an order fixed by the shapes. */
+
+#define SG_KC 256    /* k values of A staged in shared memory at a time */
+#define NT_WARPS 8   /* small_nt: one warp per output column            */
+#define NN_COLS 16   /* small_nn: columns per block                      */
+#define NN_SLICES 16 /* small_nn: k slices per column, summed in order   */
+
+__device__ __forceinline__ float round_prec(float x, int prec)
+{
+    if (prec == NLLM_PREC_BF16)
+        return __bfloat162float(__float2bfloat16_rn(x));
+    if (prec == NLLM_PREC_TF32) {
+        uint32_t b = __float_as_uint(x);
+        if ((b & 0x7f800000u) != 0x7f800000u) { /* finite: round to nearest even */
+            b += 0x0fffu + ((b >> 13) & 1u);
+            b &= 0xffffe000u;
+        }
+        return __uint_as_float(b);
+    }
+    return x;
+}
+
+/* C = beta*C + A W^T (+ bias, relu, dropout): warp w of block b owns column
+ * n = 8b + w; lane l adds k = l, l+32, ... for every row; a butterfly sum
+ * gives every lane the column's sums; lane m writes row m. */
+template <int MB, int EPI>
+__global__ void __launch_bounds__(NT_WARPS * 32)
+    k_small_nt(int M, int N, int K, const float *A, int lda, const float *W, int ldw, float beta,
+               float *C, int ldc, const float *bias, int t, int T, const nllm_step_dev_t *sd,
+               uint32_t stream, int dropout, uint32_t thr, float scale, int prec)
+{
+    __shared__ float As[MB][SG_KC];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = blockIdx.x * NT_WARPS + warp;
+    float acc[MB];
+#pragma unroll
+    for (int m = 0; m < MB; m++)
+        acc[m] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += SG_KC) {
+        const int kc = min(SG_KC, K - k0);
+        __syncthreads(); /* the previous chunk is consumed */
+        for (int e = threadIdx.x; e < MB * SG_KC; e += NT_WARPS * 32) {
+            int m = e / SG_KC, k = e - m * SG_KC;
+            As[m][k] = (m < M && k < kc) ? round_prec(A[(int64_t)m * lda + k0 + k], prec) : 0.0f;
+        }
+        __syncthreads();
+        if (n < N) {
+            const float *w = W + (int64_t)n * ldw + k0;
+            for (int k = lane; k < kc; k += 32) {
+                const float wv = round_prec(w[k], prec);
+#pragma unroll
+                for (int m = 0; m < MB; m++)
+                    acc[m] = fmaf(As[m][k], wv, acc[m]);
+            }
+        }
+    }
+    if (n >= N)
+        return; /* the whole warp: no barrier follows */
+    float v = 0.0f;
+#pragma unroll
+    for (int m = 0; m < MB; m++) {
+        float s = warp_sum(acc[m]);
+        if (m == lane)
+            v = s;
+    }
+    if (lane >= M)
+        return;
+    float *c = C + (int64_t)lane * ldc + n;
+    float x = beta == 0.0f ? v : beta * *c + v;
+    if (EPI) {
+        float y = x + bias[n];
+        if (dropout) {
+            uint64_t idx = ((uint64_t)lane * (uint64_t)T + (uint64_t)t) * (uint64_t)N + (uint64_t)n;
+            nllm_philox_ctr_t r = nllm_rng_block(sd->seed, stream, sd->rng_step, idx >> 2);
+            int keep = (philox_word(r, (unsigned)(idx & 3)) >> 8) >= thr;
+            x = (y > 0.0f && keep) ? y * scale : 0.0f;
+        } else {
+            x = y > 0.0f ? y : 0.0f;
+        }
+    }
+    *c = x;
+}
+
+/* C = beta*C + A W (then the ReLU/dropout mask): thread (slice s, column c)
+ * of block b adds k = s, s+16, ... for column 16b + c and every row; the
+ * 16 slices' sums are then added in slice order. */
+template <int MB>
+__global__ void __launch_bounds__(NN_COLS * NN_SLICES)
+    k_small_nn(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+               float beta, float *C, int ldc, const float *mask, float scale, int prec)
+{
+    __shared__ float sh[MB * SG_KC]; /* A's chunk, then the slices' sums */
+    const int col = threadIdx.x % NN_COLS, slice = threadIdx.x / NN_COLS;
+    const int n = blockIdx.x * NN_COLS + col;
+    float acc[MB];
+#pragma unroll
+    for (int m = 0; m < MB; m++)
+        acc[m] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += SG_KC) {
+        const int kc = min(SG_KC, K - k0);
+        __syncthreads();
+        for (int e = threadIdx.x; e < MB * SG_KC; e += NN_COLS * NN_SLICES) {
+            int m = e / SG_KC, k = e - m * SG_KC;
+            sh[e] = (m < M && k < kc) ? round_prec(A[(int64_t)m * lda + k0 + k], prec) : 0.0f;
+        }
+        __syncthreads();
+        if (n < N)
+            for (int k = slice; k < kc; k += NN_SLICES) {
+                const float wv = round_prec(W[(int64_t)(k0 + k) * ldw + n], prec);
+#pragma unroll
+                for (int m = 0; m < MB; m++)
+                    acc[m] = fmaf(sh[m * SG_KC + k], wv, acc[m]);
+            }
+    }
+    static_assert(NN_SLICES * NN_COLS <= SG_KC, "slice sums must fit the staging buffer");
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < MB; m++)
+        sh[(slice * MB + m) * NN_COLS + col] = acc[m];
+    __syncthreads();
+    for (int e = threadIdx.x; e < MB * NN_COLS; e += NN_COLS * NN_SLICES) {
+        int m = e / NN_COLS, c = e - m * NN_COLS, nn = blockIdx.x * NN_COLS + c;
+        if (m >= M || nn >= N)
+            continue;
+        float s = 0.0f;
+        for (int sl = 0; sl < NN_SLICES; sl++)
+            s += sh[(sl * MB + m) * NN_COLS + c];
+        float *cp = C + (int64_t)m * ldc + nn;
+        float x = beta == 0.0f ? s : beta * *cp + s;
+        if (mask)
+            x = mask[(int64_t)m * ldc + nn] > 0.0f ? x * scale : 0.0f;
+        *cp = x;
+    }
+}
+
+static int rows_bucket(int M)
+{
+    return M <= 4 ? 4 : M <= 8 ? 8 : M <= 16 ? 16 : 32;
+}
+
+static void cu_small_nt(nllm_backend_t *be, int M, int N, int K, const float *A, int lda,
+                        const float *W, int ldw, float beta, float *C, int ldc,
+                        const float *bias, int t, int T, const nllm_step_dev_t *sd,
+                        uint32_t stream, float p)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (M <= 0 || N <= 0 || M > 32 || !nllm__cuda_enter(ci))
+        return;
+    uint32_t thr = p > 0.0f ? (uint32_t)ceil((double)p * 16777216.0) : 0;
+    float scale = nllm_dropout_scale(p);
+    int drop = bias && p > 0.0f, prec = (int)be->precision;
+    unsigned grid = (unsigned)((N + NT_WARPS - 1) / NT_WARPS);
+#define NT_LAUNCH(MBV)                                                                          \
+    do {                                                                                        \
+        if (bias)                                                                               \
+            k_small_nt<MBV, 1><<<grid, NT_WARPS * 32, 0, ci->stream>>>(                         \
+                M, N, K, A, lda, W, ldw, beta, C, ldc, bias, t, T, sd, stream, drop, thr,      \
+                scale, prec);                                                                   \
+        else                                                                                    \
+            k_small_nt<MBV, 0><<<grid, NT_WARPS * 32, 0, ci->stream>>>(                         \
+                M, N, K, A, lda, W, ldw, beta, C, ldc, bias, t, T, sd, stream, drop, thr,      \
+                scale, prec);                                                                   \
+    } while (0)
+    switch (rows_bucket(M)) {
+    case 4: NT_LAUNCH(4); break;
+    case 8: NT_LAUNCH(8); break;
+    case 16: NT_LAUNCH(16); break;
+    default: NT_LAUNCH(32); break;
+    }
+#undef NT_LAUNCH
+    launched(ci, bias ? "kernel small_nt (bias, relu, dropout)" : "kernel small_nt");
+}
+
+static void cu_small_nn(nllm_backend_t *be, int M, int N, int K, const float *A, int lda,
+                        const float *W, int ldw, float beta, float *C, int ldc, const float *mask,
+                        float p)
+{
+    nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
+    if (M <= 0 || N <= 0 || M > 32 || !nllm__cuda_enter(ci))
+        return;
+    float scale = nllm_dropout_scale(p);
+    int prec = (int)be->precision;
+    unsigned grid = (unsigned)((N + NN_COLS - 1) / NN_COLS);
+    switch (rows_bucket(M)) {
+    case 4:
+        k_small_nn<4><<<grid, NN_COLS * NN_SLICES, 0, ci->stream>>>(M, N, K, A, lda, W, ldw, beta,
+                                                                    C, ldc, mask, scale, prec);
+        break;
+    case 8:
+        k_small_nn<8><<<grid, NN_COLS * NN_SLICES, 0, ci->stream>>>(M, N, K, A, lda, W, ldw, beta,
+                                                                    C, ldc, mask, scale, prec);
+        break;
+    case 16:
+        k_small_nn<16><<<grid, NN_COLS * NN_SLICES, 0, ci->stream>>>(M, N, K, A, lda, W, ldw,
+                                                                     beta, C, ldc, mask, scale,
+                                                                     prec);
+        break;
+    default:
+        k_small_nn<32><<<grid, NN_COLS * NN_SLICES, 0, ci->stream>>>(M, N, K, A, lda, W, ldw,
+                                                                     beta, C, ldc, mask, scale,
+                                                                     prec);
+        break;
+    }
+    launched(ci, mask ? "kernel small_nn (relu, dropout)" : "kernel small_nn");
+}
+
 /* ---- op table ------------------------------------------------------------------- */
 
 void nllm__cuda_ops_install(nllm_backend_t *be)
@@ -793,6 +1004,13 @@ void nllm__cuda_ops_install(nllm_backend_t *be)
     be->softmax_xent = cu_softmax_xent;
     be->batch_stats = cu_batch_stats;
     be->clip = cu_clip;
+    /* NLLM_CUDA_SMALL=0: the small-batch products go to cuBLAS like the rest */
+    const char *sm = getenv("NLLM_CUDA_SMALL");
+    if (!(sm && strcmp(sm, "0") == 0)) {
+        be->small_nt = cu_small_nt;
+        be->small_nn = cu_small_nn;
+        be->small_batch = 32;
+    }
     be->col_sum = cu_col_sum;
     be->sq_norm = cu_sq_norm;
     be->adam = cu_adam;

@@ -15,8 +15,8 @@
 #    and bf16 (tests/gpu/resume.sh)
 # 6. small-recipe quality per precision (tests/gpu/quality.sh)
 # 7. nllm-bench on the seed config in each precision at batch 16, 512 and
-#    4096 (and fp32 without graphs, with the second queue, and waiting
-#    for every step): tokens/s
+#    4096 (and fp32 without graphs, without the fused small-batch products,
+#    with the second queue, and waiting for every step): tokens/s
 #    and TFLOP/s against the same run's SGEMM; every line goes to
 #    $LOGS/bench.jsonl
 # 8. the daemon's own rate (nllmd run, epochs 2-3) against the bench's
@@ -227,6 +227,8 @@ for b in 16 512 4096; do
     done
 done
 bench "b16-fp32-nographs" NLLM_CUDA_GRAPHS=0 -- --batch 16 --steps 200 --warmup 3
+bench "b16-fp32-unfused" NLLM_CUDA_SMALL=0 -- --batch 16 --steps 200 --warmup 3
+bench "b16-tf32-unfused" NLLM_CUDA_SMALL=0 -- --batch 16 --precision tf32 --steps 200 --warmup 3
 bench "b16-fp32-sync" X=1 -- --batch 16 --steps 200 --warmup 3 --sync
 bench "b512-fp32-nographs" NLLM_CUDA_GRAPHS=0 -- --batch 512 --steps 60 --warmup 3
 bench "b512-fp32-twoqueues" NLLM_CUDA_AUX=1 -- --batch 512 --steps 60 --warmup 3
