@@ -13,6 +13,7 @@
 # 4. compute-sanitizer memcheck of the op tests, when the tool is installed
 # 5. exact resume through `nllmd run` (SIGTERM mid-epoch, --resume) in fp32
 #    and bf16 (tests/gpu/resume.sh)
+#    two jobs at once on one GPU through nllmd and nllmctl (tests/gpu/multi.sh)
 # 6. small-recipe quality per precision (tests/gpu/quality.sh)
 # 7. nllm-bench on the seed config in each precision at batch 16, 512 and
 #    4096 (and fp32 without graphs, without the fused small-batch products,
@@ -173,6 +174,15 @@ for prec in fp32 bf16; do
     *) row "exact resume $prec" FAIL "exit $RC: $(tail -n 1 "$LOGS/resume-$prec.log")" ;;
     esac
 done
+
+# ---- 5b. two jobs on one GPU through the daemon ------------------------------
+t0=$SECONDS
+run_step multi 240 tests/gpu/multi.sh
+case $RC in
+0) row "two jobs on one GPU" ok "$(tail -n 1 "$LOGS/multi.log" | cut -c1-70), $((SECONDS - t0)) s" ;;
+77) row "two jobs on one GPU" skip "$(tail -n 1 "$LOGS/multi.log")" ;;
+*) row "two jobs on one GPU" FAIL "exit $RC: $(grep -m 1 '^multi:' "$LOGS/multi.log" || tail -n 1 "$LOGS/multi.log")" ;;
+esac
 
 # ---- 6. small-recipe quality per precision -----------------------------------
 if [ "${SKIP_QUALITY:-0}" = 1 ]; then
