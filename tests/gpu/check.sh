@@ -16,7 +16,7 @@
 #    two jobs at once on one GPU through nllmd and nllmctl (tests/gpu/multi.sh)
 # 6. small-recipe quality per precision (tests/gpu/quality.sh)
 # 7. nllm-bench on the seed config in each precision at batch 16, 512 and
-#    4096 (and fp32 without graphs, without the fused small-batch products,
+#    4096 (and fp32 without graphs, with the fused small-batch products,
 #    with the second queue, and waiting for every step): tokens/s
 #    and TFLOP/s against the same run's SGEMM; every line goes to
 #    $LOGS/bench.jsonl
@@ -237,8 +237,8 @@ for b in 16 512 4096; do
     done
 done
 bench "b16-fp32-nographs" NLLM_CUDA_GRAPHS=0 -- --batch 16 --steps 200 --warmup 3
-bench "b16-fp32-unfused" NLLM_CUDA_SMALL=0 -- --batch 16 --steps 200 --warmup 3
-bench "b16-tf32-unfused" NLLM_CUDA_SMALL=0 -- --batch 16 --precision tf32 --steps 200 --warmup 3
+bench "b16-fp32-fused" NLLM_CUDA_SMALL=1 -- --batch 16 --steps 200 --warmup 3
+bench "b16-tf32-fused" NLLM_CUDA_SMALL=1 -- --batch 16 --precision tf32 --steps 200 --warmup 3
 bench "b16-fp32-sync" X=1 -- --batch 16 --steps 200 --warmup 3 --sync
 bench "b512-fp32-nographs" NLLM_CUDA_GRAPHS=0 -- --batch 512 --steps 60 --warmup 3
 bench "b512-fp32-twoqueues" NLLM_CUDA_AUX=1 -- --batch 512 --steps 60 --warmup 3
