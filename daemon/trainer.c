@@ -7,11 +7,13 @@
  * restored nllm_progress_t plus model state continues bit-identically.
  *
  * Steps are queued without waiting for the device (nllm_model_train_step_
- * async); their figures are read in one go ("drained") when the stats ring
- * is full, DRAIN_SECONDS after the last read, and before anything that
- * looks at the progress: pause, stop, the epoch's end. Only a drain
- * advances nllm_progress_t, step by step in order, so the counters, sums
- * and callbacks are exactly those of waiting for every step.
+ * async); their figures are read in one go ("drained") when queue_depth
+ * steps are pending (the whole stats ring on a backend that records, as
+ * CUDA does; every step on the CPU, whose ops are done when they return),
+ * DRAIN_SECONDS after the last read, and before anything that looks at the
+ * progress: pause, stop, the epoch's end. Only a drain advances
+ * nllm_progress_t, step by step in order, so the counters, sums and
+ * callbacks are exactly those of waiting for every step.
  */
 #include "trainer.h"
 
@@ -144,7 +146,11 @@ int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
         return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
     tr->cfg = *cfg;
     tr->perm_epoch = -1;
-    tr->queue_depth = NLLM_STATS_RING;
+    /* a backend that records (CUDA) runs queued steps while the host
+     * prepares the next; the CPU has finished each op when it returns, so
+     * reading its figures at once costs nothing and keeps status and pause
+     * exact to the step */
+    tr->queue_depth = be->record ? NLLM_STATS_RING : 1;
     nllm_progress_init(&tr->prog);
     tr->ctl = &tr->own_ctl;
     atomic_init(&tr->own_ctl.pause, 0);

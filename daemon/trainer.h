@@ -124,8 +124,9 @@ nllm_trainer_ctl_t *nllm_trainer_ctl(nllm_trainer_t *tr);
 void nllm_trainer_use_ctl(nllm_trainer_t *tr, nllm_trainer_ctl_t *ctl);
 int64_t nllm_trainer_steps_per_epoch(const nllm_trainer_t *tr);
 /* How many steps may be queued on the device before their figures are read
- * (1 .. NLLM_STATS_RING, the default; 1 waits for every step). Pause and
- * stop requests take effect at the next read. */
+ * (1 .. NLLM_STATS_RING; default NLLM_STATS_RING on a backend that records
+ * its steps, as CUDA does, else 1: every step). Pause and stop requests take
+ * effect at the next read. */
 void nllm_trainer_set_queue_depth(nllm_trainer_t *tr, int depth);
 
 /* Replaces the progress (deep copy) -- with the model state set by the
