@@ -12,6 +12,7 @@
 #ifndef NLLM_BACKEND_H
 #define NLLM_BACKEND_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -71,6 +72,22 @@ typedef struct {
     int32_t halted;    /* Adam skipped: this or an earlier step diverged   */
     int32_t pad;
 } nllm_step_out_t;
+
+/* The clip decision of a step (be->clip), the same arithmetic on every
+ * backend: norm = sqrt(sd->sqnorm), torch's clip factor, the halt on a
+ * non-finite norm, and the step's slot of the ring. */
+NLLM_HD void nllm_clip_step(nllm_step_dev_t *sd, nllm_step_out_t *ring)
+{
+    double norm = sqrt(sd->sqnorm);
+    double scale = nllm_clip_factor(norm, sd->max_norm);
+    sd->adam.clip_scale = (float)scale;
+    if (!isfinite(norm))
+        sd->halted = 1;
+    nllm_step_out_t *o = &ring[sd->slot];
+    o->grad_norm = norm;
+    o->clip_scale = scale;
+    o->halted = sd->halted;
+}
 
 /* Parameters of the fused context step (gates, LayerNorm, clamp). */
 typedef struct {

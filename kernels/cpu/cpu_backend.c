@@ -514,15 +514,7 @@ static void cpu_sq_norm(nllm_backend_t *be, const float *x, int64_t n, double *o
 static void cpu_clip(nllm_backend_t *be, nllm_step_dev_t *sd, nllm_step_out_t *ring)
 {
     (void)be;
-    double norm = sqrt(sd->sqnorm);
-    double scale = nllm_clip_factor(norm, sd->max_norm);
-    sd->adam.clip_scale = (float)scale;
-    if (!isfinite(norm))
-        sd->halted = 1;
-    nllm_step_out_t *o = &ring[sd->slot];
-    o->grad_norm = norm;
-    o->clip_scale = scale;
-    o->halted = sd->halted;
+    nllm_clip_step(sd, ring);
 }
 
 typedef struct {

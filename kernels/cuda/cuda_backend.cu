@@ -534,17 +534,8 @@ static void cu_destroy(nllm_backend_t *be)
     nllm__cuda_impl_t *ci = nllm__cuda_impl(be);
     if (ci) {
         cudaSetDevice(ci->device);
-        if (ci->on_aux) { /* the fields of the main queue back in place */
-            cudaStream_t st = ci->stream;
-            ci->stream = ci->alt_stream;
-            ci->alt_stream = st;
-            cublasHandle_t bh = ci->blas;
-            ci->blas = ci->alt_blas;
-            ci->alt_blas = bh;
-            void *sc = ci->scratch;
-            ci->scratch = ci->alt_scratch;
-            ci->alt_scratch = sc;
-        }
+        if (ci->on_aux) /* the fields of the main queue back in place */
+            swap_queues(ci);
         sync_all(ci);
         for (int i = 0; i < NLLM_CUDA_GRAPHS; i++)
             graph_forget(&ci->graphs[i]);
