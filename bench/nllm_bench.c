@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "ckpt.h"
+#include "data.h"
 #include "cuda/cuda_backend.h"
 #include "model.h"
 
@@ -37,6 +38,14 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* s as the inside of a JSON string: quotes, backslashes and controls
+ * become spaces (the figures' labels need no more). */
+static void put_json_text(const char *s)
+{
+    for (const char *c = s; *c; c++)
+        putchar(*c == '"' || *c == '\\' || (unsigned char)*c < 0x20 ? ' ' : *c);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -57,6 +66,9 @@ static void usage(FILE *f)
             "  --device D       cpu or cuda:N (default cpu)\n"
             "  --precision P    GEMM precision: fp32, tf32 or bf16 (default fp32; the CPU\n"
             "                   implements fp32 only)\n"
+            "  --data FILE      train on FILE's windows (word tokenizer, --vocab, --seq-len;\n"
+            "                   in file order, cycling) instead of random tokens: real text\n"
+            "                   has padding and a skewed id distribution, random ids neither\n"
             "  --sync           wait for every step (default: queue them as the trainer\n"
             "                   does, reading their figures every %d steps)\n"
             "  --sgemm N        also time an NxNxN SGEMM on the same backend (0: off)\n"
@@ -125,18 +137,19 @@ int main(int argc, char **argv)
 {
     nllm_model_config_t cfg = NLLM_MODEL_CONFIG_DEFAULT;
     int batch = 512, steps = 5, warmup = 1, threads = 0, sgemm = 0, sync_each = 0;
-    const char *device = "cpu", *ckpt_path = NULL;
+    const char *device = "cpu", *ckpt_path = NULL, *data_path = NULL;
     nllm_precision_t prec = NLLM_PREC_FP32;
     nllm_err_t err;
     enum { O_BATCH = 1, O_SEQ, O_VOCAB, O_DE, O_H, O_DC, O_L, O_P, O_STEPS, O_WARM, O_THR,
-           O_DEV, O_SGEMM, O_HELP, O_CKPT, O_PREC, O_SYNC };
+           O_DEV, O_SGEMM, O_HELP, O_CKPT, O_PREC, O_SYNC, O_DATA };
     static const struct option opts[] = {
         {"batch", 1, 0, O_BATCH},     {"seq-len", 1, 0, O_SEQ},   {"vocab", 1, 0, O_VOCAB},
         {"embed-dim", 1, 0, O_DE},    {"hidden-dim", 1, 0, O_H},  {"context-dim", 1, 0, O_DC},
         {"layers", 1, 0, O_L},        {"dropout", 1, 0, O_P},     {"steps", 1, 0, O_STEPS},
         {"warmup", 1, 0, O_WARM},     {"threads", 1, 0, O_THR},   {"device", 1, 0, O_DEV},
         {"sgemm", 1, 0, O_SGEMM},     {"help", 0, 0, O_HELP},     {"checkpoint", 1, 0, O_CKPT},
-        {"precision", 1, 0, O_PREC},  {"sync", 0, 0, O_SYNC},     {0, 0, 0, 0}};
+        {"precision", 1, 0, O_PREC},  {"sync", 0, 0, O_SYNC},     {"data", 1, 0, O_DATA},
+        {0, 0, 0, 0}};
     int c, rc = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -163,6 +176,7 @@ int main(int argc, char **argv)
         case O_SGEMM: rc = parse_int("--sgemm", optarg, 0, 65536, &sgemm); break;
         case O_CKPT: ckpt_path = optarg; break;
         case O_SYNC: sync_each = 1; break;
+        case O_DATA: data_path = optarg; break;
         case O_PREC:
             if ((rc = nllm_precision_parse(optarg, &prec, &err)) < 0)
                 fprintf(stderr, "nllm-bench: --%s\n", err.msg);
@@ -196,6 +210,26 @@ int main(int argc, char **argv)
     }
     nllm_model_init_weights(m, 42);
     const int S = cfg.max_seq_length;
+    nllm_dataset_t ds;
+    memset(&ds, 0, sizeof ds);
+    double pad_share = 0;
+    if (data_path) {
+        nllm_data_opts_t o;
+        nllm_data_opts_init(&o);
+        o.train_path = data_path;
+        o.vocab_size = cfg.vocab_size;
+        o.seq_len = S;
+        o.batch = batch;
+        if (nllm_data_load(&o, &ds, &err) < 0) {
+            fprintf(stderr, "nllm-bench: --data %s: %s\n", data_path, err.msg);
+            return 2;
+        }
+        int64_t pads = 0, all = ds.train.n * (S - 1);
+        for (int64_t w = 0; w < ds.train.n; w++)
+            for (int t = 1; t < S; t++)
+                pads += ds.train.ids[w * S + t] == 0;
+        pad_share = all ? (double)pads / (double)all : 0;
+    }
     int32_t *win = malloc(sizeof(int32_t) * (size_t)batch * S);
     nllm_optim_t opt = {1e-4, 0.9, 0.999, 1e-8, 0.0, 0.5};
     /* per-step times: each chunk of queued steps (up to one ring) is timed
@@ -205,9 +239,15 @@ int main(int argc, char **argv)
     int nt = 0, pending = 0, ch_steps = 0;
     double loss = 0, t_chunk = now_s();
     for (int s = 0; s < warmup + steps; s++) {
-        for (size_t i = 0; i < (size_t)batch * S; i++)
-            win[i] = 1 + (int32_t)nllm_rng_below(1, 77, (uint32_t)s, i,
-                                                  (uint64_t)cfg.vocab_size - 1);
+        if (data_path)
+            for (int b = 0; b < batch; b++)
+                memcpy(win + (size_t)b * S,
+                       ds.train.ids + (((int64_t)s * batch + b) % ds.train.n) * S,
+                       sizeof(int32_t) * (size_t)S);
+        else
+            for (size_t i = 0; i < (size_t)batch * S; i++)
+                win[i] = 1 + (int32_t)nllm_rng_below(1, 77, (uint32_t)s, i,
+                                                      (uint64_t)cfg.vocab_size - 1);
         if (s == warmup) {
             /* the warm-up steps' figures are read: timing starts idle */
             if (pending && nllm_model_read_stats(m, 0, pending, st, &err) < 0) {
@@ -254,12 +294,16 @@ int main(int argc, char **argv)
     if (nllm_cuda_graph_stats(be, &launches, &eager, why, sizeof why) == 0) {
         printf("\"graph_launches\":%llu,\"eager_bodies\":%llu,\"graph_note\":\"",
                (unsigned long long)launches, (unsigned long long)eager);
-        for (const char *c = why; *c; c++) /* JSON string: no quotes or controls */
-            putchar(*c == '"' || *c == '\\' || (unsigned char)*c < 0x20 ? ' ' : *c);
+        put_json_text(why);
         printf("\",");
     }
     if (strncmp(be->name, "cuda:", 5) == 0)
         printf("\"second_queue\":%s,", be->aux_begin ? "true" : "false");
+    if (data_path) {
+        printf("\"data\":\"");
+        put_json_text(data_path);
+        printf("\",\"pad_share\":%.4f,", pad_share);
+    }
     if (be->mem_peak)
         printf("\"device_mem_peak_mib\":%.1f,", (double)be->mem_peak / 1048576.0);
     if (sgemm > 0)
@@ -310,6 +354,7 @@ int main(int argc, char **argv)
     free(win);
     free(t);
     free(st);
+    nllm_data_free(&ds);
     nllm_model_destroy(m);
     be->destroy(be);
     return 0;
