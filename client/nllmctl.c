@@ -5,10 +5,12 @@
  * connection was lost). Owns only argument handling and printing; the wire
  * and the watch display live in conn.c and watch.c.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1877,10 +1879,88 @@ static const cmd_t *find_cmd(const char *name)
     return NULL;
 }
 
+/* ---- completion helper ----------------------------------------------------
+ * `nllmctl __complete commands` prints the command names, `nllmctl
+ * __complete flags CMD` the flags CMD's synopsis and help text name plus the
+ * global ones, one a line; the shell completions (ops/completion/) call it,
+ * so they list what `--help` lists and never go stale. Hidden from usage. */
+
+/* Prints the flags in text[0..len) not printed yet (seen). */
+static void flags_in(const char *text, size_t len, const char **seen, int *nseen, int max)
+{
+    const char *end = text + len;
+    for (const char *p = text; (p = memchr(p, '-', (size_t)(end - p))) != NULL; p++) {
+        if (p > text && (p[-1] == '-' || p[-1] == '_' || isalnum((unsigned char)p[-1])))
+            continue;
+        const char *q = p + 1;
+        if (q < end && *q == '-')
+            q++;
+        if (q >= end || !islower((unsigned char)*q))
+            continue;
+        size_t n = 1;
+        while (q + n < end && (islower((unsigned char)q[n]) || isdigit((unsigned char)q[n]) ||
+                               (q[n] == '-' && islower((unsigned char)q[n + 1]))))
+            n++;
+        if (q == p + 1 && n != 1) /* a short flag is one letter: -o */
+            continue;
+        int flen = (int)(q - p + (ptrdiff_t)n), dup = 0;
+        for (int i = 0; i < *nseen && !dup; i++)
+            dup = (int)strlen(seen[i]) == flen && !strncmp(seen[i], p, (size_t)flen);
+        if (!dup && *nseen < max) {
+            printf("%.*s\n", flen, p);
+            seen[(*nseen)++] = strndup(p, (size_t)flen);
+        }
+        p += flen - 1;
+    }
+}
+
+/* The flags a help text defines: lines "  -o, --output FILE    what", up to
+ * the gap before the description (flags named in descriptions are not
+ * this command's). */
+static void flags_defined(const char *help, const char **seen, int *nseen, int max)
+{
+    for (const char *l = help; *l; ) {
+        const char *nl = strchr(l, '\n');
+        size_t len = nl ? (size_t)(nl - l) : strlen(l);
+        if (len > 3 && !strncmp(l, "  -", 3)) {
+            const char *gap = strstr(l + 2, "  ");
+            size_t n = gap && gap < l + len ? (size_t)(gap - l) : len;
+            flags_in(l, n, seen, nseen, max);
+        }
+        l += len + (nl != NULL);
+    }
+}
+
+static int complete_helper(int argc, char **argv)
+{
+    if (argc == 3 && !strcmp(argv[2], "commands")) {
+        for (const cmd_t *c = commands; c->name; c++)
+            printf("%s\n", c->name);
+        return EXIT_OK;
+    }
+    if (argc == 4 && !strcmp(argv[2], "flags")) {
+        const cmd_t *c = find_cmd(argv[3]);
+        if (!c)
+            return EXIT_USAGE;
+        const char *seen[128];
+        int nseen = 0;
+        flags_in(c->synopsis, strlen(c->synopsis), seen, &nseen, 128);
+        flags_defined(c->help, seen, &nseen, 128);
+        flags_defined(GLOBAL_FLAGS, seen, &nseen, 128);
+        for (int i = 0; i < nseen; i++)
+            free((void *)seen[i]);
+        return EXIT_OK;
+    }
+    fprintf(stderr, "usage: nllmctl __complete commands | flags COMMAND\n");
+    return EXIT_USAGE;
+}
+
 int main(int argc, char **argv)
 {
     static global_t g;
     static const struct option lo[] = {COMMON_OPTS, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    if (argc >= 2 && !strcmp(argv[1], "__complete"))
+        return complete_helper(argc, argv);
     opterr = 0;
     int opt;
     while ((opt = getopt_long(argc, argv, "+:hV", lo, NULL)) != -1) {

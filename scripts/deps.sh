@@ -3,19 +3,19 @@
 # only those missing (apt-get, as root or through sudo).
 #   scripts/deps.sh            build + test dependencies
 #   scripts/deps.sh --demo     also a text corpus for the demo (fortunes)
-#   scripts/deps.sh --test     also what the test suites drive: promtool (prometheus),
+#   scripts/deps.sh --test     also what the test suites drive: promtool (prometheus), zsh,
 #                              headless chromium, systemd-analyze, scdoc, xmllint
 #   scripts/deps.sh --torch    also python3-torch (benchmarks, parity test)
 set -euo pipefail
 
 pkgs=(meson ninja-build pkg-config gcc libc6-dev
       libopenblas-dev libuv1-dev libmsgpack-dev libjansson-dev libxxhash-dev
-      libsqlite3-dev sqlite3 python3 python3-msgpack libhttp-parser-dev)
+      libsqlite3-dev sqlite3 python3 python3-msgpack python3-yaml libhttp-parser-dev)
 for arg in "$@"; do
   case "$arg" in
     --demo) pkgs+=(fortunes-min) ;;
     --torch) pkgs+=(python3-torch python3-numpy) ;;
-    --test) pkgs+=(prometheus chromium fonts-dejavu-core systemd scdoc libxml2-utils clang libclang-rt-14-dev) ;;
+    --test) pkgs+=(prometheus zsh chromium fonts-dejavu-core systemd scdoc libxml2-utils clang libclang-rt-14-dev) ;;
     --extra) pkgs+=(clang llvm libclang-rt-14-dev) ;;
     *) echo "deps.sh: unknown option $arg" >&2; exit 2 ;;
   esac
