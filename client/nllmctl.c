@@ -542,6 +542,9 @@ static void print_status(const json_t *st)
     }
     printf("precision:       %s\n", nllm_j_str(st, "precision", "-"));
     printf("attempt:         %lld\n", (long long)nllm_j_int(st, "attempt", 1));
+    long long ndiv = (long long)nllm_j_int(st, "divergences", 0);
+    if (ndiv > 0)
+        printf("divergences:     %lld since the last start or resume (see events)\n", ndiv);
     const char *e = nllm_j_str(st, "error", NULL);
     if (e && *e)
         printf("error:           %s\n", e);
@@ -1790,8 +1793,9 @@ static const cmd_t commands[] = {
      "epoch) VAL_LOSS (last epoch) BEST_VAL (loss@epoch) DEVICE UPDATED.\n"},
     {"status", cmd_status, "status NAME", "show one job's state, metrics and configuration",
      "Prints `key: value` lines: state, epoch, step, losses, best validation loss,\n"
-     "device (and the jobs sharing it), precision, peak device memory, error, times,\n"
-     "and the full configuration.\n"},
+     "device (and the jobs sharing it), precision, peak device memory, attempt,\n"
+     "divergences (non-finite gradient norms since the last start or resume, when\n"
+     "any), error, times, and the full configuration.\n"},
     {"watch", cmd_watch, "watch NAME", "follow a job's training live",
      "Draws the training display: a header (model dims, parameters, device), then per\n"
      "epoch `Epoch N/M`, a progress bar with percent, elapsed time, ETA and the running\n"

@@ -138,6 +138,7 @@ json_t *nllmd_job_status_json(nllm_job_t *j)
                         j->device >= 0 ? nllmd_device_jobs_json(j->d, j->device) : json_null());
     json_object_set_new(o, "error", j->error[0] ? json_string(j->error) : json_null());
     json_object_set_new(o, "attempt", json_integer(j->attempt));
+    json_object_set_new(o, "divergences", json_integer(j->ndiv));
     json_object_set_new(o, "created", json_real(j->created));
     json_object_set_new(o, "updated", json_real(j->updated));
     json_object_set_new(o, "config", nllm_job_config_to_json(&j->cfg));
@@ -817,7 +818,6 @@ static int divergence_rollback(nllm_job_t *j, nllmd_ev_t *e)
     snprintf(msg, sizeof msg, "training diverged %d time%s and %s: %s. The last: %s", k,
              k > 1 ? "s" : "", why, hist, e->err.msg);
     snprintf(e->err.msg, sizeof e->err.msg, "%s", msg);
-    j->ndiv = 0;
     return 0;
 }
 

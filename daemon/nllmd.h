@@ -93,8 +93,9 @@ struct nllm_job {
      * loaded from the catalog with a parent, so that origin is not known. */
     nllm_job_origin_t init_origin;
     int init_unknown;
-    /* divergences since a client last started or resumed the job; each one
-     * but a last that used up divergence_retries was rolled back */
+    /* divergences since a client last started or resumed the job (status
+     * `divergences`); each one but a last that used up divergence_retries
+     * was rolled back */
     struct {
         int64_t step;
         double grad_norm, lr;

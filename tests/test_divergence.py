@@ -68,7 +68,8 @@ def run(tmp):
     check(len(rb) == 1 and "epoch_1" in rb[0] and "0.003 -> 0.0015" in rb[0]
           and "1 of 3" in rb[0] and "step 337" in rb[0],
           "event rolled_back names the checkpoint, the lr change and 1 of 3 (%s)" % rb)
-    check(st["config"]["learning_rate"] == 0.0015 and st["attempt"] == 2,
+    check(st["config"]["learning_rate"] == 0.0015 and st["attempt"] == 2
+          and st["divergences"] == 1,
           "status: learning_rate 0.0015, attempt 2 (%s, %s)"
           % (st["config"]["learning_rate"], st["attempt"]))
     check(any("learning_rate" in m for m in events(d, "rb", "config_changed")),
@@ -99,8 +100,13 @@ def run(tmp):
           "the error lists the 4 divergences with step, norm and lr: %s" % e)
     check(len(events(d, "dv", "rolled_back")) == 3 and len(events(d, "dv", "diverged")) == 4,
           "3 rolled_back and 4 diverged events")
-    check(st["config"]["learning_rate"] == 0.003 / 8, "status lr 0.003/8 (%s)"
-          % st["config"]["learning_rate"])
+    check(st["config"]["learning_rate"] == 0.003 / 8 and st["divergences"] == 4,
+          "status: lr 0.003/8, divergences 4 (%s, %s)"
+          % (st["config"]["learning_rate"], st["divergences"]))
+    txt = td.subprocess.run([td.NLLMCTL, "--socket", d.sock, "status", "dv"],
+                            capture_output=True, text=True).stdout
+    check("divergences:     4" in txt and "on_divergence" in txt
+          and "divergence_retries" in txt, "nllmctl status shows divergences and the keys")
 
     # no checkpoint yet: batch 1 gives 1350 steps per epoch, step 400 is in epoch 1
     d.ctl("start", "early", "--data", data, "--epochs", "1", *(SMALL + ["--batch", "1"]))
