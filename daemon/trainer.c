@@ -455,10 +455,13 @@ static int poisoned_step(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queu
         return nllm_err_set(err, NLLM_ENOMEM, "trainer fault hook: out of memory");
     }
     int rc = nllm_model_get_state(m, w, NULL, NULL, err);
+    if (rc < 0) {
+        free(w);
+        return rc;
+    }
     float keep = w[gain->offset];
     w[gain->offset] = NAN;
-    if (rc == 0)
-        rc = nllm_model_set_state(m, w, NULL, NULL, err);
+    rc = nllm_model_set_state(m, w, NULL, NULL, err);
     if (rc == 0)
         rc = nllm_model_train_step_async(m, tr->batch, B, tr->cfg.seed, (uint32_t)gs, gs + 1,
                                          opt, 0, err);
