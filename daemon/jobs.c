@@ -1,7 +1,8 @@
 /* jobs.c -- training jobs in nllmd: the state machine (drawn in nllmd.h),
  * device scheduling (up to opt.jobs_per_device jobs per device, placed by
  * place.c), the job thread that trains, the checkpoint writer thread beside
- * it, and the loop-side handling of what they report.
+ * it, and the loop-side handling of what they report (a run that diverged
+ * is rolled back there: divergence_rollback).
  *
  * Order of a checkpoint: the training thread copies the state to host
  * memory (snapshot) and goes on; the writer thread writes the file (temp,
