@@ -108,7 +108,7 @@ enum {
     O_DATA, O_VAL, O_CONFIG, O_EPOCHS, O_BATCH, O_LR, O_SEQ, O_VOCAB, O_EMBED, O_HIDDEN,
     O_CONTEXT, O_LAYERS, O_DROPOUT, O_PATIENCE, O_RESET_PATIENCE, O_SAVE_EVERY, O_KEEP,
     O_CLIP, O_SEED, O_TOKENIZER, O_DEVICE, O_INIT_FROM, O_INIT_OPT, O_THREADS, O_WATCH,
-    O_SET, O_PRECISION,
+    O_SET, O_PRECISION, O_ON_DIV,
     /* others */
     O_AT_EPOCH_END, O_ALL, O_CSV, O_LIMIT, O_DELETE_FILES, O_CHECKPOINT, O_PROMPT,
     O_TOKENS, O_TEMPERATURE, O_OUTPUT,
@@ -544,6 +544,9 @@ static void print_status(const json_t *st)
     }
     printf("precision:       %s\n", nllm_j_str(st, "precision", "-"));
     printf("attempt:         %lld\n", (long long)nllm_j_int(st, "attempt", 1));
+    long long ndiv = (long long)nllm_j_int(st, "divergences", 0);
+    if (ndiv > 0)
+        printf("divergences:     %lld since the last start or resume (see events)\n", ndiv);
     const char *e = nllm_j_str(st, "error", NULL);
     if (e && *e)
         printf("error:           %s\n", e);
@@ -687,6 +690,7 @@ static const struct option start_long[] = {
     {"save-every", required_argument, 0, O_SAVE_EVERY},
     {"keep", required_argument, 0, O_KEEP},
     {"clip", required_argument, 0, O_CLIP},
+    {"on-divergence", required_argument, 0, O_ON_DIV},
     {"seed", required_argument, 0, O_SEED},
     {"tokenizer", required_argument, 0, O_TOKENIZER},
     {"device", required_argument, 0, O_DEVICE},
@@ -713,7 +717,7 @@ static const struct {
     {O_KEEP, "keep", "--keep"},                   {O_CLIP, "clip", "--clip"},
     {O_SEED, "seed", "--seed"},                   {O_TOKENIZER, "tokenizer", "--tokenizer"},
     {O_DEVICE, "device", "--device"},             {O_THREADS, "threads", "--threads"},
-    {O_PRECISION, "precision", "--precision"},
+    {O_PRECISION, "precision", "--precision"},   {O_ON_DIV, "on_divergence", "--on-divergence"},
 };
 
 static int add_setting(settings_t *s, const cmd_t *c, const char *key, const char *value,
@@ -944,6 +948,7 @@ static const struct option resume_long[] = {
     {"batch", required_argument, 0, O_BATCH},
     {"patience", required_argument, 0, O_PATIENCE},
     {"clip", required_argument, 0, O_CLIP},
+    {"on-divergence", required_argument, 0, O_ON_DIV},
     {"precision", required_argument, 0, O_PRECISION},
     {"set", required_argument, 0, O_SET},
     {"watch", no_argument, 0, O_WATCH},
@@ -967,7 +972,7 @@ static int resume_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
         o->watch = 1;
         return -1;
     }
-    /* --lr, --batch, --patience, --clip, --precision, --set */
+    /* --lr, --batch, --patience, --clip, --on-divergence, --precision, --set */
     int rc = setting_opt(&o->s, c, opt, arg, 0);
     return rc ? rc : usage_error(c, "unexpected flag");
 }
@@ -1722,7 +1727,8 @@ static const cmd_t commands[] = {
      "start NAME --data TRAIN [--val VAL] [--config FILE] [--epochs N] [--batch N] [--lr X]\n"
      "       [--seq-len N] [--vocab N] [--embed-dim N] [--hidden-dim N] [--context-dim N]\n"
      "       [--layers N] [--dropout X] [--patience N] [--reset-patience] [--save-every N]\n"
-     "       [--keep N] [--clip X|reference|none] [--seed N] [--tokenizer word|byte]\n"
+     "       [--keep N] [--clip X|reference|none] [--on-divergence rollback|fail]\n"
+     "       [--seed N] [--tokenizer word|byte]\n"
      "       [--device D] [--precision fp32|tf32|bf16] [--init-from JOB:CKPT|FILE]\n"
      "       [--init-optimizer] [--threads N] [--set KEY=VALUE] [--watch]",
      "create a training job and queue it",
@@ -1754,6 +1760,11 @@ static const cmd_t commands[] = {
      "  --lr X               Adam learning rate (learning_rate, 1e-4)\n"
      "  --clip X|reference|none  gradient clipping: a max norm, the reference schedule\n"
      "                       (0.5 for epochs 1-10, 1.0 to 30, then 2.0; default), or none\n"
+     "  --on-divergence rollback|fail  on a non-finite gradient norm: go back to the\n"
+     "                       newest checkpoint with a finite val loss at\n"
+     "                       divergence_lr_factor (0.5) times the lr, at most\n"
+     "                       divergence_retries (3) times, then fail (on_divergence,\n"
+     "                       rollback); or fail at once\n"
      "  --patience N         early-stopping patience in epochs, 0 = off (patience, 15)\n"
      "  --reset-patience     restart the patience counter when the job is resumed\n"
      "  --seed N             seed of init, data order and dropout (seed, 42)\n"
@@ -1774,7 +1785,8 @@ static const cmd_t commands[] = {
      "                       max_seq_length dropout data val tokenizer val_fraction\n"
      "                       num_epochs batch_size learning_rate beta1 beta2 eps\n"
      "                       weight_decay clip patience min_delta reset_patience seed\n"
-     "                       save_every keep device threads precision)\n"
+     "                       save_every keep on_divergence divergence_lr_factor\n"
+     "                       divergence_retries device threads precision)\n"
      "  --watch              then follow the job like `nllmctl watch NAME`\n"
      "\n"
      "A bad flag value or a missing data file is a usage error (exit 2).\n"},
@@ -1783,8 +1795,9 @@ static const cmd_t commands[] = {
      "epoch) VAL_LOSS (last epoch) BEST_VAL (loss@epoch) DEVICE UPDATED.\n"},
     {"status", cmd_status, "status NAME", "show one job's state, metrics and configuration",
      "Prints `key: value` lines: state, epoch, step, losses, best validation loss,\n"
-     "device (and the jobs sharing it), precision, peak device memory, error, times,\n"
-     "and the full configuration.\n"},
+     "device (and the jobs sharing it), precision, peak device memory, attempt,\n"
+     "divergences (non-finite gradient norms since the last start or resume, when\n"
+     "any), error, times, and the full configuration.\n"},
     {"watch", cmd_watch, "watch NAME", "follow a job's training live",
      "Draws the training display: a header (model dims, parameters, device), then per\n"
      "epoch `Epoch N/M`, a progress bar with percent, elapsed time, ETA and the running\n"
@@ -1801,7 +1814,8 @@ static const cmd_t commands[] = {
      "  --at-epoch-end       finish the running epoch first\n"},
     {"resume", cmd_resume,
      "resume NAME [CKPT] [--epochs N] [--reset-patience] [--lr X] [--batch N]\n"
-     "       [--patience N] [--clip X] [--precision P] [--set KEY=VALUE] [--watch]",
+     "       [--patience N] [--clip X] [--on-divergence rollback|fail] [--precision P]\n"
+     "       [--set KEY=VALUE] [--watch]",
      "continue a paused, interrupted, stopped, completed or failed job",
      "CKPT is paused, latest (default), best, final or epoch_N; history after it is kept\n"
      "but marked superseded. Training settings may change; the model shape may not.\n"
@@ -1811,6 +1825,7 @@ static const cmd_t commands[] = {
      "  --batch N            batch size from now on\n"
      "  --patience N         early-stopping patience from now on\n"
      "  --clip X             clipping from now on: a max norm, reference or none\n"
+     "  --on-divergence M    rollback or fail from now on (on_divergence)\n"
      "  --precision P        GEMM precision from now on: fp32, tf32 or bf16 (an event\n"
      "                       records the change)\n"
      "  --set KEY=VALUE      any other training setting (e.g. weight_decay=0.01)\n"

@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { F_I32, F_F32, F_F64, F_U64, F_PATH, F_TOK, F_CLIP, F_BOOL, F_DEV, F_PREC } ftype_t;
+typedef enum { F_I32, F_F32, F_F64, F_U64, F_PATH, F_TOK, F_CLIP, F_BOOL, F_DEV, F_PREC, F_DIV,
+               F_FRAC /* a double in the open range (lo, hi) */ } ftype_t;
 
 typedef struct {
     const char *key;
@@ -54,6 +55,13 @@ static const field_t fields[] = {
     {"seed", F_U64, OFF(seed), 0, 0, 0, "seed of init, data order and dropout"},
     {"save_every", F_I32, OFF(save_every), 1, 1000000, 0, "epochs between periodic checkpoints"},
     {"keep", F_I32, OFF(keep), 0, 1000000, 0, "periodic checkpoints kept (0: all)"},
+    {"on_divergence", F_DIV, OFF(on_divergence), 0, 0, 0,
+     "on a non-finite gradient norm: rollback (to the newest checkpoint with a finite val "
+     "loss, lr times divergence_lr_factor) or fail"},
+    {"divergence_lr_factor", F_FRAC, OFF(divergence_lr_factor), 0, 1, 0,
+     "learning-rate factor of each rollback"},
+    {"divergence_retries", F_I32, OFF(divergence_retries), 0, 100, 0,
+     "rollbacks before a diverging job fails"},
     {"device", F_DEV, OFF(device), 0, 0, 0, "cpu, cuda:N, or empty for any free device"},
     {"threads", F_I32, OFF(threads), 0, 4096, 0, "CPU threads (0: all)"},
     {"precision", F_PREC, OFF(precision), 0, 0, 0,
@@ -101,6 +109,9 @@ void nllm_job_config_defaults(nllm_job_config_t *c)
     c->seed = 42;
     c->save_every = 5;
     c->keep = 0;
+    c->on_divergence = NLLM_DIV_ROLLBACK;
+    c->divergence_lr_factor = 0.5;
+    c->divergence_retries = 3;
     c->threads = 0;
     c->precision = NLLM_PREC_FP32;
 }
@@ -116,8 +127,18 @@ static const field_t *find_field(const char *key)
     return NULL;
 }
 
+static int in_range(const field_t *f, double x)
+{
+    return f->type == F_FRAC ? x > f->lo && x < f->hi : x >= f->lo && x <= f->hi;
+}
+
 static int range_err(const field_t *f, const char *value, nllm_err_t *err)
 {
+    if (f->type == F_FRAC)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "%s = %s is out of range: use a number in (%g, %g), both excluded "
+                            "(%s)",
+                            f->key, value, f->lo, f->hi, f->help);
     if (f->type == F_I32 || f->type == F_U64)
         return nllm_err_set(err, NLLM_EINVAL, "%s = %s is out of range: use %.0f..%.0f (%s)",
                             f->key, value, f->lo, f->hi, f->help);
@@ -153,12 +174,13 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
         return 0;
     }
     case F_F32:
-    case F_F64: {
+    case F_F64:
+    case F_FRAC: {
         double x = strtod(v, &end);
         if (end == v || *end || errno || !isfinite(x))
             return nllm_err_set(err, NLLM_EINVAL, "%s must be a number, not \"%s\" (%s)",
                                 f->key, v, f->help);
-        if (x < f->lo || x > f->hi)
+        if (!in_range(f, x))
             return range_err(f, v, err);
         if (f->type == F_F32)
             *(float *)base = (float)x;
@@ -234,6 +256,15 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
         }
         snprintf(c->device, sizeof c->device, "%s", v);
         return 0;
+    case F_DIV:
+        if (strcmp(v, "rollback") == 0)
+            c->on_divergence = NLLM_DIV_ROLLBACK;
+        else if (strcmp(v, "fail") == 0)
+            c->on_divergence = NLLM_DIV_FAIL;
+        else
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "%s must be rollback or fail, not \"%.64s\"", f->key, v);
+        return 0;
     case F_PREC: {
         nllm_precision_t p;
         if (nllm_precision_parse(v, &p, NULL) < 0)
@@ -273,11 +304,11 @@ int nllm_job_config_check(const nllm_job_config_t *c, nllm_err_t *err)
         double x;
         if (f->type == F_I32)
             x = *(const int32_t *)base;
-        else if (f->type == F_F64)
+        else if (f->type == F_F64 || f->type == F_FRAC)
             x = *(const double *)base;
         else
             continue;
-        if (!(x >= f->lo && x <= f->hi)) {
+        if (!in_range(f, x)) {
             char v[64];
             snprintf(v, sizeof v, "%g", x);
             return range_err(f, v, err);
@@ -310,6 +341,7 @@ static void field_text(const nllm_job_config_t *c, const field_t *f, char *buf, 
         snprintf(buf, n, "%.9g", (double)*(const float *)base);
         break;
     case F_F64:
+    case F_FRAC:
         snprintf(buf, n, "%.17g", *(const double *)base);
         break;
     case F_PATH:
@@ -327,6 +359,9 @@ static void field_text(const nllm_job_config_t *c, const field_t *f, char *buf, 
         break;
     case F_PREC:
         snprintf(buf, n, "%s", nllm_precision_name(c->precision));
+        break;
+    case F_DIV:
+        snprintf(buf, n, "%s", c->on_divergence == NLLM_DIV_FAIL ? "fail" : "rollback");
         break;
     }
 }
@@ -363,6 +398,7 @@ json_t *nllm_job_config_to_json(const nllm_job_config_t *c)
             v = json_real(strtod(buf, NULL));
             break;
         case F_F64:
+        case F_FRAC:
             v = json_real(*(const double *)base);
             break;
         case F_PATH:
@@ -372,6 +408,7 @@ json_t *nllm_job_config_to_json(const nllm_job_config_t *c)
         case F_TOK:
         case F_CLIP:
         case F_PREC:
+        case F_DIV:
             field_text(c, f, buf, sizeof buf);
             v = f->type == F_CLIP && c->clip_mode == NLLM_CLIP_FIXED ? json_real(c->clip_value)
                                                                      : json_string(buf);

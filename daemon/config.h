@@ -21,6 +21,9 @@
 
 typedef enum { NLLM_CLIP_REFERENCE = 0, NLLM_CLIP_FIXED = 1, NLLM_CLIP_NONE = 2 } nllm_clip_mode_t;
 
+/* What nllmd does when a step's gradient norm is not finite. */
+typedef enum { NLLM_DIV_ROLLBACK = 0, NLLM_DIV_FAIL = 1 } nllm_div_mode_t;
+
 typedef struct {
     nllm_model_config_t model;
     /* data */
@@ -40,6 +43,12 @@ typedef struct {
     /* checkpoints */
     int32_t save_every;       /* epochs between {name}_epoch_N saves */
     int32_t keep;             /* newest periodic checkpoints kept; 0 = all */
+    /* divergence (nllmd): roll back to the newest checkpoint with a finite
+     * val loss at divergence_lr_factor times the lr, at most
+     * divergence_retries times, or fail at once */
+    nllm_div_mode_t on_divergence;
+    double divergence_lr_factor; /* (0, 1) */
+    int32_t divergence_retries;  /* 0 .. 100 */
     /* placement */
     char device[32];          /* "cpu", "cuda:0", or "" = any free device */
     int32_t threads;          /* CPU threads; 0 = all */

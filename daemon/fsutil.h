@@ -85,7 +85,9 @@ void nllm_fs_fault_clear_all(void);
  * fails with, or "kill": the call raises SIGKILL instead (a crash at that
  * instant, for the reliability campaign's kill sweep).
  * The environment variable NLLM_FS_FAULT is applied this way once, at the
- * first file operation. Returns NLLM_EINVAL for a bad spec (nothing set). */
+ * first file operation. Returns NLLM_EINVAL for a bad spec (nothing set).
+ * (The trainer's test hook NLLM_TRAINER_FAULT=diverge@step:N makes a
+ * training step diverge for real: see nllm_trainer_diverged in trainer.h.) */
 int nllm_fs_fault_parse(const char *spec, nllm_err_t *err);
 /* Cap each write(2) of nllm_fs_write_all at cap bytes to exercise the
  * short-write path (0 = no cap). */

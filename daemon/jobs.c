@@ -1,7 +1,8 @@
 /* jobs.c -- training jobs in nllmd: the state machine (drawn in nllmd.h),
  * device scheduling (up to opt.jobs_per_device jobs per device, placed by
  * place.c), the job thread that trains, the checkpoint writer thread beside
- * it, and the loop-side handling of what they report.
+ * it, and the loop-side handling of what they report (a run that diverged
+ * is rolled back there: divergence_rollback).
  *
  * Order of a checkpoint: the training thread copies the state to host
  * memory (snapshot) and goes on; the writer thread writes the file (temp,
@@ -138,6 +139,7 @@ json_t *nllmd_job_status_json(nllm_job_t *j)
                         j->device >= 0 ? nllmd_device_jobs_json(j->d, j->device) : json_null());
     json_object_set_new(o, "error", j->error[0] ? json_string(j->error) : json_null());
     json_object_set_new(o, "attempt", json_integer(j->attempt));
+    json_object_set_new(o, "divergences", json_integer(j->ndiv));
     json_object_set_new(o, "created", json_real(j->created));
     json_object_set_new(o, "updated", json_real(j->updated));
     json_object_set_new(o, "config", nllm_job_config_to_json(&j->cfg));
@@ -464,6 +466,10 @@ static void job_main(void *arg)
         pthread_mutex_unlock(&j->mu);
         nllm_trainer_cbs_t cbs = {&ctx, on_step, on_epoch, on_checkpoint};
         rc = nllm_trainer_run(tr, &cbs, &done->result, err);
+        if (rc < 0 && nllm_trainer_diverged(tr, &done->div_step, &done->div_norm)) {
+            done->diverged = 1;
+            done->div_lr = cfg.learning_rate;
+        }
     }
     if (writer_started) {
         writer_wait(&w, 0);
@@ -708,6 +714,114 @@ static void checkpoint_failed(nllm_job_t *j, int code, const char *msg)
     j->error_code = code < 0 ? code : NLLM_EINTERNAL; /* /metrics: nllm_job_error_info */
 }
 
+static int requeue(nllm_job_t *j, const nllm_job_origin_t *o, int64_t from_epoch,
+                   const nllm_job_config_t *newcfg, nllm_err_t *err);
+
+/* "step 12, gradient norm nan, lr 10" for divergence k of j. */
+static int div_text(const nllm_job_t *j, int k, char *buf, size_t n)
+{
+    return snprintf(buf, n, "step %lld, gradient norm %g, lr %g", (long long)j->div_hist[k].step,
+                    j->div_hist[k].grad_norm, j->div_hist[k].lr);
+}
+
+/* A run that ended with a divergence (e->diverged), on the loop before the
+ * job is marked failed. With on_divergence = rollback and retries left, a
+ * resume from the newest current checkpoint whose val loss is finite (none:
+ * the job's start, its --init-from origin or the seed) with the learning
+ * rate times divergence_lr_factor, as a client's resume with --lr would
+ * make it (new attempt, later history superseded, config recorded): events
+ * diverged and rolled_back; returns 1 (the job is queued). Otherwise
+ * returns 0 with e->err the failure: with rollback, the history of the
+ * divergences (step, norm and lr of each) before the run's own message. */
+static int divergence_rollback(nllm_job_t *j, nllmd_ev_t *e)
+{
+    nllmd_t *d = j->d;
+    const nllm_job_config_t *c = &j->cfg;
+    if (c->on_divergence != NLLM_DIV_ROLLBACK)
+        return 0;
+    if (j->ndiv >= NLLMD_MAX_DIVERGENCES) /* divergence_retries was lowered meanwhile */
+        j->ndiv = NLLMD_MAX_DIVERGENCES - 1;
+    j->div_hist[j->ndiv].step = e->div_step;
+    j->div_hist[j->ndiv].grad_norm = e->div_norm;
+    j->div_hist[j->ndiv].lr = e->div_lr;
+    int k = ++j->ndiv; /* this divergence's number */
+    char what[160];
+    div_text(j, k - 1, what, sizeof what);
+    nllmd_job_event(j, "diverged", "%s (divergence %d; divergence_retries %d)", what, k,
+                    c->divergence_retries);
+    char why[NLLM_ERR_MSG_MAX] = "";
+    if (k <= c->divergence_retries) {
+        nllm_catalog_ckpt_t *cks;
+        size_t n;
+        nllm_err_t err;
+        int rc = nllm_catalog_ckpt_list(d->cat, j->name, 1, &cks, &n, &err);
+        if (rc == 0) {
+            const nllm_catalog_ckpt_t *ck = NULL; /* rows come by step: the last fit */
+            for (size_t i = 0; i < n; i++)
+                if (strcmp(cks[i].status, "ok") == 0 && isfinite(cks[i].val_loss))
+                    ck = &cks[i];
+            nllm_job_origin_t o = {0};
+            int64_t from_epoch = 0, from_step = 0;
+            if (ck) {
+                snprintf(o.path, sizeof o.path, "%s", ck->path);
+                o.checksum = strtoull(ck->checksum, NULL, 16);
+                snprintf(o.label, sizeof o.label, "%s", ck->name);
+                from_epoch = ck->epoch;
+                from_step = ck->step;
+            } else if (j->init_unknown) {
+                rc = nllm_err_set(&err, NLLM_ENOENT,
+                                  "no checkpoint has a finite validation loss, and the "
+                                  "checkpoint this job was started from is not known since "
+                                  "the daemon restarted");
+            } else {
+                o = j->init_origin;
+            }
+            if (rc == 0) {
+                nllm_job_config_t newcfg = *c;
+                newcfg.learning_rate = c->learning_rate * c->divergence_lr_factor;
+                double old_lr = c->learning_rate;
+                rc = requeue(j, &o, from_epoch, &newcfg, &err);
+                if (rc == 0)
+                    nllmd_job_event(j, "rolled_back",
+                                    "rollback %d of %d: from %s (epoch %lld, step %lld), "
+                                    "learning_rate %g -> %g",
+                                    k, c->divergence_retries,
+                                    o.path[0] ? o.label : "the start", (long long)from_epoch,
+                                    (long long)from_step, old_lr, newcfg.learning_rate);
+            }
+            nllm_catalog_ckpts_free(cks, n);
+        }
+        if (rc == 0)
+            return 1;
+        snprintf(why, sizeof why, "the rollback failed (%s)", err.msg);
+    } else {
+        if (c->divergence_retries == 0)
+            snprintf(why, sizeof why, "divergence_retries is 0");
+        else
+            snprintf(why, sizeof why, "its %d rollbacks (divergence_retries) are used up",
+                     c->divergence_retries);
+    }
+    /* the history: all when it fits, else the first and the last ones */
+    char hist[NLLM_ERR_MSG_MAX];
+    size_t used = 0;
+    for (int i = 0; i < k && used < sizeof hist; i++) {
+        if (k > 8 && i == 3) {
+            used += (size_t)snprintf(hist + used, sizeof hist - used, "; ... %d more", k - 7);
+            i = k - 4;
+            continue;
+        }
+        char t[160];
+        div_text(j, i, t, sizeof t);
+        used += (size_t)snprintf(hist + used, sizeof hist - used, "%s%d: %s", i ? "; " : "",
+                                 i + 1, t);
+    }
+    char msg[NLLM_ERR_MSG_MAX];
+    snprintf(msg, sizeof msg, "training diverged %d time%s and %s: %s. The last: %s", k,
+             k > 1 ? "s" : "", why, hist, e->err.msg);
+    snprintf(e->err.msg, sizeof e->err.msg, "%s", msg);
+    return 0;
+}
+
 static void handle_event(nllmd_t *d, nllmd_ev_t *e)
 {
     nllm_job_t *j = e->job;
@@ -811,7 +925,15 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         j->device = -1;
         j->mem_pending = 0;
         int ckpt_failed = (int)e->ck_step || j->error[0]; /* written, or not recorded */
-        if (e->rc < 0) {
+        int rolled_back = 0;
+        int pausing = !strcmp(j->state, "pausing"), stopping = atomic_load(&j->ctl.stop);
+        if (e->rc < 0 && e->diverged && (rolled_back = divergence_rollback(j, e))) {
+            /* queued again, unless a client asked for a pause or stop meanwhile */
+            if (stopping)
+                nllmd_job_stop(j, &err);
+            else if (pausing)
+                nllmd_job_pause(j, 0, &err);
+        } else if (e->rc < 0) {
             nllmd_job_event(j, "failed", "%s", e->err.msg);
             job_set_state(j, "failed", e->err.msg);
         } else if (e->result == NLLM_RUN_PAUSED) {
@@ -836,7 +958,8 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
             job_set_state(j, "completed", NULL);
         }
         nllmd_curves_on_done(j); /* curves.h: final curves when completed or stopped */
-        j->origin.path[0] = '\0';
+        if (!rolled_back)
+            j->origin.path[0] = '\0';
         job_unref(j);
         nllmd_schedule(d);
         break;
@@ -970,8 +1093,11 @@ int nllmd_job_create(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
     if (!j)
         return nllm_err_set(err, NLLM_ENOMEM, "job %s: out of memory", name);
     j->cfg = *cfg;
-    if (origin)
+    if (origin) {
         j->origin = *origin;
+        if (origin->weights_only)
+            j->init_origin = *origin;
+    }
     j->created = j->updated = wall_now();
     if ((rc = make_job_dirs(j, err)) < 0) {
         nllm_catalog_job_delete(d->cat, name, NULL);
@@ -1258,6 +1384,7 @@ int nllmd_jobs_load(nllmd_t *d, nllm_err_t *err)
         if (rows[i].error)
             snprintf(j->error, sizeof j->error, "%s", rows[i].error);
         j->attempt = rows[i].attempt;
+        j->init_unknown = rows[i].parent_job != NULL;
         j->created = rows[i].created_at;
         j->updated = rows[i].updated_at;
         j->epoch_done = rows[i].epochs_done;
@@ -1436,6 +1563,20 @@ int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *n
         return nllm_err_prefix(err, "job %s: ", j->name);
     }
     o.reset_patience = reset_patience || (newcfg ? newcfg->reset_patience : j->cfg.reset_patience);
+    j->ndiv = 0; /* a client's resume: divergence_retries anew */
+    rc = requeue(j, &o, from_epoch, newcfg, err);
+    if (rc == 0)
+        nllmd_schedule(d);
+    return rc;
+}
+
+/* The common part of a resume and a rollback: records a new config (event
+ * config_changed), begins the catalog's new attempt from from_epoch, and
+ * queues the job to start from o. The caller schedules. */
+static int requeue(nllm_job_t *j, const nllm_job_origin_t *o, int64_t from_epoch,
+                   const nllm_job_config_t *newcfg, nllm_err_t *err)
+{
+    nllmd_t *d = j->d;
     if (newcfg) {
         char diff[4096];
         if (nllm_job_config_train_diff(&j->cfg, newcfg, diff, sizeof diff) > 0)
@@ -1449,20 +1590,19 @@ int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *n
         json_decref(cj);
     }
     int64_t attempt = j->attempt;
-    rc = nllm_catalog_job_resume(d->cat, j->name, from_epoch, &attempt, err);
+    int rc = nllm_catalog_job_resume(d->cat, j->name, from_epoch, &attempt, err);
     if (rc < 0)
         return rc;
     j->attempt = attempt;
-    j->origin = o;
+    j->origin = *o;
     j->error[0] = '\0';
     pthread_mutex_lock(&j->mu);
     j->epoch_done = from_epoch;
     pthread_mutex_unlock(&j->mu);
     nllmd_job_event(j, "resumed", "resume from %s (epoch %lld), attempt %lld",
-                    o.path[0] ? o.label : "the start", (long long)from_epoch,
+                    o->path[0] ? o->label : "the start", (long long)from_epoch,
                     (long long)attempt);
     job_set_state(j, "queued", NULL);
-    nllmd_schedule(d);
     return 0;
 }
 

@@ -28,6 +28,7 @@
 #define NLLMD_MAX_JOBS_PER_DEVICE 256
 #define NLLMD_WRITE_QUEUE_MAX ((size_t)4 << 20) /* bytes pending per connection */
 #define NLLMD_MAX_WATCH 16                      /* jobs one connection watches */
+#define NLLMD_MAX_DIVERGENCES 101               /* divergence_retries (<= 100) + 1 */
 
 typedef struct nllmd nllmd_t;
 typedef struct nllm_job nllm_job_t;
@@ -45,6 +46,8 @@ typedef struct nllm_conn nllm_conn_t;
  *                              │                                  │ daemon killed: running ──(next start)──> interrupted
  *   paused | interrupted | stopped | completed | failed
  *        └──── resume / extend ──┴──> queued
+ *   running ──(diverged; on_divergence rollback with retries left:
+ *              divergence_rollback, a resume at a lower lr)──> queued
  *
  * A device runs up to opt.jobs_per_device jobs at once, each on its own
  * thread and backend; place.c picks the device. Transitions are made only
@@ -84,6 +87,20 @@ struct nllm_job {
     int error_code;          /* nllm_err code of a checkpoint failure in error, else 0 */
     uint64_t ckpt_failures;  /* loop only: checkpoints not written or not recorded */
     nllm_job_origin_t origin;
+    /* loop only: divergence handling (on_divergence = rollback). The origin
+     * the job was created with (--init-from; "" = the seed), where a
+     * rollback goes when no checkpoint has a finite val loss; init_unknown:
+     * loaded from the catalog with a parent, so that origin is not known. */
+    nllm_job_origin_t init_origin;
+    int init_unknown;
+    /* divergences since a client last started or resumed the job (status
+     * `divergences`); each one but a last that used up divergence_retries
+     * was rolled back */
+    struct {
+        int64_t step;
+        double grad_norm, lr;
+    } div_hist[NLLMD_MAX_DIVERGENCES];
+    int ndiv;
     int refs;                /* thread + loop; freed at 0 */
     int removing;
 
@@ -171,6 +188,11 @@ typedef struct nllmd_ev {
     int rc;                     /* 0 or an NLLM_E* */
     nllm_run_result_t result;
     nllm_err_t err;
+    /* done by a divergence (nllm_trainer_diverged): its global step, norm
+     * and the learning rate the run had */
+    int diverged;
+    int64_t div_step;
+    double div_norm, div_lr;
 } nllmd_ev_t;
 
 typedef struct {

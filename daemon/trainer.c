@@ -18,6 +18,9 @@
 #include "trainer.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -33,7 +36,48 @@ struct nllm_trainer {
     int64_t perm_epoch; /* epoch perm was made for, -1 none */
     int32_t *batch;    /* (B, S) host batch */
     int queue_depth;   /* steps queued before their figures are read */
+    /* the step that ended the last run with a divergence */
+    int diverged;
+    int64_t div_step;
+    double div_norm;
 };
+
+/* ---- test hook: NLLM_TRAINER_FAULT (trainer.h) ------------------------- */
+
+static struct {
+    int64_t step;  /* global step to diverge, -1 none */
+    long times;    /* how many times in this process, < 0 every time */
+    atomic_long fired;
+} fault = {-1, -1, 0};
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+
+static void fault_parse(void)
+{
+    const char *v = getenv("NLLM_TRAINER_FAULT");
+    long long n;
+    long k = -1;
+    char tail;
+    if (!v || !*v)
+        return;
+    int got = sscanf(v, "diverge@step:%lld:%ld%c", &n, &k, &tail);
+    if ((got == 1 || got == 2) && n >= 0 && (got == 1 || k > 0)) {
+        fault.step = n;
+        fault.times = got == 2 ? k : -1;
+    } else {
+        fprintf(stderr, "nllm: NLLM_TRAINER_FAULT=\"%s\" ignored: use diverge@step:N or "
+                "diverge@step:N:K\n", v);
+    }
+}
+
+/* Whether the step at global step gs is to diverge (counts it). */
+static int fault_due(int64_t gs)
+{
+    pthread_once(&fault_once, fault_parse);
+    if (fault.step < 0 || gs != fault.step)
+        return 0;
+    long k = atomic_fetch_add(&fault.fired, 1);
+    return fault.times < 0 || k < fault.times;
+}
 
 const char *nllm_ckpt_kind_name(nllm_ckpt_kind_t k)
 {
@@ -280,6 +324,15 @@ int nllm_trainer_validate(nllm_trainer_t *tr, double *loss, double *acc, nllm_er
 
 /* ---- the loop ---------------------------------------------------------- */
 
+int nllm_trainer_diverged(const nllm_trainer_t *tr, int64_t *step, double *grad_norm)
+{
+    if (tr->diverged) {
+        *step = tr->div_step;
+        *grad_norm = tr->div_norm;
+    }
+    return tr->diverged;
+}
+
 static int checkpoint(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_ckpt_kind_t kind,
                       int64_t epoch, nllm_err_t *err)
 {
@@ -366,6 +419,9 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
     double rate = dt > 0 ? (double)tokens / dt : 0;
     for (int i = 0; i < n; i++) {
         if (!isfinite(st[i].grad_norm) || st[i].halted) {
+            tr->diverged = 1;
+            tr->div_step = p->global_step;
+            tr->div_norm = st[i].grad_norm;
             nllm_model_diverged(st[i].grad_norm, (uint32_t)p->global_step, err);
             return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
                                    (long long)p->step_in_epoch + 1);
@@ -389,9 +445,49 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
     return 0;
 }
 
+/* NLLM_TRAINER_FAULT: queues the step at global step gs with the context
+ * norm's gain set to NaN, so its loss, gradients and norm are NaN and the
+ * device halts as for any divergence (Adam skipped); then puts the gain
+ * back. The queue is empty on entry; drain reports the divergence. */
+static int poisoned_step(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q,
+                         int64_t spe, double t_epoch, int B, int64_t gs,
+                         const nllm_optim_t *opt, nllm_err_t *err)
+{
+    nllm_model_t *m = tr->model;
+    const nllm_param_info_t *gain = nllm_model_param_by_name(m, "context_norm.weight");
+    float *w = malloc(sizeof(float) * (size_t)nllm_model_num_floats(m));
+    if (!w || !gain) {
+        free(w);
+        return nllm_err_set(err, NLLM_ENOMEM, "trainer fault hook: out of memory");
+    }
+    int rc = nllm_model_get_state(m, w, NULL, NULL, err);
+    if (rc < 0) {
+        free(w);
+        return rc;
+    }
+    float keep = w[gain->offset];
+    w[gain->offset] = NAN;
+    rc = nllm_model_set_state(m, w, NULL, NULL, err);
+    if (rc == 0)
+        rc = nllm_model_train_step_async(m, tr->batch, B, tr->cfg.seed, (uint32_t)gs, gs + 1,
+                                         opt, 0, err);
+    if (rc == 0) {
+        q->pending = 1;
+        rc = drain(tr, cbs, q, spe, t_epoch, err);
+    }
+    nllm_err_t e2;
+    w[gain->offset] = keep;
+    /* halted: nothing else changed, so these are the weights before the step */
+    if (nllm_model_set_state(m, w, NULL, NULL, &e2) < 0 && rc == 0)
+        rc = nllm_err_set(err, e2.code, "%s", e2.msg);
+    free(w);
+    return rc;
+}
+
 int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_result_t *res,
                      nllm_err_t *err)
 {
+    tr->diverged = 0;
     nllm_progress_t *p = &tr->prog;
     const int B = tr->cfg.batch_size, S = tr->cfg.model.max_seq_length;
     const int64_t spe = nllm_trainer_steps_per_epoch(tr);
@@ -433,6 +529,13 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
                 memcpy(tr->batch + (size_t)b * S, tr->data.train.ids + order[b] * S,
                        sizeof(int32_t) * (size_t)S);
             int64_t gs = p->global_step + q.pending;
+            if (fault_due(gs)) {
+                /* the step alone in the queue, its figures read at once */
+                if ((rc = drain(tr, cbs, &q, spe, t_epoch, err)) < 0 ||
+                    (rc = poisoned_step(tr, cbs, &q, spe, t_epoch, B, gs, &opt, err)) < 0)
+                    return rc;
+                continue;
+            }
             rc = nllm_model_train_step_async(tr->model, tr->batch, B, tr->cfg.seed, (uint32_t)gs,
                                              gs + 1, &opt, q.pending, err);
             if (rc < 0)

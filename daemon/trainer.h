@@ -139,6 +139,21 @@ int nllm_trainer_restore(nllm_trainer_t *tr, const nllm_progress_t *p, nllm_err_
 int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_result_t *res,
                      nllm_err_t *err);
 
+/* 1 when the last nllm_trainer_run ended because a step's gradient norm was
+ * not finite (the error of nllm_model_diverged); then *step is that step's
+ * global step (0-based, the "at step N" of the error) and *grad_norm its
+ * norm. The weights and progress stand just before that step. 0 otherwise.
+ *
+ * Test hook: the environment variable NLLM_TRAINER_FAULT=diverge@step:N
+ * makes the step at global step N diverge each time a run of this process
+ * reaches it (diverge@step:N:K: only the first K times): it is queued
+ * alone with the context norm's gain set to NaN, so its loss, gradients
+ * and norm are really NaN and the device skips its update as for any
+ * divergence; then the gain is put back. Read once per process; a
+ * malformed value is reported on stderr and ignored. (See also
+ * NLLM_FS_FAULT in fsutil.h.) */
+int nllm_trainer_diverged(const nllm_trainer_t *tr, int64_t *step, double *grad_norm);
+
 /* Mean loss and accuracy over the validation windows (no dropout). */
 int nllm_trainer_validate(nllm_trainer_t *tr, double *loss, double *acc, nllm_err_t *err);
 

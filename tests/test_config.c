@@ -2,8 +2,9 @@
  * rejected with a message naming the field (vocab_size < 5, a dimension 0
  * or over 65536, batch 0, ...), the job-file parser (FILE:LINE in errors),
  * JSON round trip, the shape diff used for resume mismatches, the
- * reference clipping schedule, and the key `precision` (fp32 default, also
- * for a config JSON from before the key existed; a training-only setting).
+ * reference clipping schedule, the key `precision` (fp32 default, also
+ * for a config JSON from before the key existed; a training-only setting),
+ * and the divergence keys (defaults, ranges named in errors, text/JSON).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -222,6 +223,44 @@ static void test_precision(void)
           buf);
 }
 
+static void test_divergence_keys(void)
+{
+    nllm_job_config_t c;
+    nllm_job_config_defaults(&c);
+    CHECK(c.on_divergence == NLLM_DIV_ROLLBACK && c.divergence_lr_factor == 0.5 &&
+              c.divergence_retries == 3,
+          "divergence defaults: rollback, 0.5, 3");
+    expect_bad("on_divergence", "retry", "rollback or fail");
+    expect_bad("divergence_lr_factor", "1", "(0, 1)");
+    expect_bad("divergence_lr_factor", "0", "divergence_lr_factor");
+    expect_bad("divergence_lr_factor", "-0.5", "(0, 1)");
+    expect_bad("divergence_retries", "101", "0..100");
+    expect_bad("divergence_retries", "-1", "divergence_retries");
+    const char *text = "on_divergence = fail\ndivergence_lr_factor = 0.25\n"
+                       "divergence_retries = 0\n";
+    nllm_err_t err;
+    CHECK(nllm_job_config_parse_text(text, strlen(text), "job.ini", &c, &err) == 0,
+          "divergence keys in a job file: %s", err.msg);
+    CHECK(c.on_divergence == NLLM_DIV_FAIL && c.divergence_lr_factor == 0.25 &&
+              c.divergence_retries == 0,
+          "divergence keys from the job file");
+    json_t *j = nllm_job_config_to_json(&c);
+    CHECK(strcmp(json_string_value(json_object_get(j, "on_divergence")), "fail") == 0,
+          "on_divergence in JSON");
+    nllm_job_config_t d;
+    nllm_job_config_defaults(&d);
+    CHECK(nllm_job_config_from_json(j, &d, &err) == 0 && d.on_divergence == NLLM_DIV_FAIL &&
+              d.divergence_lr_factor == 0.25 && d.divergence_retries == 0,
+          "divergence keys round-trip JSON");
+    json_decref(j);
+    char diff[256];
+    CHECK(nllm_job_config_train_diff(&d, &c, diff, sizeof diff) == 0, "no diff: %s", diff);
+    d.divergence_lr_factor = 0.5;
+    CHECK(nllm_job_config_train_diff(&c, &d, diff, sizeof diff) == 1 &&
+              strstr(diff, "divergence_lr_factor"),
+          "training diff names divergence_lr_factor: %s", diff);
+}
+
 static void test_diff_and_clip(void)
 {
     nllm_model_config_t a = NLLM_MODEL_CONFIG_DEFAULT, b = a;
@@ -252,5 +291,6 @@ int main(void)
     RUN(test_json_roundtrip);
     RUN(test_precision);
     RUN(test_diff_and_clip);
+    RUN(test_divergence_keys);
     return TEST_REPORT();
 }

@@ -1,7 +1,10 @@
 /* test_trainer.c -- the trainer and checkpoint files together: every
  * tensor and metadata field round-trips; exact resume (10 epochs straight
  * versus 5 + resume from epoch_5, and a pause in the middle of an epoch)
- * is bit-identical; damaged files and shape mismatches fail clearly.
+ * is bit-identical; damaged files and shape mismatches fail clearly; a
+ * step made to diverge (NLLM_TRAINER_FAULT) ends the run with its step and
+ * NaN norm and leaves weights and progress just before it, so running on
+ * gives the straight run's state.
  */
 #include <math.h>
 #include <stdio.h>
@@ -148,6 +151,37 @@ static nllm_trainer_t *resume_from(const nllm_job_config_t *c, const char *file)
 }
 
 static nllm_ckpt_t *straight10;
+
+/* First in main: the hook is read at the process's first step. */
+static void test_diverge_hook(void)
+{
+    nllm_job_config_t c;
+    small_config(&c, 2);
+    nllm_trainer_t *tr = new_trainer(&c);
+    run_ctx_t ctx = {"dv", 0, {0}};
+    nllm_trainer_cbs_t cbs = {&ctx, on_step, NULL, on_ckpt};
+    nllm_run_result_t res;
+    nllm_err_t err;
+    int64_t step = -1;
+    double norm = 0;
+    int rc = nllm_trainer_run(tr, &cbs, &res, &err);
+    CHECK(rc < 0 && strstr(err.msg, "gradient norm is nan at step 7"), "faulted run: %d %s", rc,
+          err.msg);
+    CHECK(nllm_trainer_diverged(tr, &step, &norm) == 1 && step == 7 && isnan(norm),
+          "nllm_trainer_diverged: step %lld norm %g", (long long)step, norm);
+    CHECK(nllm_trainer_progress(tr)->global_step == 7, "progress stands before step 7: %lld",
+          (long long)nllm_trainer_progress(tr)->global_step);
+    nllm_ckpt_t *a = run(tr, &ctx, &res); /* the hook fired once: on from step 7 */
+    CHECK(nllm_trainer_diverged(tr, &step, &norm) == 0, "a clean run is not diverged");
+    nllm_trainer_destroy(tr);
+    tr = new_trainer(&c);
+    nllm_ckpt_t *b = run(tr, &ctx, &res);
+    if (a && b)
+        same_state(a, b, "run on after the diverged step vs straight");
+    nllm_ckpt_free(a);
+    nllm_ckpt_free(b);
+    nllm_trainer_destroy(tr);
+}
 
 static void test_straight(void)
 {
@@ -359,6 +393,9 @@ int main(void)
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
+    setenv("NLLM_TRAINER_FAULT", "diverge@step:7:1", 1);
+    RUN(test_diverge_hook);
+    unsetenv("NLLM_TRAINER_FAULT");
     RUN(test_straight);
     RUN(test_roundtrip);
     RUN(test_resume_epoch);
