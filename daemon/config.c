@@ -18,7 +18,8 @@ typedef struct {
     ftype_t type;
     size_t off;
     double lo, hi;  /* numeric range */
-    int model;      /* 1: part of the model shape (must match on resume) */
+    int model;      /* 1: part of the model shape, 2: of the data and init (seed): neither
+                     * may change on resume; 0: training-only, may change */
     const char *help;
 } field_t;
 
@@ -33,10 +34,10 @@ static const field_t fields[] = {
     {"max_seq_length", F_I32, OFF(model.max_seq_length), 2, NLLM_DIM_MAX, 1,
      "tokens per window S"},
     {"dropout", F_F32, OFF(model.dropout), 0, 0.99, 0, "dropout after every ReLU"},
-    {"data", F_PATH, OFF(data), 0, 0, 0, "training text file"},
-    {"val", F_PATH, OFF(val), 0, 0, 0, "validation text file (empty: split off training)"},
-    {"tokenizer", F_TOK, OFF(tokenizer), 0, 0, 0, "word or byte"},
-    {"val_fraction", F_F64, OFF(val_fraction), 0.001, 0.9, 0,
+    {"data", F_PATH, OFF(data), 0, 0, 2, "training text file"},
+    {"val", F_PATH, OFF(val), 0, 0, 2, "validation text file (empty: split off training)"},
+    {"tokenizer", F_TOK, OFF(tokenizer), 0, 0, 2, "word or byte"},
+    {"val_fraction", F_F64, OFF(val_fraction), 0.001, 0.9, 2,
      "share of paragraphs held out when no val file is given"},
     {"num_epochs", F_I32, OFF(num_epochs), 1, 1000000, 0, "epochs to train"},
     {"batch_size", F_I32, OFF(batch_size), 1, 1 << 20, 0, "windows per step"},
@@ -51,7 +52,7 @@ static const field_t fields[] = {
     {"min_delta", F_F64, OFF(min_delta), 0, 1e6, 0, "improvement that resets patience"},
     {"reset_patience", F_BOOL, OFF(reset_patience), 0, 1, 0,
      "restart the patience counter on resume"},
-    {"seed", F_U64, OFF(seed), 0, 0, 0, "seed of init, data order and dropout"},
+    {"seed", F_U64, OFF(seed), 0, 0, 2, "seed of init, data order and dropout"},
     {"save_every", F_I32, OFF(save_every), 1, 1000000, 0, "epochs between periodic checkpoints"},
     {"keep", F_I32, OFF(keep), 0, 1000000, 0, "periodic checkpoints kept (0: all)"},
     {"device", F_DEV, OFF(device), 0, 0, 0, "cpu, cuda:N, or empty for any free device"},
@@ -539,6 +540,13 @@ int nllm_job_config_model_diff(const nllm_model_config_t *a, const char *a_label
     ja.model = *a;
     jb.model = *b;
     return diff_fields(&ja, a_label, &jb, b_label, 1, buf, buflen);
+}
+
+int nllm_job_config_data_diff(const nllm_job_config_t *a, const char *a_label,
+                              const nllm_job_config_t *b, const char *b_label, char *buf,
+                              size_t buflen)
+{
+    return diff_fields(a, a_label, b, b_label, 2, buf, buflen);
 }
 
 int nllm_job_config_train_diff(const nllm_job_config_t *a, const nllm_job_config_t *b,

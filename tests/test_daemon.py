@@ -22,6 +22,7 @@ status while a job trains.
 
 Usage: test_daemon.py BUILD_DIR   (meson passes it). Prints "N passed, M failed".
 """
+import hashlib
 import json
 import os
 import random
@@ -149,6 +150,75 @@ def final_hash(d, name):
         if c["name"] == "final":
             return c["weights_hash"]
     return None
+
+
+def oneshot_resume(tmp, data):
+    """`nllmd run NAME --resume [flags]` changes the job's settings as
+    `nllmctl resume` does: training keys apply, the shape, data and seed are
+    refused naming the key, and a completed job with nothing left to train is
+    refused without rewriting its final checkpoint."""
+    top = os.path.join(tmp, "oneshot-resume")
+    os.makedirs(top)
+    state = os.path.join(top, "state")
+    final = os.path.join(state, "jobs", "b", "checkpoints", "b_final.safetensors")
+
+    def nrun(*args):
+        return subprocess.run([NLLMD, "run", "--state-dir", state, "b", "--devices", "cpu"] +
+                              list(args), capture_output=True, text=True, timeout=300)
+
+    def final_id():
+        with open(final, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest(), os.stat(final).st_mtime_ns
+
+    first = ["--data", data, "--epochs", "2"] + SMALL
+    r = nrun(*first)
+    check(r.returncode == 0 and "Epoch 2/2" in r.stdout, "nllmd run b: 2 epochs (%d %s)"
+          % (r.returncode, r.stderr.strip()[-300:]))
+    # a batch script reruns the same command with --resume and a new target
+    r = nrun(*(first + ["--resume", "--epochs", "4"]))
+    check(r.returncode == 0 and "Epoch 4/4" in r.stdout and "Epoch 3/4" in r.stdout,
+          "nllmd run b --resume --epochs 4 (same flags otherwise) trains epochs 3-4 (%d %s)"
+          % (r.returncode, r.stderr.strip()[-300:]))
+    before = final_id()
+    r = nrun("--resume")
+    check(r.returncode != 0 and "would only rewrite its final checkpoint" in r.stderr and
+          "job b has completed" in r.stderr and final_id() == before,
+          "nllmd run b --resume on the completed job refused, b_final unchanged (%d %s)"
+          % (r.returncode, r.stderr.strip()))
+    r = nrun("--resume", "--hidden-dim", "64")
+    check(r.returncode != 0 and "hidden_dim: job 24, requested 64" in r.stderr and
+          final_id() == before,
+          "nllmd run b --resume --hidden-dim 64 refused naming hidden_dim (%d %s)"
+          % (r.returncode, r.stderr.strip()))
+    r = nrun("--resume", "--epochs", "9", "--seed", "7")
+    check(r.returncode != 0 and "seed: job 42, requested 7" in r.stderr and final_id() == before,
+          "nllmd run b --resume --seed 7 refused naming seed (%d %s)"
+          % (r.returncode, r.stderr.strip()))
+    r = nrun("--resume", "--epochs", "9", "--lr", "0.01x")
+    check(r.returncode == 2 and "lr" in r.stderr and final_id() == before,
+          "nllmd run b --resume --lr 0.01x refused as a usage error (%d %s)"
+          % (r.returncode, r.stderr.strip()))
+    r = nrun("--resume", "--lr", "1e-3", "--epochs", "5")
+    check(r.returncode == 0 and "Epoch 5/5" in r.stdout,
+          "nllmd run b --resume --lr 1e-3 --epochs 5 trains epoch 5 (%d %s)"
+          % (r.returncode, r.stderr.strip()[-300:]))
+    d = Daemon(top)
+    try:
+        st = d.status("b")
+        check(st["state"] == "completed" and st["epoch"] == 5 and st["num_epochs"] == 5 and
+              st["config"]["learning_rate"] == 1e-3 and st["config"]["hidden_dim"] == 24,
+              "b: completed 5 epochs at lr 1e-3 (%s epoch %s, config lr %s)"
+              % (st["state"], st["epoch"], st["config"].get("learning_rate")))
+        hist = d.ctl("history", "b")[1]["epochs"]
+        check([h["epoch"] for h in hist] == [1, 2, 3, 4, 5],
+              "b history: epochs %s" % [h["epoch"] for h in hist])
+        ev = [e for e in d.ctl("events", "b")[1]["events"] if e["kind"] == "config_changed"]
+        check(any("learning_rate: was 0.003" in e["message"] and "now 0.001" in e["message"]
+                  for e in ev) and
+              any("num_epochs: was 2, now 4" in e["message"] for e in ev),
+              "b events config_changed: %s" % [e["message"] for e in ev])
+    finally:
+        d.stop()
 
 
 def main():
@@ -371,6 +441,7 @@ def run(tmp):
     check(r.returncode == 1 and "job oneshot" in r.stderr and "device cpu" in r.stderr and
           "fp32" in r.stderr and not os.path.exists(os.path.join(run_state, "jobs", "oneshot")),
           "nllmd run --precision bf16 on the cpu refused, exit 1: %s" % r.stderr.strip())
+    oneshot_resume(tmp, data)
 
     # --- fine-tune from another job's checkpoint; retention keeps the newest K ---
     other = os.path.join(tmp, "other.txt")
