@@ -117,13 +117,39 @@ static const field_t *find_field(const char *key)
     return NULL;
 }
 
+/* A bound as text: whole numbers in full ("1000000"), others in the
+ * shortest form that reads back the same ("0.99999999", not "1"). */
+static void bound_text(double x, char *buf, size_t n)
+{
+    if (x == floor(x) && fabs(x) < 1e15) {
+        snprintf(buf, n, "%.0f", x);
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, n, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x)
+            return;
+    }
+}
+
+/* "KEY = VALUE is out of range: use LO..HI, both included (help)": every
+ * numeric key's refusal names the key, the value given and the range. */
 static int range_err(const field_t *f, const char *value, nllm_err_t *err)
 {
-    if (f->type == F_I32 || f->type == F_U64)
-        return nllm_err_set(err, NLLM_EINVAL, "%s = %s is out of range: use %.0f..%.0f (%s)",
-                            f->key, value, f->lo, f->hi, f->help);
-    return nllm_err_set(err, NLLM_EINVAL, "%s = %s is out of range: use %g..%g (%s)", f->key,
-                        value, f->lo, f->hi, f->help);
+    char lo[32], hi[32];
+    bound_text(f->lo, lo, sizeof lo);
+    bound_text(f->hi, hi, sizeof hi);
+    if (f->type == F_U64)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "%s = %.64s is out of range: use 0..%llu, both included (%s)", f->key,
+                            value, (unsigned long long)UINT64_MAX, f->help);
+    if (f->type == F_CLIP)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "%s = %.64s is out of range: use a number above 0 (excluded) and "
+                            "at most %s (included), or reference or none",
+                            f->key, value, hi);
+    return nllm_err_set(err, NLLM_EINVAL, "%s = %.64s is out of range: use %s..%s, both included "
+                        "(%s)", f->key, value, lo, hi, f->help);
 }
 
 static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm_err_t *err)
@@ -134,32 +160,36 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
     switch (f->type) {
     case F_I32: {
         long long x = strtoll(v, &end, 10);
-        if (end == v || *end || errno)
+        if (end == v || *end || (errno && errno != ERANGE))
             return nllm_err_set(err, NLLM_EINVAL, "%s must be an integer, not \"%s\" (%s)",
                                 f->key, v, f->help);
-        if (x < f->lo || x > f->hi)
+        if (errno == ERANGE || x < f->lo || x > f->hi)
             return range_err(f, v, err);
         *(int32_t *)base = (int32_t)x;
         return 0;
     }
     case F_U64: {
-        if (*v == '-')
-            return nllm_err_set(err, NLLM_EINVAL, "%s must be a non-negative integer, not "
-                                "\"%s\"", f->key, v);
         unsigned long long x = strtoull(v, &end, 10);
-        if (end == v || *end || errno)
+        if (end == v || *end || (errno && errno != ERANGE))
             return nllm_err_set(err, NLLM_EINVAL, "%s must be an integer, not \"%s\" (%s)",
                                 f->key, v, f->help);
+        const char *d = v;
+        while (isspace((unsigned char)*d))
+            d++;
+        if (errno == ERANGE || *d == '-') /* strtoull takes "-1" as UINT64_MAX */
+            return range_err(f, v, err);
         *(uint64_t *)base = (uint64_t)x;
         return 0;
     }
     case F_F32:
     case F_F64: {
         double x = strtod(v, &end);
-        if (end == v || *end || errno || !isfinite(x))
+        if (end == v || *end || (errno && errno != ERANGE) || isnan(x))
             return nllm_err_set(err, NLLM_EINVAL, "%s must be a number, not \"%s\" (%s)",
                                 f->key, v, f->help);
-        if (x < f->lo || x > f->hi)
+        /* ERANGE: an overflow (inf) is out of range, an underflow reads as
+         * the nearest double, like any other rounding */
+        if (isinf(x) || x < f->lo || x > f->hi)
             return range_err(f, v, err);
         if (f->type == F_F32)
             *(float *)base = (float)x;
@@ -199,11 +229,16 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
             c->clip_value = 0;
         } else {
             double x = strtod(v, &end);
-            if (end == v || *end || errno || !isfinite(x) || x <= 0 || x > f->hi)
+            if (end == v || *end || (errno && errno != ERANGE) || isnan(x)) {
+                char hi[32];
+                bound_text(f->hi, hi, sizeof hi);
                 return nllm_err_set(err, NLLM_EINVAL,
-                                    "clip must be reference, none or a positive number, not "
-                                    "\"%s\"",
-                                    v);
+                                    "clip must be reference, none or a number above 0 and at "
+                                    "most %s, not \"%.64s\"",
+                                    hi, v);
+            }
+            if (isinf(x) || x <= 0 || x > f->hi)
+                return range_err(f, v, err);
             c->clip_mode = NLLM_CLIP_FIXED;
             c->clip_value = x;
         }
@@ -263,9 +298,11 @@ int nllm_job_config_check(const nllm_job_config_t *c, nllm_err_t *err)
     int rc = nllm_model_config_check(&c->model, err);
     if (rc < 0)
         return rc;
-    if (c->model.dropout > 0.99f)
-        return nllm_err_set(err, NLLM_EINVAL, "dropout = %g is out of range: use 0..0.99",
-                            (double)c->model.dropout);
+    if (!(c->model.dropout >= 0.0f && c->model.dropout <= 0.99f)) {
+        char v[64];
+        snprintf(v, sizeof v, "%g", (double)c->model.dropout);
+        return range_err(find_field("dropout"), v, err);
+    }
     if (!c->data[0])
         return nllm_err_set(err, NLLM_EINVAL, "data: no training text given: pass --data FILE");
     for (size_t i = 0; i < NFIELDS; i++) {
@@ -289,8 +326,12 @@ int nllm_job_config_check(const nllm_job_config_t *c, nllm_err_t *err)
                             "vocab_size = %d does not fit the byte tokenizer, which has %d ids: "
                             "set --vocab %d",
                             c->model.vocab_size, NLLM_BYTE_VOCAB, NLLM_BYTE_VOCAB);
-    if (c->clip_mode == NLLM_CLIP_FIXED && !(c->clip_value > 0))
-        return nllm_err_set(err, NLLM_EINVAL, "clip = %g must be positive", c->clip_value);
+    const field_t *clip = find_field("clip");
+    if (c->clip_mode == NLLM_CLIP_FIXED && !(c->clip_value > 0 && c->clip_value <= clip->hi)) {
+        char v[64];
+        snprintf(v, sizeof v, "%g", c->clip_value);
+        return range_err(clip, v, err);
+    }
     return 0;
 }
 
@@ -411,8 +452,6 @@ int nllm_job_config_from_json(const json_t *j, nllm_job_config_t *c, nllm_err_t 
             snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
         else
             return nllm_err_set(err, NLLM_EINVAL, "%s: expected a string or number", key);
-        if (f->type == F_U64 && json_is_integer(v) && json_integer_value(v) < 0)
-            return nllm_err_set(err, NLLM_EINVAL, "%s must be non-negative", key);
         int rc = set_field(c, f, buf, err);
         if (rc < 0)
             return rc;
