@@ -1818,7 +1818,8 @@ static const cmd_t commands[] = {
      "       [--set KEY=VALUE] [--watch]",
      "continue a paused, interrupted, stopped, completed or failed job",
      "CKPT is paused, latest (default), best, final or epoch_N; history after it is kept\n"
-     "but marked superseded. Training settings may change; the model shape may not.\n"
+     "but marked superseded. Training settings may change; the model shape, data,\n"
+     "tokenizer and seed may not.\n"
      "  --epochs N           new target number of epochs (num_epochs)\n"
      "  --reset-patience     restart the early-stopping counter\n"
      "  --lr X               learning rate from now on\n"

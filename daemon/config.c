@@ -19,7 +19,8 @@ typedef struct {
     ftype_t type;
     size_t off;
     double lo, hi;  /* numeric range */
-    int model;      /* 1: part of the model shape (must match on resume) */
+    int model;      /* 1: part of the model shape, 2: of the data and init (seed): neither
+                     * may change on resume; 0: training-only, may change */
     const char *help;
 } field_t;
 
@@ -34,10 +35,10 @@ static const field_t fields[] = {
     {"max_seq_length", F_I32, OFF(model.max_seq_length), 2, NLLM_DIM_MAX, 1,
      "tokens per window S"},
     {"dropout", F_F32, OFF(model.dropout), 0, 0.99, 0, "dropout after every ReLU"},
-    {"data", F_PATH, OFF(data), 0, 0, 0, "training text file"},
-    {"val", F_PATH, OFF(val), 0, 0, 0, "validation text file (empty: split off training)"},
-    {"tokenizer", F_TOK, OFF(tokenizer), 0, 0, 0, "word or byte"},
-    {"val_fraction", F_F64, OFF(val_fraction), 0.001, 0.9, 0,
+    {"data", F_PATH, OFF(data), 0, 0, 2, "training text file"},
+    {"val", F_PATH, OFF(val), 0, 0, 2, "validation text file (empty: split off training)"},
+    {"tokenizer", F_TOK, OFF(tokenizer), 0, 0, 2, "word or byte"},
+    {"val_fraction", F_F64, OFF(val_fraction), 0.001, 0.9, 2,
      "share of paragraphs held out when no val file is given"},
     {"num_epochs", F_I32, OFF(num_epochs), 1, 1000000, 0, "epochs to train"},
     {"batch_size", F_I32, OFF(batch_size), 1, 1 << 20, 0, "windows per step"},
@@ -52,7 +53,7 @@ static const field_t fields[] = {
     {"min_delta", F_F64, OFF(min_delta), 0, 1e6, 0, "improvement that resets patience"},
     {"reset_patience", F_BOOL, OFF(reset_patience), 0, 1, 0,
      "restart the patience counter on resume"},
-    {"seed", F_U64, OFF(seed), 0, 0, 0, "seed of init, data order and dropout"},
+    {"seed", F_U64, OFF(seed), 0, 0, 2, "seed of init, data order and dropout"},
     {"save_every", F_I32, OFF(save_every), 1, 1000000, 0, "epochs between periodic checkpoints"},
     {"keep", F_I32, OFF(keep), 0, 1000000, 0, "periodic checkpoints kept (0: all)"},
     {"on_divergence", F_DIV, OFF(on_divergence), 0, 0, 0,
@@ -127,23 +128,53 @@ static const field_t *find_field(const char *key)
     return NULL;
 }
 
+/* A bound as text: whole numbers in full ("1000000"), others in the
+ * shortest form that reads back the same ("0.99999999", not "1"). */
+static void bound_text(double x, char *buf, size_t n)
+{
+    if (x == floor(x) && fabs(x) < 1e15) {
+        snprintf(buf, n, "%.0f", x);
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, n, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x)
+            return;
+    }
+}
+
+/* An overflow (inf) is out of range; an underflow reads as the nearest
+ * double, like any other rounding. F_FRAC bounds are excluded. */
 static int in_range(const field_t *f, double x)
 {
+    if (isinf(x))
+        return 0;
     return f->type == F_FRAC ? x > f->lo && x < f->hi : x >= f->lo && x <= f->hi;
 }
 
+/* "KEY = VALUE is out of range: use LO..HI, both included (help)": every
+ * numeric key's refusal names the key, the value given and the range. */
 static int range_err(const field_t *f, const char *value, nllm_err_t *err)
 {
+    char lo[32], hi[32];
+    bound_text(f->lo, lo, sizeof lo);
+    bound_text(f->hi, hi, sizeof hi);
+    if (f->type == F_U64)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "%s = %.64s is out of range: use 0..%llu, both included (%s)", f->key,
+                            value, (unsigned long long)UINT64_MAX, f->help);
     if (f->type == F_FRAC)
         return nllm_err_set(err, NLLM_EINVAL,
-                            "%s = %s is out of range: use a number in (%g, %g), both excluded "
-                            "(%s)",
-                            f->key, value, f->lo, f->hi, f->help);
-    if (f->type == F_I32 || f->type == F_U64)
-        return nllm_err_set(err, NLLM_EINVAL, "%s = %s is out of range: use %.0f..%.0f (%s)",
-                            f->key, value, f->lo, f->hi, f->help);
-    return nllm_err_set(err, NLLM_EINVAL, "%s = %s is out of range: use %g..%g (%s)", f->key,
-                        value, f->lo, f->hi, f->help);
+                            "%s = %.64s is out of range: use a number in (%s, %s), both "
+                            "excluded (%s)",
+                            f->key, value, lo, hi, f->help);
+    if (f->type == F_CLIP)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "%s = %.64s is out of range: use a number above 0 (excluded) and "
+                            "at most %s (included), or reference or none",
+                            f->key, value, hi);
+    return nllm_err_set(err, NLLM_EINVAL, "%s = %.64s is out of range: use %s..%s, both included "
+                        "(%s)", f->key, value, lo, hi, f->help);
 }
 
 static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm_err_t *err)
@@ -154,22 +185,24 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
     switch (f->type) {
     case F_I32: {
         long long x = strtoll(v, &end, 10);
-        if (end == v || *end || errno)
+        if (end == v || *end || (errno && errno != ERANGE))
             return nllm_err_set(err, NLLM_EINVAL, "%s must be an integer, not \"%s\" (%s)",
                                 f->key, v, f->help);
-        if (x < f->lo || x > f->hi)
+        if (errno == ERANGE || x < f->lo || x > f->hi)
             return range_err(f, v, err);
         *(int32_t *)base = (int32_t)x;
         return 0;
     }
     case F_U64: {
-        if (*v == '-')
-            return nllm_err_set(err, NLLM_EINVAL, "%s must be a non-negative integer, not "
-                                "\"%s\"", f->key, v);
         unsigned long long x = strtoull(v, &end, 10);
-        if (end == v || *end || errno)
+        if (end == v || *end || (errno && errno != ERANGE))
             return nllm_err_set(err, NLLM_EINVAL, "%s must be an integer, not \"%s\" (%s)",
                                 f->key, v, f->help);
+        const char *d = v;
+        while (isspace((unsigned char)*d))
+            d++;
+        if (errno == ERANGE || *d == '-') /* strtoull takes "-1" as UINT64_MAX */
+            return range_err(f, v, err);
         *(uint64_t *)base = (uint64_t)x;
         return 0;
     }
@@ -177,7 +210,7 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
     case F_F64:
     case F_FRAC: {
         double x = strtod(v, &end);
-        if (end == v || *end || errno || !isfinite(x))
+        if (end == v || *end || (errno && errno != ERANGE) || isnan(x))
             return nllm_err_set(err, NLLM_EINVAL, "%s must be a number, not \"%s\" (%s)",
                                 f->key, v, f->help);
         if (!in_range(f, x))
@@ -220,11 +253,16 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
             c->clip_value = 0;
         } else {
             double x = strtod(v, &end);
-            if (end == v || *end || errno || !isfinite(x) || x <= 0 || x > f->hi)
+            if (end == v || *end || (errno && errno != ERANGE) || isnan(x)) {
+                char hi[32];
+                bound_text(f->hi, hi, sizeof hi);
                 return nllm_err_set(err, NLLM_EINVAL,
-                                    "clip must be reference, none or a positive number, not "
-                                    "\"%s\"",
-                                    v);
+                                    "clip must be reference, none or a number above 0 and at "
+                                    "most %s, not \"%.64s\"",
+                                    hi, v);
+            }
+            if (isinf(x) || x <= 0 || x > f->hi)
+                return range_err(f, v, err);
             c->clip_mode = NLLM_CLIP_FIXED;
             c->clip_value = x;
         }
@@ -293,9 +331,11 @@ int nllm_job_config_check(const nllm_job_config_t *c, nllm_err_t *err)
     int rc = nllm_model_config_check(&c->model, err);
     if (rc < 0)
         return rc;
-    if (c->model.dropout > 0.99f)
-        return nllm_err_set(err, NLLM_EINVAL, "dropout = %g is out of range: use 0..0.99",
-                            (double)c->model.dropout);
+    if (!(c->model.dropout >= 0.0f && c->model.dropout <= 0.99f)) {
+        char v[64];
+        snprintf(v, sizeof v, "%g", (double)c->model.dropout);
+        return range_err(find_field("dropout"), v, err);
+    }
     if (!c->data[0])
         return nllm_err_set(err, NLLM_EINVAL, "data: no training text given: pass --data FILE");
     for (size_t i = 0; i < NFIELDS; i++) {
@@ -319,8 +359,12 @@ int nllm_job_config_check(const nllm_job_config_t *c, nllm_err_t *err)
                             "vocab_size = %d does not fit the byte tokenizer, which has %d ids: "
                             "set --vocab %d",
                             c->model.vocab_size, NLLM_BYTE_VOCAB, NLLM_BYTE_VOCAB);
-    if (c->clip_mode == NLLM_CLIP_FIXED && !(c->clip_value > 0))
-        return nllm_err_set(err, NLLM_EINVAL, "clip = %g must be positive", c->clip_value);
+    const field_t *clip = find_field("clip");
+    if (c->clip_mode == NLLM_CLIP_FIXED && !(c->clip_value > 0 && c->clip_value <= clip->hi)) {
+        char v[64];
+        snprintf(v, sizeof v, "%g", c->clip_value);
+        return range_err(clip, v, err);
+    }
     return 0;
 }
 
@@ -447,8 +491,6 @@ int nllm_job_config_from_json(const json_t *j, nllm_job_config_t *c, nllm_err_t 
             snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
         else
             return nllm_err_set(err, NLLM_EINVAL, "%s: expected a string or number", key);
-        if (f->type == F_U64 && json_is_integer(v) && json_integer_value(v) < 0)
-            return nllm_err_set(err, NLLM_EINVAL, "%s must be non-negative", key);
         int rc = set_field(c, f, buf, err);
         if (rc < 0)
             return rc;
@@ -576,6 +618,13 @@ int nllm_job_config_model_diff(const nllm_model_config_t *a, const char *a_label
     ja.model = *a;
     jb.model = *b;
     return diff_fields(&ja, a_label, &jb, b_label, 1, buf, buflen);
+}
+
+int nllm_job_config_data_diff(const nllm_job_config_t *a, const char *a_label,
+                              const nllm_job_config_t *b, const char *b_label, char *buf,
+                              size_t buflen)
+{
+    return diff_fields(a, a_label, b, b_label, 2, buf, buflen);
 }
 
 int nllm_job_config_train_diff(const nllm_job_config_t *a, const nllm_job_config_t *b,

@@ -75,6 +75,11 @@ int nllm_job_config_from_json(const json_t *j, nllm_job_config_t *c, nllm_err_t 
 int nllm_job_config_model_diff(const nllm_model_config_t *a, const char *a_label,
                                const nllm_model_config_t *b, const char *b_label, char *buf,
                                size_t buflen);
+/* Data and init fields that differ (data, val, tokenizer, val_fraction,
+ * seed: fixed once a job exists, like the model shape), same format. */
+int nllm_job_config_data_diff(const nllm_job_config_t *a, const char *a_label,
+                              const nllm_job_config_t *b, const char *b_label, char *buf,
+                              size_t buflen);
 /* Training-only fields that differ (lr, batch, ...), same format. */
 int nllm_job_config_train_diff(const nllm_job_config_t *a, const nllm_job_config_t *b,
                                char *buf, size_t buflen);

@@ -1531,9 +1531,35 @@ int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *n
                                 "job %s: the model shape cannot change on resume: %s; start a "
                                 "new job with --init-from %s:latest instead",
                                 j->name, diff, j->name);
+        if (nllm_job_config_data_diff(&j->cfg, "job", newcfg, "requested", diff, sizeof diff) >
+            0)
+            return nllm_err_set(err, NLLM_EMISMATCH,
+                                "job %s: the data, tokenizer and seed cannot change on resume: "
+                                "%s; start a new job with --init-from %s:latest instead",
+                                j->name, diff, j->name);
         int rc = nllm_job_config_check(newcfg, err);
         if (rc < 0)
             return nllm_err_prefix(err, "job %s: ", j->name);
+    }
+    /* A completed job resumed from a checkpoint at (or past) its target has
+     * nothing to train: the run would only write its final checkpoint again.
+     * Refuse before anything changes. (extend raises the target first.) */
+    int32_t target = newcfg ? newcfg->num_epochs : j->cfg.num_epochs;
+    nllm_catalog_ckpt_t at;
+    nllm_err_t ferr;
+    if (!strcmp(j->state, "completed") &&
+        nllm_catalog_ckpt_find(d->cat, j->name, ckpt && *ckpt ? ckpt : "latest", &at, &ferr) ==
+            0) {
+        int64_t e = at.epoch;
+        nllm_catalog_ckpt_free(&at);
+        if (e >= target)
+            return nllm_err_set(err, NLLM_ESTATE,
+                                "job %s has completed: checkpoint %s is at epoch %lld and its "
+                                "target is %d epochs, so resuming would only rewrite its final "
+                                "checkpoint; to train on, raise the target: `nllmctl extend %s "
+                                "N` or `nllmctl resume %s --epochs N` with N > %lld",
+                                j->name, ckpt && *ckpt ? ckpt : "latest", (long long)e, target,
+                                j->name, j->name, (long long)e);
     }
     int rc = check_precision(d, j->name, newcfg ? newcfg : &j->cfg, err);
     if (rc < 0)

@@ -188,24 +188,6 @@ static int m_resume(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t
         cfg.num_epochs = (int32_t)ne;
         changed = 1;
     }
-    /* A completed job resumed from a checkpoint at (or past) its target has
-     * nothing to train: the run would only write its final checkpoint again.
-     * Refuse before anything changes. (extend raises the target first.) */
-    nllm_catalog_ckpt_t from;
-    nllm_err_t ferr;
-    if (!strcmp(j->state, "completed") &&
-        nllm_catalog_ckpt_find(c->d->cat, j->name, ck[0] ? ck : "latest", &from, &ferr) == 0) {
-        int64_t at = from.epoch;
-        nllm_catalog_ckpt_free(&from);
-        if (at >= cfg.num_epochs)
-            return nllm_err_set(err, NLLM_ESTATE,
-                                "job %s has completed: checkpoint %s is at epoch %lld and its "
-                                "target is %d epochs, so resuming would only rewrite its final "
-                                "checkpoint; to train on, raise the target: `nllmctl extend %s "
-                                "N` or `nllmctl resume %s --epochs N` with N > %lld",
-                                j->name, ck[0] ? ck : "latest", (long long)at, cfg.num_epochs,
-                                j->name, j->name, (long long)at);
-    }
     rc = nllmd_job_resume(j, ck, changed ? &cfg : NULL, reset, err);
     if (rc == 0)
         *res = nllmd_job_status_json(j);

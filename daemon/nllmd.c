@@ -534,6 +534,22 @@ void nllmd_oneshot_notify(nllmd_t *d, const char *method, json_t *p)
     fflush(o);
 }
 
+/* One job key given to `nllmd run` (--KEY VALUE, or --config FILE). */
+typedef struct {
+    char key[64];
+    char *value;
+} oneshot_set_t;
+
+static int oneshot_apply(nllm_job_config_t *cfg, const char *flag, const char *key,
+                         const char *v, nllm_err_t *err)
+{
+    if (!strcmp(key, "config"))
+        return nllm_job_config_parse_file(v, cfg, err);
+    if (nllm_job_config_set(cfg, key, v, err) < 0)
+        return nllm_err_prefix(err, "--%s: ", flag);
+    return 0;
+}
+
 static int run_oneshot(nllmd_t *d, int argc, char **argv)
 {
     /* nllmd run [--state-dir DIR] NAME [--resume [CKPT]] [job flags] */
@@ -542,12 +558,21 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
     nllm_job_config_t cfg;
     nllm_job_config_defaults(&cfg);
     nllm_err_t err;
+    /* the job keys given, in order: a resume applies them to the job's own
+     * settings (cfg holds them over the defaults, for a new job) */
+    oneshot_set_t *sets = calloc((size_t)argc + 1, sizeof *sets);
+    int nsets = 0, rc = 0;
+    if (!sets) {
+        fprintf(stderr, "nllmd run: out of memory\n");
+        return 1;
+    }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0) {
             if (name) {
                 fprintf(stderr, "nllmd run: unexpected argument \"%s\"\n", a);
-                return 2;
+                rc = 2;
+                goto out;
             }
             name = a;
             continue;
@@ -559,8 +584,12 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
                    "Trains one job in the foreground; job keys as in `nllmctl start --help`\n"
                    "(e.g. --epochs 10 --precision bf16; tf32 and bf16 need a CUDA device).\n"
                    "Exit 0 when it completes, 1 when it fails, 75 when SIGTERM paused it\n"
-                   "(rerun with --resume to continue).\n");
-            return 0;
+                   "(rerun with --resume to continue).\n"
+                   "With --resume, the job keys given change its settings as `nllmctl resume`\n"
+                   "does: training keys (--epochs, --lr, --patience, --precision, ...) apply\n"
+                   "from the resume on; the model shape, data, tokenizer and seed may not\n"
+                   "change; a completed job with nothing left to train is refused.\n");
+            goto out;
         }
         if (!strcmp(key, "resume")) {
             want_resume = 1;
@@ -575,7 +604,8 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "nllmd run: --%s needs a value\n", key);
-            return 2;
+            rc = 2;
+            goto out;
         }
         const char *v = argv[++i];
         int code = 0;
@@ -585,7 +615,8 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         if (code == O_STATE || code == O_THREADS || code == O_DEVICES) {
             if (set_opt(&d->opt, code, v, &err) < 0) {
                 fprintf(stderr, "nllmd run: %s\n", err.msg);
-                return 2;
+                rc = 2;
+                goto out;
             }
             continue;
         }
@@ -598,28 +629,26 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         for (char *c = k; *c; c++)
             if (*c == '-')
                 *c = '_';
-        if (!strcmp(k, "embed_dim") || !strcmp(k, "hidden_dim") || !strcmp(k, "context_dim") ||
-            1) {
-            char absbuf[NLLM_PATH_MAX];
-            if ((!strcmp(k, "data") || !strcmp(k, "val") || !strcmp(k, "train")) && v[0] != '/' &&
-                realpath(v, absbuf))
-                v = absbuf;
-            if (!strcmp(k, "config")) {
-                if (nllm_job_config_parse_file(v, &cfg, &err) < 0) {
-                    fprintf(stderr, "nllmd run: %s\n", err.msg);
-                    return 2;
-                }
-                continue;
-            }
-            if (nllm_job_config_set(&cfg, k, v, &err) < 0) {
-                fprintf(stderr, "nllmd run: --%s: %s\n", key, err.msg);
-                return 2;
-            }
+        char absbuf[NLLM_PATH_MAX];
+        if ((!strcmp(k, "data") || !strcmp(k, "val") || !strcmp(k, "train")) && v[0] != '/' &&
+            realpath(v, absbuf))
+            v = absbuf;
+        if (oneshot_apply(&cfg, key, k, v, &err) < 0) {
+            fprintf(stderr, "nllmd run: %s\n", err.msg);
+            rc = 2;
+            goto out;
+        }
+        snprintf(sets[nsets].key, sizeof sets[nsets].key, "%s", k);
+        if (!(sets[nsets++].value = strdup(v))) {
+            fprintf(stderr, "nllmd run: out of memory\n");
+            rc = 1;
+            goto out;
         }
     }
     if (!name) {
         fprintf(stderr, "nllmd run: no job NAME given (see nllmd run --help)\n");
-        return 2;
+        rc = 2;
+        goto out;
     }
     default_paths(&d->opt);
     d->opt.socket_path[0] = '\0'; /* no control socket in one-shot mode */
@@ -630,7 +659,6 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         return 1;
     }
     nllm_job_t *j = nllmd_job_find(d, name);
-    int rc = 0;
     if (j) {
         if (!want_resume) {
             fprintf(stderr,
@@ -640,9 +668,33 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
             rc = 2;
         } else {
             d->oneshot = j;
-            if (!strcmp(j->state, "queued"))
-                nllmd_schedule(d);
-            else if (nllmd_job_resume(j, resume, NULL, cfg.reset_patience, &err) < 0) {
+            /* the keys given change the job's settings as `nllmctl resume`
+             * does: training-only ones apply (event config_changed), the
+             * model shape, data, tokenizer and seed are refused */
+            nllm_job_config_t rcfg = j->cfg;
+            for (int i = 0; i < nsets && rc == 0; i++)
+                if (oneshot_apply(&rcfg, sets[i].key, sets[i].key, sets[i].value, &err) < 0) {
+                    fprintf(stderr, "nllmd run: job %s: %s\n", name, err.msg);
+                    rc = 2;
+                }
+            char diff[4096];
+            if (rc == 0 && !strcmp(j->state, "queued")) {
+                /* never ran: nothing to resume, so nothing may change */
+                if (nllm_job_config_model_diff(&j->cfg.model, "job", &rcfg.model, "requested",
+                                               diff, sizeof diff) > 0 ||
+                    nllm_job_config_data_diff(&j->cfg, "job", &rcfg, "requested", diff,
+                                              sizeof diff) > 0 ||
+                    nllm_job_config_train_diff(&j->cfg, &rcfg, diff, sizeof diff) > 0) {
+                    fprintf(stderr,
+                            "nllmd run: job %s is queued (it never ran), so its settings "
+                            "cannot change: %s\n",
+                            name, diff);
+                    rc = 1;
+                } else {
+                    nllmd_schedule(d);
+                }
+            } else if (rc == 0 && nllmd_job_resume(j, resume, nsets ? &rcfg : NULL,
+                                                   cfg.reset_patience, &err) < 0) {
                 fprintf(stderr, "nllmd run: %s\n", err.msg);
                 rc = 1;
             }
@@ -674,12 +726,17 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         d->shutting_down = 1;
         finish_if_idle(d);
         loop_finish(d);
-        return rc;
+        goto out;
     }
     uv_timer_start(&d->tick, on_tick, 1000, 1000);
     d->exit_code = 0;
     loop_finish(d);
-    return d->exit_code;
+    rc = d->exit_code;
+out:
+    for (int i = 0; i < nsets; i++)
+        free(sets[i].value);
+    free(sets);
+    return rc;
 }
 
 /* ---- main ------------------------------------------------------------------ */

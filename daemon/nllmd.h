@@ -27,6 +27,10 @@
 #define NLLMD_MAX_DEVICES 64
 #define NLLMD_MAX_JOBS_PER_DEVICE 256
 #define NLLMD_WRITE_QUEUE_MAX ((size_t)4 << 20) /* bytes pending per connection */
+/* An RPC message whose first byte has arrived must arrive in full within
+ * this, or the connection is closed (a client idle between messages is
+ * never timed out). Tests lower it with NLLMD_MESSAGE_TIMEOUT_MS. */
+#define NLLMD_MESSAGE_TIMEOUT_MS 30000
 #define NLLMD_MAX_WATCH 16                      /* jobs one connection watches */
 #define NLLMD_MAX_DIVERGENCES 101               /* divergence_retries (<= 100) + 1 */
 
@@ -159,6 +163,8 @@ struct nllm_conn {
     int handle_closed;
     uv_shutdown_t shutdown_req;
     nllm_rpc_decoder_t dec;
+    uint64_t msg_started;    /* uv_now when the message now buffered in part
+                              * began arriving (0: none in part) */
     size_t pending_bytes;
     char watch[NLLMD_MAX_WATCH][NLLM_CATALOG_NAME_MAX + 1];
     int nwatch;
@@ -223,6 +229,9 @@ struct nllmd {
     int socket_activated; /* the service manager owns the socket file */
     uv_tcp_t tcp_server;
     int have_tcp;
+    uv_timer_t msg_sweep;    /* closes connections stuck mid-message */
+    int have_msg_sweep;
+    uint64_t msg_timeout_ms; /* NLLMD_MESSAGE_TIMEOUT_MS or its env override */
     char token[256];
     size_t token_len;
     uv_signal_t sig_term, sig_int, sig_hup;

@@ -236,13 +236,21 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
+    int got = 0;
     for (;;) {
         nllm_rpc_msg_t msg;
         nllm_err_t err;
         memset(&msg, 0, sizeof msg);
         int rc = nllm_rpc_next(&c->dec, &msg, &err);
-        if (rc == 0)
+        if (rc == 0) {
+            /* the message now in part began in this read if one ended in
+             * it, else with the read that first left bytes behind */
+            if (nllm_rpc_buffered(&c->dec) == 0)
+                c->msg_started = 0;
+            else if (got || !c->msg_started)
+                c->msg_started = uv_now(c->d->loop) + 1;
             break;
+        }
         if (rc < 0) {
             /* fatal: one last error reply when a msgid could be read */
             if (msg.type == NLLM_RPC_INVALID && msg.has_msgid)
@@ -253,11 +261,49 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         c->d->requests++;
+        got = 1;
         nllmd_dispatch(c, &msg);
         nllm_rpc_msg_free(&msg);
         if (c->closing)
             return;
     }
+}
+
+/* Slowloris: a message begun but not finished within msg_timeout_ms closes
+ * its connection (HTTP has its head timeout, http.c). Between messages a
+ * connection may stay idle for ever: watch clients only read. */
+static void on_msg_sweep(uv_timer_t *t)
+{
+    nllmd_t *d = t->data;
+    uint64_t now = uv_now(d->loop);
+    for (nllm_conn_t *c = d->conns; c; c = c->next) {
+        if (c->closing || c->closing_after_reply || !c->msg_started ||
+            nllm_rpc_buffered(&c->dec) == 0 || now + 1 - c->msg_started < d->msg_timeout_ms)
+            continue;
+        nllmd_log(d, NULL,
+                  "closing a %s connection: a message begun %.1f s ago is still incomplete "
+                  "(%zu bytes of it arrived; a message must arrive in full within %.1f s)",
+                  c->is_tcp ? "TCP" : "Unix socket", (double)(now + 1 - c->msg_started) / 1000,
+                  nllm_rpc_buffered(&c->dec), (double)d->msg_timeout_ms / 1000);
+        conn_close(c); /* freed in its close callback: the list stays walkable */
+    }
+}
+
+static void msg_sweep_start(nllmd_t *d)
+{
+    d->msg_timeout_ms = NLLMD_MESSAGE_TIMEOUT_MS;
+    const char *v = getenv("NLLMD_MESSAGE_TIMEOUT_MS");
+    char *end;
+    unsigned long long x = v && *v ? strtoull(v, &end, 10) : 0;
+    if (x > 0 && !*end)
+        d->msg_timeout_ms = x;
+    uint64_t every = d->msg_timeout_ms / 4;
+    every = every < 10 ? 10 : every > 1000 ? 1000 : every;
+    uv_timer_init(d->loop, &d->msg_sweep);
+    d->msg_sweep.data = d;
+    uv_timer_start(&d->msg_sweep, on_msg_sweep, every, every);
+    uv_unref((uv_handle_t *)&d->msg_sweep);
+    d->have_msg_sweep = 1;
 }
 
 /* ---- accepting -------------------------------------------------------- */
@@ -502,6 +548,8 @@ int nllmd_server_start(nllmd_t *d, nllm_err_t *err)
         rc = listen_unix(d, err);
     if (rc == 0 && d->opt.listen[0])
         rc = listen_tcp(d, err);
+    if (rc == 0 && (d->have_unix || d->have_tcp))
+        msg_sweep_start(d);
     return rc;
 }
 
@@ -516,4 +564,6 @@ void nllmd_server_close(nllmd_t *d)
     }
     if (d->have_tcp && !uv_is_closing((uv_handle_t *)&d->tcp_server))
         uv_close((uv_handle_t *)&d->tcp_server, NULL);
+    if (d->have_msg_sweep && !uv_is_closing((uv_handle_t *)&d->msg_sweep))
+        uv_close((uv_handle_t *)&d->msg_sweep, NULL);
 }

@@ -67,6 +67,11 @@
  *            v
  *          DONE: the object is bytes [0, pos); too_deep -> INVALID/fatal
  *
+ * MORE with too_deep set is fatal at once: a prefix that already nests
+ * too deep is refused without waiting for the rest of its message (a
+ * complete one, buffered in full, is answered INVALID and the stream
+ * stays in sync).
+ *
  * Every claim is bounded by max_msg before anything is allocated, so
  * `dd ff ff ff ff` (array32 of 4 billion) fails after 5 bytes, allocating
  * nothing.
@@ -663,6 +668,13 @@ int nllm_rpc_next(nllm_rpc_decoder_t *dec, nllm_rpc_msg_t *msg, nllm_err_t *err)
     size_t avail = dec->len - dec->off;
     switch (scan(dec, p, avail, &where)) {
     case SCAN_MORE:
+        if (dec->scan_too_deep) {
+            /* the prefix already breaks the limit: the rest is not waited
+             * for (100000 bytes of 0x91 would otherwise hold the peer's
+             * connection open for the rest of a megabyte) */
+            snprintf(why, sizeof why, "message nests deeper than %u levels", dec->lim.max_depth);
+            return go_fatal(dec, msg, NLLM_EPROTO, NLLM_RPC_CODE_BAD_REQUEST, why, err);
+        }
         return 0;
     case SCAN_BAD:
         snprintf(why, sizeof why, "byte 0xc1 at offset %zu is not valid msgpack", where);

@@ -109,7 +109,9 @@ int nllm_rpc_feed(nllm_rpc_decoder_t *dec, const void *buf, size_t len);
  *   1  *msg holds a REQUEST, RESPONSE, NOTIFICATION or INVALID message
  *      (INVALID also fills err); free it with nllm_rpc_msg_free.
  *   0  need more bytes; *msg is type NONE and owns nothing.
- *  <0  fatal: drop the connection. err says why. On the call that first
+ *  <0  fatal: drop the connection. err says why. A prefix that already
+ *      nests deeper than max_depth is fatal at once, before the rest of
+ *      its message arrives (a complete one is INVALID instead). On the call that first
  *      reports it, if the broken message was a request whose msgid could be
  *      read, *msg is INVALID with msgid, error_code (e.g. too_large) and
  *      reason (owning nothing), so a last reply can go out before closing.

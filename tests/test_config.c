@@ -1,10 +1,12 @@
 /* test_config.c -- job configuration: model.md defaults, every bad value
  * rejected with a message naming the field (vocab_size < 5, a dimension 0
- * or over 65536, batch 0, ...), the job-file parser (FILE:LINE in errors),
- * JSON round trip, the shape diff used for resume mismatches, the
- * reference clipping schedule, the key `precision` (fp32 default, also
- * for a config JSON from before the key existed; a training-only setting),
- * and the divergence keys (defaults, ranges named in errors, text/JSON).
+ * or over 65536, batch 0, ...), every numeric key just past either bound
+ * refused naming the key, the value and the range, the job-file parser
+ * (FILE:LINE in errors), JSON round trip, the shape diff used for resume
+ * mismatches, the reference clipping schedule, the key `precision` (fp32
+ * default, also for a config JSON from before the key existed; a
+ * training-only setting), and the divergence keys (defaults, ranges named
+ * in errors, text/JSON).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +93,87 @@ static void test_bad_values(void)
     nllm_job_config_set(&c, "tokenizer", "byte", &err);
     CHECK(nllm_job_config_check(&c, &err) == NLLM_EINVAL && strstr(err.msg, "259"),
           "byte tokenizer with V 1000: %s", err.msg);
+}
+
+/* Every numeric key: a value just below its minimum and one just above its
+ * maximum are refused, naming the key, the value and the bound (issue 13:
+ * --clip 1e9 was "must be a positive number"). Through set (flags, job
+ * files) and through JSON (the RPC's config). */
+static void test_ranges(void)
+{
+    static const struct {
+        const char *key, *below, *above, *range;
+    } r[] = {
+        {"vocab_size", "4", "16777217", "use 5..16777216, both included"},
+        {"embed_dim", "0", "65537", "use 1..65536, both included"},
+        {"hidden_dim", "-1", "65537", "use 1..65536, both included"},
+        {"context_dim", "1", "65537", "use 2..65536, both included"},
+        {"num_layers", "0", "1025", "use 1..1024, both included"},
+        {"max_seq_length", "1", "65537", "use 2..65536, both included"},
+        {"dropout", "-0.1", "0.995", "use 0..0.99, both included"},
+        {"val_fraction", "0.0005", "0.95", "use 0.001..0.9, both included"},
+        {"num_epochs", "0", "1000001", "use 1..1000000, both included"},
+        {"batch_size", "0", "1048577", "use 1..1048576, both included"},
+        {"learning_rate", "-0.001", "11", "use 0..10, both included"},
+        {"beta1", "-0.1", "1", "use 0..0.999999, both included"},
+        {"beta2", "-0.1", "1", "use 0..0.99999999, both included"},
+        {"eps", "-1e-8", "2", "use 0..1, both included"},
+        {"weight_decay", "-1", "10.5", "use 0..10, both included"},
+        {"clip", "0", "1e9", "above 0 (excluded) and at most 1000000 (included)"},
+        {"patience", "-1", "1000001", "use 0..1000000, both included"},
+        {"min_delta", "-1", "2e6", "use 0..1000000, both included"},
+        {"seed", "-1", "18446744073709551616", "use 0..18446744073709551615, both included"},
+        {"save_every", "0", "1000001", "use 1..1000000, both included"},
+        {"keep", "-1", "1000001", "use 0..1000000, both included"},
+        {"threads", "-1", "4097", "use 0..4096, both included"},
+    };
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
+        const char *vals[2] = {r[i].below, r[i].above};
+        for (int k = 0; k < 2; k++) {
+            nllm_job_config_t c;
+            nllm_job_config_defaults(&c);
+            nllm_err_t err;
+            nllm_err_clear(&err);
+            char what[128];
+            snprintf(what, sizeof what, "%s = %s is out of range", r[i].key, vals[k]);
+            CHECK(nllm_job_config_set(&c, r[i].key, vals[k], &err) == NLLM_EINVAL &&
+                      strstr(err.msg, what) && strstr(err.msg, r[i].range),
+                  "%s = %s: \"%s\" lacks \"%s\" or \"%s\"", r[i].key, vals[k], err.msg, what,
+                  r[i].range);
+            /* the same through JSON, as the RPC's config gives it */
+            char text[256];
+            snprintf(text, sizeof text, "{\"%s\": %s}", r[i].key, vals[k]);
+            json_t *j = json_loads(text, 0, NULL);
+            if (!j) { /* 18446744073709551616 is beyond jansson's integers */
+                snprintf(text, sizeof text, "{\"%s\": \"%s\"}", r[i].key, vals[k]);
+                j = json_loads(text, 0, NULL);
+            }
+            nllm_err_clear(&err);
+            CHECK(j && nllm_job_config_from_json(j, &c, &err) == NLLM_EINVAL &&
+                      strstr(err.msg, r[i].key) && strstr(err.msg, r[i].range),
+                  "JSON %s: \"%s\" lacks \"%s\"", text, err.msg, r[i].range);
+            json_decref(j);
+        }
+    }
+    /* the bounds themselves are accepted */
+    static const char *ok[][2] = {{"clip", "1000000"}, {"beta2", "0.99999999"},
+                                  {"dropout", "0.99"},  {"val_fraction", "0.001"},
+                                  {"seed", "18446744073709551615"}, {"learning_rate", "0"}};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        nllm_job_config_t c;
+        nllm_job_config_defaults(&c);
+        snprintf(c.data, sizeof c.data, "/tmp/x.txt");
+        nllm_err_t err;
+        nllm_err_clear(&err);
+        CHECK(nllm_job_config_set(&c, ok[i][0], ok[i][1], &err) == 0 &&
+                  nllm_job_config_check(&c, &err) == 0,
+              "%s = %s (a bound) refused: %s", ok[i][0], ok[i][1], err.msg);
+    }
+    /* not numbers at all: still a plain "must be" message */
+    expect_bad("clip", "big", "clip must be reference, none or a number above 0 and at most");
+    expect_bad("epochs", "99999999999999999999", "num_epochs = 99999999999999999999 is out of "
+               "range: use 1..1000000");
+    expect_bad("lr", "1e999", "learning_rate = 1e999 is out of range: use 0..10");
 }
 
 static void test_job_file(void)
@@ -287,6 +370,7 @@ int main(void)
 {
     RUN(test_defaults);
     RUN(test_bad_values);
+    RUN(test_ranges);
     RUN(test_job_file);
     RUN(test_json_roundtrip);
     RUN(test_precision);

@@ -22,6 +22,7 @@ status while a job trains.
 
 Usage: test_daemon.py BUILD_DIR   (meson passes it). Prints "N passed, M failed".
 """
+import hashlib
 import json
 import os
 import random
@@ -149,6 +150,204 @@ def final_hash(d, name):
         if c["name"] == "final":
             return c["weights_hash"]
     return None
+
+
+def oneshot_resume(tmp, data):
+    """`nllmd run NAME --resume [flags]` changes the job's settings as
+    `nllmctl resume` does: training keys apply, the shape, data and seed are
+    refused naming the key, and a completed job with nothing left to train is
+    refused without rewriting its final checkpoint."""
+    top = os.path.join(tmp, "oneshot-resume")
+    os.makedirs(top)
+    state = os.path.join(top, "state")
+    final = os.path.join(state, "jobs", "b", "checkpoints", "b_final.safetensors")
+
+    def nrun(*args):
+        return subprocess.run([NLLMD, "run", "--state-dir", state, "b", "--devices", "cpu"] +
+                              list(args), capture_output=True, text=True, timeout=300)
+
+    def final_id():
+        with open(final, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest(), os.stat(final).st_mtime_ns
+
+    first = ["--data", data, "--epochs", "2"] + SMALL
+    r = nrun(*first)
+    check(r.returncode == 0 and "Epoch 2/2" in r.stdout, "nllmd run b: 2 epochs (%d %s)"
+          % (r.returncode, r.stderr.strip()[-300:]))
+    # a batch script reruns the same command with --resume and a new target
+    r = nrun(*(first + ["--resume", "--epochs", "4"]))
+    check(r.returncode == 0 and "Epoch 4/4" in r.stdout and "Epoch 3/4" in r.stdout,
+          "nllmd run b --resume --epochs 4 (same flags otherwise) trains epochs 3-4 (%d %s)"
+          % (r.returncode, r.stderr.strip()[-300:]))
+    before = final_id()
+    r = nrun("--resume")
+    check(r.returncode != 0 and "would only rewrite its final checkpoint" in r.stderr and
+          "job b has completed" in r.stderr and final_id() == before,
+          "nllmd run b --resume on the completed job refused, b_final unchanged (%d %s)"
+          % (r.returncode, r.stderr.strip()))
+    r = nrun("--resume", "--hidden-dim", "64")
+    check(r.returncode != 0 and "hidden_dim: job 24, requested 64" in r.stderr and
+          final_id() == before,
+          "nllmd run b --resume --hidden-dim 64 refused naming hidden_dim (%d %s)"
+          % (r.returncode, r.stderr.strip()))
+    r = nrun("--resume", "--epochs", "9", "--seed", "7")
+    check(r.returncode != 0 and "seed: job 42, requested 7" in r.stderr and final_id() == before,
+          "nllmd run b --resume --seed 7 refused naming seed (%d %s)"
+          % (r.returncode, r.stderr.strip()))
+    r = nrun("--resume", "--epochs", "9", "--lr", "0.01x")
+    check(r.returncode == 2 and "lr" in r.stderr and final_id() == before,
+          "nllmd run b --resume --lr 0.01x refused as a usage error (%d %s)"
+          % (r.returncode, r.stderr.strip()))
+    r = nrun("--resume", "--lr", "1e-3", "--epochs", "5")
+    check(r.returncode == 0 and "Epoch 5/5" in r.stdout,
+          "nllmd run b --resume --lr 1e-3 --epochs 5 trains epoch 5 (%d %s)"
+          % (r.returncode, r.stderr.strip()[-300:]))
+    d = Daemon(top)
+    try:
+        st = d.status("b")
+        check(st["state"] == "completed" and st["epoch"] == 5 and st["num_epochs"] == 5 and
+              st["config"]["learning_rate"] == 1e-3 and st["config"]["hidden_dim"] == 24,
+              "b: completed 5 epochs at lr 1e-3 (%s epoch %s, config lr %s)"
+              % (st["state"], st["epoch"], st["config"].get("learning_rate")))
+        hist = d.ctl("history", "b")[1]["epochs"]
+        check([h["epoch"] for h in hist] == [1, 2, 3, 4, 5],
+              "b history: epochs %s" % [h["epoch"] for h in hist])
+        ev = [e for e in d.ctl("events", "b")[1]["events"] if e["kind"] == "config_changed"]
+        check(any("learning_rate: was 0.003" in e["message"] and "now 0.001" in e["message"]
+                  for e in ev) and
+              any("num_epochs: was 2, now 4" in e["message"] for e in ev),
+              "b events config_changed: %s" % [e["message"] for e in ev])
+    finally:
+        d.stop()
+
+
+def message_timeouts(tmp, main_sock):
+    """A started RPC message must arrive in full within the message timeout
+    (lowered here with NLLMD_MESSAGE_TIMEOUT_MS), on the Unix socket and on
+    TCP; connections idle between messages stay open; a prefix that already
+    nests too deep is refused at once, long before any timeout."""
+    import msgpack
+    # the main daemon's timeout is the default 30 s: 100000 x 0x91 must be
+    # refused by the decoder, not by the timeout
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(20)
+    s.connect(main_sock)
+    t0 = time.time()
+    try:
+        s.sendall(b"\x91" * 100000)
+        eof = s.recv(4096) == b""
+    except (ConnectionResetError, BrokenPipeError):  # closed while sending: as good
+        eof = True
+    except socket.timeout:
+        eof = False
+    took = time.time() - t0
+    s.close()
+    check(eof and took < 5, "100000 x 0x91 on the socket: closed after %.2f s (EOF %s)"
+          % (took, eof))
+    # a request prefix nesting too deep gets a last error reply with its msgid
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(20)
+    s.connect(main_sock)
+    s.sendall(bytes([0x94, 0x00, 0x09, 0xa1]) + b"x" + b"\x91" * 40)
+    u = msgpack.Unpacker(raw=False)
+    got, t0 = [], time.time()
+    try:
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            u.feed(b)
+            got.extend(u)
+    except OSError:
+        pass
+    s.close()
+    check(len(got) == 1 and got[0][1] == 9 and got[0][2]["code"] == "bad_request" and
+          "deeper" in got[0][2]["message"] and time.time() - t0 < 5,
+          "a too-deep request prefix: one bad_request reply, then closed (%s)" % got)
+
+    top = os.path.join(tmp, "msg-timeout")
+    os.makedirs(top)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    os.environ["NLLMD_MESSAGE_TIMEOUT_MS"] = "1000"
+    try:
+        d = Daemon(top, extra=["--listen", "127.0.0.1:%d" % port])
+    finally:
+        del os.environ["NLLMD_MESSAGE_TIMEOUT_MS"]
+    hello = msgpack.packb([0, 1, "hello", [{}]])
+
+    def unix():
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(d.sock)
+        return c
+
+    def tcp():
+        return socket.create_connection(("127.0.0.1", port))
+
+    def ask(c, msgid):
+        c.sendall(msgpack.packb([0, msgid, "hello", [{}]]))
+        u = msgpack.Unpacker(raw=False)
+        while True:
+            b = c.recv(65536)
+            if not b:
+                return None
+            u.feed(b)
+            for m in u:
+                return m
+
+    try:
+        idle_u, idle_t = unix(), tcp()
+        used_u = unix()
+        check(ask(used_u, 3)[1] == 3, "a Unix client asks once, then idles")
+        halves = [("Unix socket", unix()), ("TCP", tcp())]
+        t0 = time.time()
+        for _, c in halves:
+            c.settimeout(15)
+            c.sendall(hello[:len(hello) // 2])
+        # another client keeps working meanwhile
+        answered = 0
+        while time.time() - t0 < 0.8:
+            answered += d.ctl("hello", ok=None)[0] == 0
+        check(answered > 0, "other clients answered while two messages hang half-sent (%d)"
+              % answered)
+        for what, c in halves:
+            try:
+                eof = c.recv(4096) == b""
+            except ConnectionResetError:
+                eof = True
+            except socket.timeout:
+                eof = False
+            took = time.time() - t0
+            check(eof and 0.9 <= took < 6,
+                  "%s: half a message, closed after %.2f s (timeout 1 s; EOF %s)"
+                  % (what, took, eof))
+            c.close()
+        time.sleep(max(0.0, 2.5 - (time.time() - t0)))
+        for what, c, mid in (("Unix socket, never used", idle_u, 4), ("TCP, never used", idle_t, 5),
+                             ("Unix socket, used", used_u, 6)):
+            c.settimeout(15)
+            r = ask(c, mid)
+            check(r is not None and r[1] == mid and r[2] is None,
+                  "%s, idle %.1f s between messages: still open and answered"
+                  % (what, time.time() - t0))
+            c.close()
+        # a message trickled in within the timeout is fine
+        c = unix()
+        c.settimeout(15)
+        msg = msgpack.packb([0, 8, "hello", [{}]])
+        for i in range(len(msg)):
+            c.sendall(msg[i:i + 1])
+            time.sleep(0.4 / len(msg))
+        u = msgpack.Unpacker(raw=False)
+        u.feed(c.recv(65536))
+        r = next(iter(u), None)
+        check(r is not None and r[1] == 8, "a message trickled in within the timeout: answered")
+        c.close()
+        check(d.ctl("hello")[0] == 0, "daemon serving after the timeouts")
+    finally:
+        d.stop()
 
 
 def main():
@@ -371,6 +570,8 @@ def run(tmp):
     check(r.returncode == 1 and "job oneshot" in r.stderr and "device cpu" in r.stderr and
           "fp32" in r.stderr and not os.path.exists(os.path.join(run_state, "jobs", "oneshot")),
           "nllmd run --precision bf16 on the cpu refused, exit 1: %s" % r.stderr.strip())
+    oneshot_resume(tmp, data)
+    message_timeouts(tmp, d.sock)
 
     # --- fine-tune from another job's checkpoint; retention keeps the newest K ---
     other = os.path.join(tmp, "other.txt")

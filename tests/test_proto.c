@@ -835,6 +835,73 @@ static void test_depth(void)
     }
 }
 
+/* A prefix whose nesting already breaks the limit is refused at once, not
+ * after the rest of its message (issue 13: 100000 bytes of 0x91 held the
+ * connection while the decoder waited for the innermost object). */
+static void test_depth_prefix(void)
+{
+    static uint8_t deep[100000];
+    memset(deep, 0x91, sizeof deep);
+    nllm_rpc_decoder_t d;
+    nllm_rpc_msg_t m;
+    nllm_err_t e;
+    /* 32 open arrays are within the limit: more bytes are awaited */
+    dec_init(&d, 0);
+    nllm_rpc_feed(&d, deep, NLLM_RPC_MAX_DEPTH);
+    int rc = nllm_rpc_next(&d, &m, &e);
+    CHECK(rc == 0, "32 x 0x91: rc %d, want 0 (need more)", rc);
+    nllm_rpc_msg_free(&m);
+    /* the 33rd byte shows the limit broken: fatal now, no msgid to answer */
+    nllm_rpc_feed(&d, deep, 1);
+    rc = nllm_rpc_next(&d, &m, &e);
+    CHECK(rc == NLLM_EPROTO && strstr(e.msg, "deeper than 32") && m.type == NLLM_RPC_NONE,
+          "33 x 0x91: rc %d type %d (%s)", rc, m.type, e.msg);
+    nllm_rpc_msg_free(&m);
+    CHECK(nllm_rpc_feed(&d, deep, 10) == NLLM_EPROTO, "feed after the refusal stays fatal");
+    nllm_rpc_decoder_close(&d);
+    /* the whole 100000-byte prefix in one read: fatal on that read */
+    dec_init(&d, 0);
+    nllm_rpc_feed(&d, deep, sizeof deep);
+    rc = nllm_rpc_next(&d, &m, &e);
+    CHECK(rc == NLLM_EPROTO && strstr(e.msg, "deeper"), "100000 x 0x91: rc %d (%s)", rc, e.msg);
+    nllm_rpc_msg_free(&m);
+    nllm_rpc_decoder_close(&d);
+    /* in 4 KiB reads, as a socket would deliver it: fatal on the first */
+    dec_init(&d, 0);
+    nllm_rpc_feed(&d, deep, 4096);
+    rc = nllm_rpc_next(&d, &m, &e);
+    CHECK(rc == NLLM_EPROTO, "first 4 KiB of 0x91: rc %d", rc);
+    nllm_rpc_msg_free(&m);
+    nllm_rpc_decoder_close(&d);
+    /* a request's prefix: the last reply names its msgid */
+    static const uint8_t req[] = {0x94, 0x00, 0x07, 0xa1, 'x'};
+    dec_init(&d, 0);
+    nllm_rpc_feed(&d, req, sizeof req);
+    nllm_rpc_feed(&d, deep, 40);
+    rc = nllm_rpc_next(&d, &m, &e);
+    CHECK(rc == NLLM_EPROTO && m.type == NLLM_RPC_INVALID && m.msgid == 7 &&
+              !strcmp(m.error_code, NLLM_RPC_CODE_BAD_REQUEST) && strstr(m.reason, "deeper"),
+          "request prefix 40 deep: rc %d type %d msgid %u reason %s", rc, m.type, m.msgid,
+          m.reason);
+    nllm_rpc_msg_free(&m);
+    nllm_rpc_decoder_close(&d);
+    /* a lower configured limit counts the same way */
+    nllm_rpc_limits_t lim;
+    nllm_rpc_limits_default(&lim);
+    lim.max_depth = 4;
+    nllm_rpc_decoder_init(&d, &lim, &e);
+    nllm_rpc_feed(&d, deep, 4);
+    rc = nllm_rpc_next(&d, &m, &e);
+    CHECK(rc == 0, "max_depth 4, 4 x 0x91: rc %d", rc);
+    nllm_rpc_msg_free(&m);
+    nllm_rpc_feed(&d, deep, 1);
+    rc = nllm_rpc_next(&d, &m, &e);
+    CHECK(rc == NLLM_EPROTO && strstr(e.msg, "deeper than 4"), "max_depth 4, 5 x 0x91: rc %d",
+          rc);
+    nllm_rpc_msg_free(&m);
+    nllm_rpc_decoder_close(&d);
+}
+
 static void test_limits_validation(void)
 {
     nllm_rpc_decoder_t d;
@@ -1307,6 +1374,7 @@ int main(void)
     test_budget_edges();
     test_oversized();
     test_depth();
+    test_depth_prefix();
     test_limits_validation();
     test_getters();
     test_encoder_bytes();
