@@ -1080,6 +1080,8 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         } else if (e->rc < 0) {
             nllmd_job_event(j, "failed", "%s", e->err.msg);
             job_set_state(j, "failed", e->err.msg);
+            if (e->rc == NLLM_EDEVICE)
+                j->error_code = NLLM_EDEVICE; /* /metrics: nllm_job_error_info{code="EDEVICE"} */
         } else if (e->result == NLLM_RUN_PAUSED) {
             int shut = atomic_load(&j->shutdown_pause);
             nllmd_job_event(j, shut ? "interrupted" : "paused",

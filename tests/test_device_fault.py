@@ -186,6 +186,9 @@ def run(tmp):
           and not events(d, "ff", "requeued"),
           "on_device_fault fail: failed at the first fault (%s: %s)" % (st["state"], e))
     check(cpu_dev(d.ctl("hello")[1])["healthy"] is False, "the device is unhealthy too")
+    check(re.search(r'^nllm_job_error_info\{job_name="ff",code="EDEVICE"\} 1$',
+                    get(port, "/metrics"), re.M) is not None,
+          "/metrics: nllm_job_error_info{code=\"EDEVICE\"} for the failed job")
     d.ctl("start", "rq", "--data", data, "--epochs", "1", *SMALL)
     time.sleep(0.5)
     check(d.status("rq")["state"] == "queued", "rq waits for a healthy device")
