@@ -52,7 +52,7 @@ typedef struct nllm_conn nllm_conn_t;
  *   running ──(diverged; on_divergence rollback with retries left:
  *              divergence_rollback, a resume at a lower lr)──> queued
  *   running ──(device fault; on_device_fault requeue with requeues left:
- *              device_fault_requeue, a resume from the latest checkpoint)──> queued
+ *              device_fault in jobs.c, a resume from the latest checkpoint)──> queued
  *
  * A device runs up to opt.jobs_per_device jobs at once, each on its own
  * thread and backend; place.c picks the device. Transitions are made only
@@ -276,7 +276,7 @@ void nllmd_schedule(nllmd_t *d);
  * first). Refused (NLLM_ESTATE) while jobs run on it; NLLM_ENOENT for a
  * device the daemon does not have. *res: {device, was_healthy, fault}. */
 int nllmd_device_reset(nllmd_t *d, const char *name, json_t **res, nllm_err_t *err);
-/* A device's health as JSON members: healthy, fault, fault_job, fault_time. */
+/* A device's health as JSON members: healthy, fault, fault_job, fault_time, faults. */
 void nllmd_device_health_json(const nllmd_device_t *v, json_t *o);
 /* Names of the jobs running on device k (a JSON array), in job-list order. */
 json_t *nllmd_device_jobs_json(nllmd_t *d, int k);
