@@ -547,6 +547,9 @@ static void print_status(const json_t *st)
     long long ndiv = (long long)nllm_j_int(st, "divergences", 0);
     if (ndiv > 0)
         printf("divergences:     %lld since the last start or resume (see events)\n", ndiv);
+    long long nfault = (long long)nllm_j_int(st, "device_faults", 0);
+    if (nfault > 0)
+        printf("device faults:   %lld since the last start or resume (see events)\n", nfault);
     const char *e = nllm_j_str(st, "error", NULL);
     if (e && *e)
         printf("error:           %s\n", e);
@@ -1166,7 +1169,45 @@ static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
             table_row(&t, nm, nllm_j_str(d, "kind", "-"), jobs, fr, to);
         }
         table_print(&t);
+        json_array_foreach(devs, i, d)
+        {
+            if (nllm_j_bool(d, "healthy", 1))
+                continue;
+            const char *nm = nllm_j_str(d, "name", "?");
+            printf("device %s is UNHEALTHY (out of service, no job is placed on it): %s\n"
+                   "  after fixing the cause: nllmctl device reset %s\n",
+                   nm, nllm_j_str(d, "fault", "device fault"), nm);
+        }
     }
+    json_decref(res);
+    return EXIT_OK;
+}
+
+static int cmd_device(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_opts(g, c, argc, argv, plain_long, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    int npos = argc - optind;
+    if (npos < 1)
+        return usage_error(c, "missing the action (reset)");
+    if (strcmp(argv[optind], "reset") != 0)
+        return usage_error(c, "unknown action \"%s\": use reset", argv[optind]);
+    if (npos < 2)
+        return usage_error(c, "missing the DEVICE (cpu or cuda:N)");
+    if (npos > 2)
+        return usage_error(c, "unexpected argument \"%s\"", argv[optind + 2]);
+    json_t *res;
+    const char *dev = argv[optind + 1];
+    if ((rc = call_json_or_text(g, "device_reset", json_pack("{ss}", "device", dev), &res)) ||
+        !res)
+        return rc;
+    if (nllm_j_bool(res, "was_healthy", 1))
+        printf("Device %s was healthy: nothing to reset.\n", nllm_j_str(res, "device", dev));
+    else
+        printf("Device %s is back in service (its fault: %s).\nQueued jobs may run on it "
+               "again.\n",
+               nllm_j_str(res, "device", dev), nllm_j_str(res, "fault", "?"));
     json_decref(res);
     return EXIT_OK;
 }
@@ -1786,7 +1827,10 @@ static const cmd_t commands[] = {
      "                       num_epochs batch_size learning_rate beta1 beta2 eps\n"
      "                       weight_decay clip patience min_delta reset_patience seed\n"
      "                       save_every keep on_divergence divergence_lr_factor\n"
-     "                       divergence_retries device threads precision)\n"
+     "                       divergence_retries on_device_fault device threads\n"
+     "                       precision; on_device_fault requeue|fail: after a device\n"
+     "                       fault, queue the job again from its latest checkpoint for a\n"
+     "                       healthy device, at most 3 times (default), or fail)\n"
      "  --watch              then follow the job like `nllmctl watch NAME`\n"
      "\n"
      "A bad flag value or a missing data file is a usage error (exit 2).\n"},
@@ -1797,7 +1841,7 @@ static const cmd_t commands[] = {
      "Prints `key: value` lines: state, epoch, step, losses, best validation loss,\n"
      "device (and the jobs sharing it), precision, peak device memory, attempt,\n"
      "divergences (non-finite gradient norms since the last start or resume, when\n"
-     "any), error, times, and the full configuration.\n"},
+     "any), device faults (likewise), error, times, and the full configuration.\n"},
     {"watch", cmd_watch, "watch NAME", "follow a job's training live",
      "Draws the training display: a header (model dims, parameters, device), then per\n"
      "epoch `Epoch N/M`, a progress bar with percent, elapsed time, ETA and the running\n"
@@ -1877,6 +1921,12 @@ static const cmd_t commands[] = {
      "Prints the daemon version, protocol, maximum concurrent jobs (in all and per\n"
      "device), whether TCP clients must authenticate, and each device with the jobs\n"
      "running on it.\n"},
+    {"device", cmd_device, "device reset DEVICE", "put a device back in service after a fault",
+     "A device fault (a GPU's ECC error, illegal address, launch failure, lost device)\n"
+     "takes the device out of service: no job is placed on it until it is reset here\n"
+     "(or nllmd restarts), and `hello` shows it UNHEALTHY. `device reset cuda:N` runs\n"
+     "cudaDeviceReset and puts it back; queued jobs may then run there. Refused while\n"
+     "jobs run on the device: pause or stop them first, or wait until they end.\n"},
     {"shutdown", cmd_shutdown, "shutdown", "stop the daemon",
      "Pauses every running job at a step boundary (state interrupted) and exits.\n"},
     {"version", cmd_version, "version", "print nllmctl's (and the daemon's) version",

@@ -12,6 +12,7 @@
 #include <string.h>
 
 typedef enum { F_I32, F_F32, F_F64, F_U64, F_PATH, F_TOK, F_CLIP, F_BOOL, F_DEV, F_PREC, F_DIV,
+               F_FAULT,
                F_FRAC /* a double in the open range (lo, hi) */ } ftype_t;
 
 typedef struct {
@@ -63,6 +64,9 @@ static const field_t fields[] = {
      "learning-rate factor of each rollback"},
     {"divergence_retries", F_I32, OFF(divergence_retries), 0, 100, 0,
      "rollbacks before a diverging job fails"},
+    {"on_device_fault", F_FAULT, OFF(on_device_fault), 0, 0, 0,
+     "when the job's device faults: requeue (from the latest checkpoint, onto a healthy "
+     "device; at most 3 times) or fail"},
     {"device", F_DEV, OFF(device), 0, 0, 0, "cpu, cuda:N, or empty for any free device"},
     {"threads", F_I32, OFF(threads), 0, 4096, 0, "CPU threads (0: all)"},
     {"precision", F_PREC, OFF(precision), 0, 0, 0,
@@ -113,6 +117,7 @@ void nllm_job_config_defaults(nllm_job_config_t *c)
     c->on_divergence = NLLM_DIV_ROLLBACK;
     c->divergence_lr_factor = 0.5;
     c->divergence_retries = 3;
+    c->on_device_fault = NLLM_FAULT_REQUEUE;
     c->threads = 0;
     c->precision = NLLM_PREC_FP32;
 }
@@ -303,6 +308,15 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
             return nllm_err_set(err, NLLM_EINVAL,
                                 "%s must be rollback or fail, not \"%.64s\"", f->key, v);
         return 0;
+    case F_FAULT:
+        if (strcmp(v, "requeue") == 0)
+            c->on_device_fault = NLLM_FAULT_REQUEUE;
+        else if (strcmp(v, "fail") == 0)
+            c->on_device_fault = NLLM_FAULT_FAIL;
+        else
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "%s must be requeue or fail, not \"%.64s\"", f->key, v);
+        return 0;
     case F_PREC: {
         nllm_precision_t p;
         if (nllm_precision_parse(v, &p, NULL) < 0)
@@ -407,6 +421,9 @@ static void field_text(const nllm_job_config_t *c, const field_t *f, char *buf, 
     case F_DIV:
         snprintf(buf, n, "%s", c->on_divergence == NLLM_DIV_FAIL ? "fail" : "rollback");
         break;
+    case F_FAULT:
+        snprintf(buf, n, "%s", c->on_device_fault == NLLM_FAULT_FAIL ? "fail" : "requeue");
+        break;
     }
 }
 
@@ -453,6 +470,7 @@ json_t *nllm_job_config_to_json(const nllm_job_config_t *c)
         case F_CLIP:
         case F_PREC:
         case F_DIV:
+        case F_FAULT:
             field_text(c, f, buf, sizeof buf);
             v = f->type == F_CLIP && c->clip_mode == NLLM_CLIP_FIXED ? json_real(c->clip_value)
                                                                      : json_string(buf);

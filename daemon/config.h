@@ -24,6 +24,9 @@ typedef enum { NLLM_CLIP_REFERENCE = 0, NLLM_CLIP_FIXED = 1, NLLM_CLIP_NONE = 2 
 /* What nllmd does when a step's gradient norm is not finite. */
 typedef enum { NLLM_DIV_ROLLBACK = 0, NLLM_DIV_FAIL = 1 } nllm_div_mode_t;
 
+/* What nllmd does when the job's device faults (NLLM_EDEVICE, backend.h). */
+typedef enum { NLLM_FAULT_REQUEUE = 0, NLLM_FAULT_FAIL = 1 } nllm_fault_mode_t;
+
 typedef struct {
     nllm_model_config_t model;
     /* data */
@@ -49,6 +52,9 @@ typedef struct {
     nllm_div_mode_t on_divergence;
     double divergence_lr_factor; /* (0, 1) */
     int32_t divergence_retries;  /* 0 .. 100 */
+    /* device fault (nllmd): queue the job again from its latest checkpoint
+     * for a healthy device (at most NLLMD_MAX_FAULT_REQUEUES times), or fail */
+    nllm_fault_mode_t on_device_fault;
     /* placement */
     char device[32];          /* "cpu", "cuda:0", or "" = any free device */
     int32_t threads;          /* CPU threads; 0 = all */

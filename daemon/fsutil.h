@@ -87,7 +87,10 @@ void nllm_fs_fault_clear_all(void);
  * The environment variable NLLM_FS_FAULT is applied this way once, at the
  * first file operation. Returns NLLM_EINVAL for a bad spec (nothing set).
  * (The trainer's test hook NLLM_TRAINER_FAULT=diverge@step:N makes a
- * training step diverge for real: see nllm_trainer_diverged in trainer.h.) */
+ * training step diverge for real: see nllm_trainer_diverged in trainer.h.
+ * The backends' NLLM_BACKEND_FAULT=device@sync:N[:K] makes the Nth sync of
+ * a backend, and every later one, fail with a sticky NLLM_EDEVICE, as a
+ * GPU fault does: see nllm_backend_fault_parse in kernels/backend.h.) */
 int nllm_fs_fault_parse(const char *spec, nllm_err_t *err);
 /* Cap each write(2) of nllm_fs_write_all at cap bytes to exercise the
  * short-write path (0 = no cap). */

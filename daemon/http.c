@@ -654,6 +654,17 @@ static void metrics_text(nllmd_http_t *s, buf_t *b)
     for (int v = 0; v < d->ndevices; v++)
         sample(b, "nllm_device_job_slots", "device", d->devices[v].name, "kind",
                d->devices[v].kind, d->opt.jobs_per_device);
+    family(b, "nllm_device_healthy", "gauge",
+           "0 while the device is out of service after a device fault (no job is placed on it "
+           "until `nllmctl device reset`), else 1.");
+    for (int v = 0; v < d->ndevices; v++)
+        sample(b, "nllm_device_healthy", "device", d->devices[v].name, "kind",
+               d->devices[v].kind, !d->devices[v].unhealthy);
+    family(b, "nllm_device_faults_total", "counter",
+           "Device faults (a job's backend failed with a device error) since nllmd started.");
+    for (int v = 0; v < d->ndevices; v++)
+        sample(b, "nllm_device_faults_total", "device", d->devices[v].name, "kind",
+               d->devices[v].kind, (double)d->devices[v].faults);
     family(b, "nllm_device_memory_total_bytes", "gauge", "Device memory (GPUs only).");
     for (int v = 0; v < d->ndevices; v++)
         if (d->devices[v].mem_total)
@@ -742,9 +753,10 @@ static json_t *daemon_json(nllmd_t *d)
         nllmd_device_t *v = &d->devices[k];
         json_t *jobs = nllmd_device_jobs_json(d, k);
         json_t *first = json_array_get(jobs, 0);
-        json_array_append_new(devs, json_pack("{s:s,s:s,s:s,s:O,s:o}", "name", v->name, "kind",
-                                              v->kind, "model", v->gpu, "busy",
-                                              first ? first : json_null(), "jobs", jobs));
+        json_t *o = json_pack("{s:s,s:s,s:s,s:O,s:o}", "name", v->name, "kind", v->kind, "model",
+                              v->gpu, "busy", first ? first : json_null(), "jobs", jobs);
+        nllmd_device_health_json(v, o);
+        json_array_append_new(devs, o);
     }
     return json_pack("{s:s,s:f,s:i,s:o,s:i,s:i,s:b}", "version", NLLMD_VERSION, "uptime",
                      uv_now(d->loop) / 1000.0 - d->started, "clients", d->nconns, "devices", devs,

@@ -2,7 +2,8 @@
  * device scheduling (up to opt.jobs_per_device jobs per device, placed by
  * place.c), the job thread that trains, the checkpoint writer thread beside
  * it, and the loop-side handling of what they report (a run that diverged
- * is rolled back there: divergence_rollback).
+ * is rolled back there: divergence_rollback; a device fault takes the
+ * device out of service and requeues the job: device_fault).
  *
  * Order of a checkpoint: the training thread copies the state to host
  * memory (snapshot) and goes on; the writer thread writes the file (temp,
@@ -140,6 +141,7 @@ json_t *nllmd_job_status_json(nllm_job_t *j)
     json_object_set_new(o, "error", j->error[0] ? json_string(j->error) : json_null());
     json_object_set_new(o, "attempt", json_integer(j->attempt));
     json_object_set_new(o, "divergences", json_integer(j->ndiv));
+    json_object_set_new(o, "device_faults", json_integer(j->nfault));
     json_object_set_new(o, "created", json_real(j->created));
     json_object_set_new(o, "updated", json_real(j->updated));
     json_object_set_new(o, "config", nllm_job_config_to_json(&j->cfg));
@@ -520,7 +522,8 @@ static int is_gpu(const nllmd_device_t *v)
 
 /* The devices as place.c sees them: jobs per device, and each GPU's free
  * memory read now, less what the jobs launched there and not yet allocated
- * will take. */
+ * will take; a device out of service after a fault is excluded (a job
+ * that may use no other one waits). */
 static void place_snapshot(nllmd_t *d, nllmd_place_dev_t *pd)
 {
     for (int k = 0; k < d->ndevices; k++) {
@@ -531,7 +534,7 @@ static void place_snapshot(nllmd_t *d, nllmd_place_dev_t *pd)
             v->mem_free = freeb;
         }
         pd[k] = (nllmd_place_dev_t){v->name, is_gpu(v), v->njobs, is_gpu(v) ? v->mem_total : 0,
-                                    is_gpu(v) ? v->mem_free : 0, 0};
+                                    is_gpu(v) ? v->mem_free : 0, v->unhealthy};
     }
     for (nllm_job_t *j = d->jobs; j; j = j->next)
         if (j->mem_pending && j->device >= 0) {
@@ -602,7 +605,8 @@ void nllmd_schedule(nllmd_t *d)
         nllmd_place_dev_t pj[NLLMD_MAX_DEVICES];
         for (int v = 0; v < d->ndevices; v++) {
             pj[v] = pd[v];
-            pj[v].excluded = !((d->devices[v].precisions >> j->cfg.precision) & 1u);
+            pj[v].excluded =
+                pd[v].excluded || !((d->devices[v].precisions >> j->cfg.precision) & 1u);
         }
         int k = nllmd_place(pj, d->ndevices, j->cfg.device, d->opt.jobs_per_device, need, why,
                             sizeof why);
@@ -822,6 +826,144 @@ static int divergence_rollback(nllm_job_t *j, nllmd_ev_t *e)
     return 0;
 }
 
+/* ---- device faults ------------------------------------------------------------ */
+
+void nllmd_device_health_json(const nllmd_device_t *v, json_t *o)
+{
+    json_object_set_new(o, "healthy", json_boolean(!v->unhealthy));
+    json_object_set_new(o, "fault", v->unhealthy ? json_string(v->fault) : json_null());
+    json_object_set_new(o, "fault_job", v->unhealthy ? json_string(v->fault_job) : json_null());
+    json_object_set_new(o, "fault_time", v->unhealthy ? json_real(v->fault_time) : json_null());
+    json_object_set_new(o, "faults", json_integer((json_int_t)v->faults));
+}
+
+/* Job j's run on device k ended with a device fault (e->rc == NLLM_EDEVICE),
+ * on the loop before the job is marked failed: the device goes out of
+ * service (no job is placed on it until nllmd_device_reset), event
+ * device_fault. With on_device_fault = requeue and requeues left, the job
+ * is queued again from its latest checkpoint (none: where it started), as
+ * a client's resume would queue it, keeping the fault as its error until
+ * it runs again: event requeued; returns 1. Otherwise returns 0 with
+ * e->err the failure (why it was not requeued, then the fault). Nothing
+ * written is touched: a snapshot whose sync failed was never written, so
+ * the checkpoints are those of before the fault. */
+static int device_fault(nllm_job_t *j, int k, nllmd_ev_t *e)
+{
+    nllmd_t *d = j->d;
+    nllmd_device_t *v = &d->devices[k];
+    const nllm_job_config_t *c = &j->cfg;
+    v->faults++;
+    if (!v->unhealthy) {
+        v->unhealthy = 1;
+        snprintf(v->fault, sizeof v->fault, "%s", e->err.msg);
+        snprintf(v->fault_job, sizeof v->fault_job, "%s", j->name);
+        v->fault_time = wall_now();
+        nllmd_log(d, j->name,
+                  "device %s faulted and is out of service until `nllmctl device reset %s` or a "
+                  "restart of nllmd: %s",
+                  v->name, v->name, e->err.msg);
+    }
+    int n = ++j->nfault;
+    nllmd_job_event(j, "device_fault",
+                    "%s (device fault %d; %s is out of service until `nllmctl device reset %s`)",
+                    e->err.msg, n, v->name, v->name);
+    char why[256];
+    if (c->on_device_fault != NLLM_FAULT_REQUEUE) {
+        snprintf(why, sizeof why, "on_device_fault is fail");
+    } else if (n > NLLMD_MAX_FAULT_REQUEUES) {
+        snprintf(why, sizeof why, "its %d requeues after device faults are used up",
+                 NLLMD_MAX_FAULT_REQUEUES);
+    } else {
+        nllm_job_origin_t o = {0};
+        nllm_catalog_ckpt_t ck;
+        nllm_err_t err;
+        int64_t from_epoch = 0, from_step = 0;
+        int rc = nllm_catalog_ckpt_find(d->cat, j->name, "latest", &ck, &err);
+        if (rc == 0) {
+            snprintf(o.path, sizeof o.path, "%s", ck.path);
+            o.checksum = strtoull(ck.checksum, NULL, 16);
+            snprintf(o.label, sizeof o.label, "%s", ck.name);
+            from_epoch = ck.epoch;
+            from_step = ck.step;
+            nllm_catalog_ckpt_free(&ck);
+        } else if (rc == NLLM_ENOENT && !j->init_unknown) {
+            rc = 0;
+            o = j->init_origin; /* never checkpointed: where it started */
+        } else if (rc == NLLM_ENOENT) {
+            nllm_err_set(&err, NLLM_ENOENT,
+                         "it has no checkpoint, and the checkpoint it was started from is not "
+                         "known since the daemon restarted");
+        }
+        if (rc == 0)
+            rc = requeue(j, &o, from_epoch, NULL, &err);
+        if (rc == 0) {
+            nllmd_job_event(j, "requeued",
+                            "device fault on %s: queued again from %s (epoch %lld, step %lld) "
+                            "for a healthy device (requeue %d of %d)",
+                            v->name, o.path[0] ? o.label : "the start", (long long)from_epoch,
+                            (long long)from_step, n, NLLMD_MAX_FAULT_REQUEUES);
+            job_set_state(j, "queued", e->err.msg); /* the fault stays its error until it runs */
+            j->error_code = NLLM_EDEVICE;
+            if (d->oneshot == j && !d->shutting_down) {
+                /* nllmd run: nobody resets the device; a new run (a restart)
+                 * finds it healthy and the job queued */
+                d->exit_code = 75;
+                nllmd_begin_shutdown(d, "device fault: run again with --resume");
+            }
+            return 1;
+        }
+        snprintf(why, sizeof why, "the requeue failed (%.200s)", err.msg);
+    }
+    char msg[NLLM_ERR_MSG_MAX];
+    snprintf(msg, sizeof msg, "%s; not requeued: %s", e->err.msg, why);
+    snprintf(e->err.msg, sizeof e->err.msg, "%s", msg);
+    return 0;
+}
+
+int nllmd_device_reset(nllmd_t *d, const char *name, json_t **res, nllm_err_t *err)
+{
+    int k = 0;
+    while (k < d->ndevices && strcmp(d->devices[k].name, name) != 0)
+        k++;
+    if (k == d->ndevices) {
+        char list[512] = "";
+        size_t used = 0;
+        for (int i = 0; i < d->ndevices && used < sizeof list; i++)
+            used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "",
+                                     d->devices[i].name);
+        return nllm_err_set(err, NLLM_ENOENT, "no device \"%.64s\": this nllmd has %s", name,
+                            list);
+    }
+    nllmd_device_t *v = &d->devices[k];
+    if (v->njobs > 0) {
+        char names[512] = "";
+        size_t used = 0;
+        for (nllm_job_t *j = d->jobs; j && used < sizeof names; j = j->next)
+            if (j->device == k)
+                used += (size_t)snprintf(names + used, sizeof names - used, "%s%s",
+                                         used ? ", " : "", j->name);
+        return nllm_err_set(err, NLLM_ESTATE,
+                            "device %s runs %d job%s (%s): a reset needs it idle; pause or stop "
+                            "them first, or wait until they end",
+                            v->name, v->njobs, v->njobs > 1 ? "s" : "", names);
+    }
+    if (v->unhealthy && is_gpu(v)) {
+        int rc = nllm_cuda_device_reset(atoi(v->name + 5), err);
+        if (rc < 0)
+            return rc; /* still out of service */
+    }
+    *res = json_pack("{s:s,s:b,s:o}", "device", v->name, "was_healthy", !v->unhealthy, "fault",
+                     v->unhealthy ? json_string(v->fault) : json_null());
+    if (v->unhealthy)
+        nllmd_log(d, NULL, "device %s reset by an operator: back in service (its fault: %s)",
+                  v->name, v->fault);
+    v->unhealthy = 0;
+    v->fault[0] = v->fault_job[0] = '\0';
+    v->fault_time = 0;
+    nllmd_schedule(d);
+    return 0;
+}
+
 static void handle_event(nllmd_t *d, nllmd_ev_t *e)
 {
     nllm_job_t *j = e->job;
@@ -920,6 +1062,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
     case EV_DONE: {
         uv_thread_join(&j->thread);
         j->thread_live = 0;
+        int dev = j->device;
         if (j->device >= 0)
             d->devices[j->device].njobs--;
         j->device = -1;
@@ -927,7 +1070,8 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         int ckpt_failed = (int)e->ck_step || j->error[0]; /* written, or not recorded */
         int rolled_back = 0;
         int pausing = !strcmp(j->state, "pausing"), stopping = atomic_load(&j->ctl.stop);
-        if (e->rc < 0 && e->diverged && (rolled_back = divergence_rollback(j, e))) {
+        if ((e->rc < 0 && e->diverged && (rolled_back = divergence_rollback(j, e))) ||
+            (e->rc == NLLM_EDEVICE && dev >= 0 && (rolled_back = device_fault(j, dev, e)))) {
             /* queued again, unless a client asked for a pause or stop meanwhile */
             if (stopping)
                 nllmd_job_stop(j, &err);
@@ -936,6 +1080,8 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         } else if (e->rc < 0) {
             nllmd_job_event(j, "failed", "%s", e->err.msg);
             job_set_state(j, "failed", e->err.msg);
+            if (e->rc == NLLM_EDEVICE)
+                j->error_code = NLLM_EDEVICE; /* /metrics: nllm_job_error_info{code="EDEVICE"} */
         } else if (e->result == NLLM_RUN_PAUSED) {
             int shut = atomic_load(&j->shutdown_pause);
             nllmd_job_event(j, shut ? "interrupted" : "paused",
@@ -1590,6 +1736,7 @@ int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *n
     }
     o.reset_patience = reset_patience || (newcfg ? newcfg->reset_patience : j->cfg.reset_patience);
     j->ndiv = 0; /* a client's resume: divergence_retries anew */
+    j->nfault = 0; /* and NLLMD_MAX_FAULT_REQUEUES */
     rc = requeue(j, &o, from_epoch, newcfg, err);
     if (rc == 0)
         nllmd_schedule(d);

@@ -69,11 +69,12 @@ static int m_hello(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t 
         json_t *jobs = nllmd_device_jobs_json(d, k);
         json_t *first = json_array_get(jobs, 0);
         /* busy: the first of jobs, for clients older than jobs_per_device */
-        json_array_append_new(
-            devs, json_pack("{s:s,s:s,s:s,s:O,s:o,s:I,s:I}", "name", v->name, "kind", v->kind,
-                            "model", v->gpu, "busy", first ? first : json_null(), "jobs", jobs,
-                            "memory_total", (json_int_t)v->mem_total, "memory_free",
-                            (json_int_t)v->mem_free));
+        json_t *o = json_pack("{s:s,s:s,s:s,s:O,s:o,s:I,s:I}", "name", v->name, "kind", v->kind,
+                              "model", v->gpu, "busy", first ? first : json_null(), "jobs", jobs,
+                              "memory_total", (json_int_t)v->mem_total, "memory_free",
+                              (json_int_t)v->mem_free);
+        nllmd_device_health_json(v, o);
+        json_array_append_new(devs, o);
     }
     *res = json_pack("{s:i,s:s,s:o,s:i,s:i,s:b,s:f}", "protocol", NLLM_PROTOCOL_VERSION,
                      "daemon", "nllmd " NLLMD_VERSION, "devices", devs, "max_jobs",
@@ -479,6 +480,17 @@ static int m_shutdown(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json
     return 0;
 }
 
+static int m_device_reset(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t **res,
+                          nllm_err_t *err)
+{
+    (void)id;
+    char name[40];
+    if (nllm_rpc_get_strbuf(p, "device", name, sizeof name, 1, err) < 0)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "parameter \"device\" must be a device name: cpu or cuda:N");
+    return nllmd_device_reset(c->d, name, res, err);
+}
+
 static int m_auth(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t **res,
                   nllm_err_t *err)
 {
@@ -707,7 +719,7 @@ static const struct {
     {"checkpoints", m_checkpoints}, {"history", m_history}, {"events", m_events},
     {"verify", m_verify},   {"remove", m_remove},   {"rm", m_remove},
     {"watch", m_watch},     {"unwatch", m_unwatch}, {"generate", m_generate},
-    {"shutdown", m_shutdown},
+    {"shutdown", m_shutdown}, {"device_reset", m_device_reset},
 };
 
 void nllmd_dispatch(nllm_conn_t *c, nllm_rpc_msg_t *msg)

@@ -33,6 +33,9 @@
 #define NLLMD_MESSAGE_TIMEOUT_MS 30000
 #define NLLMD_MAX_WATCH 16                      /* jobs one connection watches */
 #define NLLMD_MAX_DIVERGENCES 101               /* divergence_retries (<= 100) + 1 */
+/* Requeues after device faults (on_device_fault = requeue) since a client
+ * last started or resumed a job; the next fault fails it. */
+#define NLLMD_MAX_FAULT_REQUEUES 3
 
 typedef struct nllmd nllmd_t;
 typedef struct nllm_job nllm_job_t;
@@ -52,6 +55,8 @@ typedef struct nllm_conn nllm_conn_t;
  *        └──── resume / extend ──┴──> queued
  *   running ──(diverged; on_divergence rollback with retries left:
  *              divergence_rollback, a resume at a lower lr)──> queued
+ *   running ──(device fault; on_device_fault requeue with requeues left:
+ *              device_fault in jobs.c, a resume from the latest checkpoint)──> queued
  *
  * A device runs up to opt.jobs_per_device jobs at once, each on its own
  * thread and backend; place.c picks the device. Transitions are made only
@@ -66,6 +71,13 @@ typedef struct {
     unsigned precisions; /* what its backend implements: bit 1 << NLLM_PREC_* */
     int njobs;        /* jobs running on it (j->device == its index), at most
                        * opt.jobs_per_device */
+    /* health: a job's backend reported a device fault (NLLM_EDEVICE) here;
+     * no job is placed on it until nllmd_device_reset (or a restart) */
+    int unhealthy;
+    char fault[NLLM_ERR_MSG_MAX]; /* the first fault's message, "" healthy */
+    char fault_job[NLLM_CATALOG_NAME_MAX + 1];
+    double fault_time;            /* wall clock of that fault */
+    uint64_t faults;              /* device faults since the daemon started */
 } nllmd_device_t;
 
 /* What the job thread starts from. */
@@ -105,6 +117,10 @@ struct nllm_job {
         double grad_norm, lr;
     } div_hist[NLLMD_MAX_DIVERGENCES];
     int ndiv;
+    /* device faults since a client last started or resumed the job (status
+     * `device_faults`); each one but a last beyond NLLMD_MAX_FAULT_REQUEUES
+     * (or with on_device_fault = fail) was requeued */
+    int nfault;
     int refs;                /* thread + loop; freed at 0 */
     int removing;
 
@@ -265,6 +281,12 @@ int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *n
 int nllmd_job_extend(nllm_job_t *j, int64_t num_epochs, nllm_err_t *err);
 int nllmd_job_remove(nllm_job_t *j, int delete_files, int *deleted, nllm_err_t *err);
 void nllmd_schedule(nllmd_t *d);
+/* Puts device `name` back in service after a fault (GPUs: cudaDeviceReset
+ * first). Refused (NLLM_ESTATE) while jobs run on it; NLLM_ENOENT for a
+ * device the daemon does not have. *res: {device, was_healthy, fault}. */
+int nllmd_device_reset(nllmd_t *d, const char *name, json_t **res, nllm_err_t *err);
+/* A device's health as JSON members: healthy, fault, fault_job, fault_time, faults. */
+void nllmd_device_health_json(const nllmd_device_t *v, json_t *o);
 /* Names of the jobs running on device k (a JSON array), in job-list order. */
 json_t *nllmd_device_jobs_json(nllmd_t *d, int k);
 void nllmd_pause_all_for_shutdown(nllmd_t *d);

@@ -1,6 +1,10 @@
 /* backend.c -- picks a backend by device name ("cpu", "cuda:N"). The CUDA
  * constructors come from kernels/cuda/ when the build has CUDA, else from
- * the fallbacks below, which report that this build has no GPU support. */
+ * the fallbacks below, which report that this build has no GPU support.
+ * Also owns the device-fault test hook NLLM_BACKEND_FAULT (backend.h): a
+ * wrapper around the sync of the backends it makes, the same for all. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +43,12 @@ int nllm_cuda_device_info(int dev, char *name, size_t n, uint64_t *total_mem,
     return NLLM_EDEVICE;
 }
 
+int nllm_cuda_device_reset(int dev, nllm_err_t *err)
+{
+    return nllm_err_set(err, NLLM_EDEVICE,
+                        "device cuda:%d: this nllm was built without CUDA support", dev);
+}
+
 int nllm_cuda_graph_stats(struct nllm_backend *be, uint64_t *launches, uint64_t *eager,
                           char *why, size_t n)
 {
@@ -51,20 +61,96 @@ int nllm_cuda_graph_stats(struct nllm_backend *be, uint64_t *launches, uint64_t 
 }
 #endif
 
+/* ---- test hook: NLLM_BACKEND_FAULT (backend.h) --------------------------- */
+
+static struct {
+    pthread_mutex_t mu;
+    uint64_t nth;  /* sync that faults, 0 none */
+    long times;    /* backends to arm, < 0 all */
+    long armed;    /* backends armed so far */
+} fault = {PTHREAD_MUTEX_INITIALIZER, 0, -1, 0};
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+
+static int fault_apply(const char *spec, nllm_err_t *err)
+{
+    unsigned long long n = 0;
+    long k = -1;
+    char tail;
+    int got = spec && *spec ? sscanf(spec, "device@sync:%llu:%ld%c", &n, &k, &tail) : 0;
+    if (spec && *spec && !((got == 1 || got == 2) && n > 0 && (got == 1 || k > 0)))
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "NLLM_BACKEND_FAULT=\"%.64s\" is not valid: use device@sync:N or "
+                            "device@sync:N:K (N, K >= 1)",
+                            spec);
+    pthread_mutex_lock(&fault.mu);
+    fault.nth = got ? (uint64_t)n : 0;
+    fault.times = got == 2 ? k : -1;
+    fault.armed = 0;
+    pthread_mutex_unlock(&fault.mu);
+    return 0;
+}
+
+static void fault_from_env(void)
+{
+    nllm_err_t err;
+    const char *v = getenv("NLLM_BACKEND_FAULT");
+    if (v && *v && fault_apply(v, &err) < 0)
+        fprintf(stderr, "nllm: %s; ignored\n", err.msg);
+}
+
+int nllm_backend_fault_parse(const char *spec, nllm_err_t *err)
+{
+    pthread_once(&fault_once, fault_from_env); /* the environment never overrides this */
+    return fault_apply(spec, err);
+}
+
+/* be->sync while a fault is armed: the backend's own sync, then the
+ * injected fault from the fault_at-th sync on (sticky). */
+static int fault_sync(nllm_backend_t *be, nllm_err_t *err)
+{
+    int rc = be->sync_impl(be, err);
+    if (rc < 0 || be->n_syncs < be->fault_at)
+        return rc;
+    return nllm_err_set(err, NLLM_EDEVICE,
+                        "device %s: injected device fault (NLLM_BACKEND_FAULT: from sync %llu "
+                        "of this backend on)",
+                        be->name, (unsigned long long)be->fault_at);
+}
+
+static void fault_arm(nllm_backend_t *be)
+{
+    pthread_once(&fault_once, fault_from_env);
+    pthread_mutex_lock(&fault.mu);
+    if (fault.nth && (fault.times < 0 || fault.armed < fault.times)) {
+        fault.armed++;
+        be->fault_at = fault.nth;
+        be->sync_impl = be->sync;
+        be->sync = fault_sync;
+    }
+    pthread_mutex_unlock(&fault.mu);
+}
+
+/* ---- construction ----------------------------------------------------------- */
+
 int nllm_backend_create(const char *device, int threads, nllm_backend_t **out, nllm_err_t *err)
 {
+    int rc;
     *out = NULL;
-    if (!device || strcmp(device, "cpu") == 0)
-        return nllm_cpu_backend_create(threads, out, err);
-    if (strncmp(device, "cuda:", 5) == 0) {
+    if (!device || strcmp(device, "cpu") == 0) {
+        rc = nllm_cpu_backend_create(threads, out, err);
+    } else {
         char *end = NULL;
-        long id = strtol(device + 5, &end, 10);
-        if (end != device + 5 && *end == '\0' && id >= 0 && id < 1024)
-            return nllm_cuda_backend_create((int)id, out, err);
+        long id = strncmp(device, "cuda:", 5) == 0 ? strtol(device + 5, &end, 10) : -1;
+        if (!end || end == device + 5 || *end != '\0' || id < 0 || id >= 1024)
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "device \"%s\" is not valid: use cpu or cuda:N (for example "
+                                "cuda:0)",
+                                device);
+        rc = nllm_cuda_backend_create((int)id, out, err);
     }
-    return nllm_err_set(err, NLLM_EINVAL,
-                        "device \"%s\" is not valid: use cpu or cuda:N (for example cuda:0)",
-                        device);
+    if (rc == 0)
+        fault_arm(*out);
+    return rc;
 }
 
 /* ---- precision ----------------------------------------------------------- */

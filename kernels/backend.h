@@ -123,6 +123,11 @@ struct nllm_backend {
     /* Host round trips so far: sync calls and download calls (the
      * sync-free step test counts them). */
     uint64_t n_syncs, n_downloads;
+    /* Fault injection (NLLM_BACKEND_FAULT, see nllm_backend_fault_parse):
+     * the backend's own sync while `sync` is the hook's wrapper, and the
+     * sync count from which every sync fails (0: none). */
+    int (*sync_impl)(nllm_backend_t *be, nllm_err_t *err);
+    uint64_t fault_at;
 
     /* --- recording ---
      * Runs body(ctx), whose ops must be the same, on the same pointers and
@@ -256,8 +261,28 @@ int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err);
 int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_err_t *err);
 int nllm_cuda_available(void);
 
-/* Create by device name: "cpu" or "cuda:N". */
+/* Create by device name: "cpu" or "cuda:N". A backend made here may carry
+ * an injected device fault (below). */
 int nllm_backend_create(const char *device, int threads, nllm_backend_t **out, nllm_err_t *err);
+
+/* ---- device faults ----
+ * NLLM_EDEVICE from sync is a device fault: the device itself failed
+ * (the CUDA backend's sticky errors: ECC, illegal address, launch failure,
+ * device lost, and every other CUDA or cuBLAS error but running out of
+ * memory, which is NLLM_ENOMEM). The daemon takes a device that faulted
+ * out of service until an operator resets it.
+ *
+ * Test hook (process-global): NLLM_BACKEND_FAULT=device@sync:N makes the
+ * Nth sync (1-based) of every backend made by nllm_backend_create, and
+ * every later sync of it, fail with NLLM_EDEVICE "device D: injected
+ * device fault (...)", as a sticky CUDA error does; device@sync:N:K: only
+ * the first K backends this process makes. Works on every backend (the
+ * CPU too: CI tests the daemon's fault handling with it). Read once, at
+ * the first nllm_backend_create; a malformed value is reported on stderr
+ * and ignored. (See also NLLM_FS_FAULT in daemon/fsutil.h.)
+ * nllm_backend_fault_parse applies such a spec now (replacing the
+ * environment's; "" clears it; NLLM_EINVAL for a bad spec, nothing set). */
+int nllm_backend_fault_parse(const char *spec, nllm_err_t *err);
 
 /* Selects the GEMM precision of every later op. A precision the backend
  * does not implement is NLLM_EINVAL with a message naming the device and

@@ -306,6 +306,30 @@ static void test_precision(void)
           buf);
 }
 
+static void test_device_fault_key(void)
+{
+    nllm_job_config_t c;
+    nllm_job_config_defaults(&c);
+    CHECK(c.on_device_fault == NLLM_FAULT_REQUEUE, "on_device_fault defaults to requeue");
+    expect_bad("on_device_fault", "retry", "requeue or fail");
+    const char *text = "on_device_fault = fail\n";
+    nllm_err_t err;
+    CHECK(nllm_job_config_parse_text(text, strlen(text), "job.ini", &c, &err) == 0 &&
+              c.on_device_fault == NLLM_FAULT_FAIL,
+          "on_device_fault in a job file: %s", err.msg);
+    json_t *j = nllm_job_config_to_json(&c);
+    CHECK(strcmp(json_string_value(json_object_get(j, "on_device_fault")), "fail") == 0,
+          "on_device_fault in JSON");
+    nllm_job_config_t d;
+    nllm_job_config_defaults(&d);
+    CHECK(nllm_job_config_from_json(j, &d, &err) == 0 && d.on_device_fault == NLLM_FAULT_FAIL,
+          "on_device_fault round-trips JSON");
+    json_decref(j);
+    CHECK(nllm_job_config_set(&d, "on_device_fault", "requeue", &err) == 0 &&
+              d.on_device_fault == NLLM_FAULT_REQUEUE,
+          "on_device_fault set (--set): %s", err.msg);
+}
+
 static void test_divergence_keys(void)
 {
     nllm_job_config_t c;
@@ -376,5 +400,6 @@ int main(void)
     RUN(test_precision);
     RUN(test_diff_and_clip);
     RUN(test_divergence_keys);
+    RUN(test_device_fault_key);
     return TEST_REPORT();
 }

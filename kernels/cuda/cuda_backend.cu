@@ -741,6 +741,28 @@ extern "C" int nllm_cuda_device_info(int dev, char *name, size_t n, uint64_t *to
     return 0;
 }
 
+extern "C" int nllm_cuda_device_reset(int dev, nllm_err_t *err)
+{
+    if (dev < 0 || dev >= nllm_cuda_device_count())
+        return nllm_err_set(err, NLLM_EDEVICE, "device cuda:%d does not exist", dev);
+    int prev = 0;
+    cudaError_t e = cudaGetDevice(&prev);
+    if (e == cudaSuccess)
+        e = cudaSetDevice(dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceReset();
+    if (prev != dev)
+        (void)cudaSetDevice(prev);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return nllm_err_set(err, NLLM_EDEVICE,
+                            "device cuda:%d: the reset failed: %s (%s); check the GPU with "
+                            "nvidia-smi, or restart nllmd",
+                            dev, cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    return 0;
+}
+
 /* ---- construction ---------------------------------------------------------- */
 
 extern "C" int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_err_t *err)

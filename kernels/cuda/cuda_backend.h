@@ -29,6 +29,11 @@ int nllm_cuda_device_count(void);
 int nllm_cuda_device_info(int dev, char *name, size_t n, uint64_t *total_mem,
                           uint64_t *free_mem);
 
+/* Destroys device dev's primary context (cudaDeviceReset), which clears a
+ * sticky error there, so that later backends on dev start clean. No
+ * backend may exist on dev meanwhile. 0 or NLLM_EDEVICE (message in err). */
+int nllm_cuda_device_reset(int dev, nllm_err_t *err);
+
 /* How the CUDA backend be ran its recorded bodies (be->record): graph
  * launches, eager runs (warm-ups and bodies that could not be captured),
  * and why the last capture failed ("" when none did). NLLM_EDEVICE when be

@@ -106,6 +106,13 @@ _nllmctl()
                 2>/dev/null </dev/null | _nllmctl_json_names)" -- "$cur"))
         fi
         ;;
+    device)
+        if ((${#pos[@]} == 0)); then
+            COMPREPLY=($(compgen -W "reset" -- "$cur"))
+        elif ((${#pos[@]} == 1)); then
+            COMPREPLY=($(compgen -W "cpu cuda:0 cuda:1 cuda:2 cuda:3" -- "$cur"))
+        fi
+        ;;
     esac
 }
 complete -F _nllmctl nllmctl
