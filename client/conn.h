@@ -3,7 +3,8 @@
  * side runs `nllmctl proxy`), one proto/rpc.h decoder, and a call helper
  * that waits for its response while queueing the notifications that arrive
  * meanwhile (watch reads them later). Values cross this layer as jansson
- * JSON (msgpack <-> JSON here). Callers: client/nllmctl.c and client/watch.c. No global state.
+ * JSON (msgpack <-> JSON here). Callers: client/nllmctl.c and
+ * client/watch.c. No global state.
  */
 #ifndef NLLM_CLIENT_CONN_H
 #define NLLM_CLIENT_CONN_H
