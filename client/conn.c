@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -147,7 +148,9 @@ int nllm_conn_open_cmd(nllm_conn_t *c, char *const argv[], const char *where,
     if (conn_init(c, err))
         return NLLM_CALL_CONNECT;
     snprintf(c->where, sizeof c->where, "%s", where);
-    char tmpl[] = "/tmp/nllmctl-ssh-XXXXXX";
+    char tmpl[PATH_MAX];
+    const char *tmpdir = getenv("TMPDIR");
+    snprintf(tmpl, sizeof tmpl, "%s/nllmctl-ssh-XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
     int sv[2], efd = mkostemp(tmpl, O_CLOEXEC);
     if (efd < 0) {
         nllm_err_set(err, NLLM_EIO, "cannot reach nllmd on %s: temporary file: %s", where,
