@@ -2,21 +2,28 @@
  * Invariant: every decoded message is filed at once: a response in the
  * response list until its caller waits for it (responses may come out of
  * order, and start + watch are pipelined), a notification in the note
- * queue in arrival order.
+ * queue in arrival order. An ssh transport's process lives exactly as long
+ * as the connection: nllm_conn_close closes our end (ssh sees EOF and ends
+ * the remote proxy) and reaps it.
  */
 #include "conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CLIENT_MAX_MSG ((size_t)256 << 20) /* responses (history --all) can be big */
@@ -26,6 +33,7 @@ static int conn_init(nllm_conn_t *c, nllm_err_t *err)
 {
     memset(c, 0, sizeof *c);
     c->fd = -1;
+    c->ssh_errfd = -1;
     c->next_msgid = 1;
     nllm_rpc_limits_t lim;
     nllm_rpc_limits_default(&lim);
@@ -134,11 +142,110 @@ int nllm_conn_open_tcp(nllm_conn_t *c, const char *hostport, nllm_err_t *err)
     return NLLM_CALL_OK;
 }
 
+int nllm_conn_open_cmd(nllm_conn_t *c, char *const argv[], const char *where,
+                       nllm_err_t *err)
+{
+    if (conn_init(c, err))
+        return NLLM_CALL_CONNECT;
+    snprintf(c->where, sizeof c->where, "%s", where);
+    char tmpl[PATH_MAX];
+    const char *tmpdir = getenv("TMPDIR");
+    snprintf(tmpl, sizeof tmpl, "%s/nllmctl-ssh-XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
+    int sv[2], efd = mkostemp(tmpl, O_CLOEXEC);
+    if (efd < 0) {
+        nllm_err_set(err, NLLM_EIO, "cannot reach nllmd on %s: temporary file: %s", where,
+                     strerror(errno));
+        return NLLM_CALL_CONNECT;
+    }
+    unlink(tmpl);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        nllm_err_set(err, NLLM_EIO, "cannot reach nllmd on %s: socketpair: %s", where,
+                     strerror(errno));
+        close(efd);
+        return NLLM_CALL_CONNECT;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        nllm_err_set(err, NLLM_EIO, "cannot reach nllmd on %s: fork: %s", where,
+                     strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        close(efd);
+        return NLLM_CALL_CONNECT;
+    }
+    if (pid == 0) { /* dup2 clears close-on-exec on 0, 1, 2 */
+        if (dup2(sv[1], 0) < 0 || dup2(sv[1], 1) < 0 || dup2(efd, 2) < 0)
+            _exit(127);
+        signal(SIGPIPE, SIG_DFL);
+        execvp(argv[0], argv);
+        dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(sv[1]);
+    c->fd = sv[0];
+    c->ssh_pid = (int)pid;
+    c->ssh_errfd = efd;
+    return NLLM_CALL_OK;
+}
+
+/* Waits up to ms for the ssh process; returns its wait status or -1. */
+static int reap_ssh(nllm_conn_t *c, int ms)
+{
+    if (c->ssh_pid <= 0)
+        return -1;
+    for (int waited = 0;; waited += 10) {
+        int st;
+        pid_t r = waitpid((pid_t)c->ssh_pid, &st, WNOHANG);
+        if (r == (pid_t)c->ssh_pid || (r < 0 && errno != EINTR)) {
+            c->ssh_pid = 0;
+            return r < 0 ? -1 : st;
+        }
+        if (waited >= ms)
+            return -1;
+        nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
+    }
+}
+
+/* The ssh transport ended (EOF or a write error): explain it with ssh's exit
+ * status and the last line it wrote to stderr. */
+static void ssh_ended(nllm_conn_t *c, nllm_err_t *err)
+{
+    int st = reap_ssh(c, 5000);
+    char buf[4096] = "", how[64] = "";
+    if (c->ssh_errfd >= 0) {
+        off_t end = lseek(c->ssh_errfd, 0, SEEK_END);
+        off_t from = end > (off_t)sizeof buf - 1 ? end - (off_t)sizeof buf + 1 : 0;
+        ssize_t n = pread(c->ssh_errfd, buf, sizeof buf - 1, from);
+        buf[n > 0 ? n : 0] = '\0';
+    }
+    size_t n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    const char *last = strrchr(buf, '\n');
+    last = last ? last + 1 : buf;
+    if (st >= 0 && WIFEXITED(st))
+        snprintf(how, sizeof how, "ssh exited %d", WEXITSTATUS(st));
+    else if (st >= 0 && WIFSIGNALED(st))
+        snprintf(how, sizeof how, "ssh was killed by signal %d", WTERMSIG(st));
+    else
+        snprintf(how, sizeof how, "ssh closed the connection");
+    nllm_err_set(err, NLLM_EIO, "%s nllmd on %s: %s%s%s",
+                 c->got_bytes ? "lost the connection to" : "cannot reach", c->where, how,
+                 *last ? ": " : "", last);
+}
+
 void nllm_conn_close(nllm_conn_t *c)
 {
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
+    if (c->ssh_pid > 0 && reap_ssh(c, 2000) < 0 && c->ssh_pid > 0) {
+        kill((pid_t)c->ssh_pid, SIGTERM);
+        reap_ssh(c, 2000);
+    }
+    if (c->ssh_errfd >= 0)
+        close(c->ssh_errfd);
+    c->ssh_errfd = -1;
     nllm_rpc_decoder_close(&c->dec);
     nllm_conn_note_t *lists[2] = {c->head, c->rhead};
     for (int i = 0; i < 2; i++)
@@ -159,8 +266,11 @@ int nllm_conn_send(nllm_conn_t *c, const void *buf, size_t len, nllm_err_t *err)
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            nllm_err_set(err, NLLM_EIO, "writing to nllmd at %s: %s", c->where,
-                         strerror(errno));
+            if (c->ssh_errfd >= 0)
+                ssh_ended(c, err);
+            else
+                nllm_err_set(err, NLLM_EIO, "writing to nllmd at %s: %s", c->where,
+                             strerror(errno));
             return NLLM_CALL_LOST;
         }
         p += w;
@@ -343,9 +453,15 @@ static int fill(nllm_conn_t *c, int timeout_ms, nllm_err_t *err)
             return NLLM_CALL_TIMEOUT;
         char buf[65536];
         ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0 && c->ssh_errfd >= 0 && c->interrupt && *c->interrupt)
+            return NLLM_CALL_INTERRUPTED; /* Ctrl-C reached ssh too: a detach */
+        if (n <= 0 && c->ssh_errfd >= 0) {
+            ssh_ended(c, err);
+            return NLLM_CALL_LOST;
+        }
         if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
             nllm_err_set(err, NLLM_EIO, "reading from nllmd at %s: %s", c->where,
                          strerror(errno));
             return NLLM_CALL_LOST;
@@ -354,6 +470,7 @@ static int fill(nllm_conn_t *c, int timeout_ms, nllm_err_t *err)
             nllm_err_set(err, NLLM_EIO, "nllmd at %s closed the connection", c->where);
             return NLLM_CALL_LOST;
         }
+        c->got_bytes = 1;
         if (nllm_rpc_feed(&c->dec, buf, (size_t)n) < 0) {
             nllm_err_set(err, NLLM_EIO, "reading from nllmd at %s: out of memory or bad data",
                          c->where);

@@ -1,8 +1,10 @@
 /* conn.h -- nllmctl's connection to nllmd: a blocking Unix or TCP socket,
- * one proto/rpc.h decoder, and a call helper that waits for its response
- * while queueing the notifications that arrive meanwhile (watch reads them
- * later). Values cross this layer as jansson JSON (msgpack <-> JSON here).
- * Callers: client/nllmctl.c and client/watch.c. No global state.
+ * or a socketpair to an ssh process's stdin and stdout (ssh://; the remote
+ * side runs `nllmctl proxy`), one proto/rpc.h decoder, and a call helper
+ * that waits for its response while queueing the notifications that arrive
+ * meanwhile (watch reads them later). Values cross this layer as jansson
+ * JSON (msgpack <-> JSON here). Callers: client/nllmctl.c and
+ * client/watch.c. No global state.
  */
 #ifndef NLLM_CLIENT_CONN_H
 #define NLLM_CLIENT_CONN_H
@@ -32,7 +34,10 @@ typedef struct nllm_conn_note {
 
 typedef struct {
     int fd;
-    char where[512];           /* "/run/nllm/nllmd.sock" or "host:port", for messages */
+    char where[512];           /* "/run/nllm/nllmd.sock", "host:port" or "ssh://u@h:p" */
+    int ssh_pid;               /* ssh transport: the ssh process (else 0) */
+    int ssh_errfd;             /* ssh transport: unlinked file holding ssh's stderr */
+    int got_bytes;             /* anything read yet (for the ssh error's wording) */
     uint32_t next_msgid;
     nllm_rpc_decoder_t dec;
     nllm_conn_note_t *head, *tail;   /* notifications not yet read */
@@ -44,6 +49,14 @@ typedef struct {
  * Both return NLLM_CALL_OK or NLLM_CALL_CONNECT. */
 int nllm_conn_open_unix(nllm_conn_t *c, const char *path, nllm_err_t *err);
 int nllm_conn_open_tcp(nllm_conn_t *c, const char *hostport, nllm_err_t *err);
+/* Run argv (argv[0] is looked up in PATH: ssh and its arguments, ending in
+ * the remote `nllmctl proxy`) with its stdin and stdout connected to c and
+ * its stderr kept for messages; where names the host ("ssh://user@box").
+ * The ssh process is reaped by nllm_conn_close. Whether the far end is
+ * reachable shows on the first read: a lost connection then reports
+ * "cannot reach nllmd on WHERE: ssh exited N: <ssh's last stderr line>". */
+int nllm_conn_open_cmd(nllm_conn_t *c, char *const argv[], const char *where,
+                       nllm_err_t *err);
 void nllm_conn_close(nllm_conn_t *c);
 
 /* Send [0, id, method, [params]] (params NULL: an empty params array; else

@@ -3,18 +3,23 @@
  * result as text or --json. Exit codes: 0 ok, 1 the daemon answered with an
  * error (its message is printed), 2 usage error, 3 cannot connect (or the
  * connection was lost). Owns only argument handling and printing; the wire
- * and the watch display live in conn.c and watch.c.
+ * and the watch display live in conn.c and watch.c. `--host ssh://...` runs
+ * ssh to a remote `nllmctl proxy`, which splices its stdin and stdout to the
+ * remote daemon's Unix socket (cmd_proxy, at the end of the commands).
  */
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,7 +36,7 @@
 enum { EXIT_OK = 0, EXIT_DAEMON = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
 
 typedef struct {
-    const char *socket, *connect, *token_file;
+    const char *socket, *connect, *token_file, *host;
     int json;
     char socket_buf[PATH_MAX];
 } global_t;
@@ -56,6 +61,10 @@ struct cmd {
     "                       when the per-user socket does not exist)\n"                  \
     "  --connect HOST:PORT  use TCP instead (nllmd --listen); [ADDR]:PORT for IPv6\n"    \
     "  --token-file F       send the token in F (first line) with `auth` first\n"        \
+    "  --host ssh://[USER@]HOST[:PORT][/SOCKET]\n"                                       \
+    "                       reach nllmd on another machine through ssh (default:\n"      \
+    "                       $NLLM_HOST unless --socket or --connect is given); the\n"     \
+    "                       path is the remote daemon's socket (default: its default)\n" \
     "  --json               print the raw result as JSON (watch: one object per line)\n" \
     "  -h, --help           this help\n"
 
@@ -89,13 +98,18 @@ static int usage_error(const cmd_t *c, const char *fmt, ...)
 
 static void print_main_usage(FILE *f)
 {
-    fprintf(f, "usage: nllmctl [--socket PATH | --connect HOST:PORT --token-file F] [--json] "
-               "COMMAND [ARGS]\n\nControls nllmd, the nllm training daemon.\n\nCommands:\n");
+    fprintf(f, "usage: nllmctl [--socket PATH | --host ssh://[USER@]HOST[:PORT][/SOCKET] |\n"
+               "               --connect HOST:PORT --token-file F] [--json] COMMAND [ARGS]\n"
+               "\nControls nllmd, the nllm training daemon.\n\nCommands:\n");
     for (const cmd_t *c = commands; c->name; c++)
         fprintf(f, "  %-12s %s\n", c->name, c->summary);
     fprintf(f, "\n%s\nRun `nllmctl COMMAND --help` for a command's flags.\n"
                "Exit status: 0 ok, 1 the daemon refused (its message says why), 2 usage "
-               "error,\n3 cannot reach nllmd.\n",
+               "error,\n3 cannot reach nllmd.\n"
+               "\nEnvironment: NLLM_SOCKET (the socket), NLLM_HOST (an ssh:// URL, as --host),\n"
+               "NLLM_SSH (the ssh program, default ssh), NLLM_SSH_OPTS (extra ssh arguments,\n"
+               "split at spaces, e.g. \"-F ~/.ssh/nllm_config\"), NLLM_REMOTE_NLLMCTL (the\n"
+               "remote command line that starts nllmctl, default nllmctl).\n",
             GLOBAL_FLAGS);
 }
 
@@ -103,7 +117,7 @@ static void print_main_usage(FILE *f)
 
 enum {
     O_HELP = 'h',
-    O_JSON = 1000, O_SOCKET, O_CONNECT, O_TOKEN,
+    O_JSON = 1000, O_SOCKET, O_CONNECT, O_TOKEN, O_HOST,
     /* start / resume */
     O_DATA, O_VAL, O_CONFIG, O_EPOCHS, O_BATCH, O_LR, O_SEQ, O_VOCAB, O_EMBED, O_HIDDEN,
     O_CONTEXT, O_LAYERS, O_DROPOUT, O_PATIENCE, O_RESET_PATIENCE, O_SAVE_EVERY, O_KEEP,
@@ -118,7 +132,8 @@ enum {
     {"help", no_argument, 0, O_HELP}, {"json", no_argument, 0, O_JSON},                   \
         {"socket", required_argument, 0, O_SOCKET},                                       \
         {"connect", required_argument, 0, O_CONNECT},                                     \
-        {"token-file", required_argument, 0, O_TOKEN}
+        {"token-file", required_argument, 0, O_TOKEN},                                    \
+        {"host", required_argument, 0, O_HOST}
 
 /* 1: handled, 0: not a common option. */
 static int common_opt(global_t *g, int opt)
@@ -135,6 +150,9 @@ static int common_opt(global_t *g, int opt)
         return 1;
     case O_TOKEN:
         g->token_file = optarg;
+        return 1;
+    case O_HOST:
+        g->host = optarg;
         return 1;
     }
     return 0;
@@ -260,12 +278,181 @@ static int read_token(const char *path, char *buf, size_t cap, nllm_err_t *err)
     return 0;
 }
 
+/* The ssh:// URL in effect: --host, else NLLM_HOST unless --socket,
+ * --connect or --token-file chose another daemon; NULL for none. */
+static const char *ssh_host(const global_t *g)
+{
+    if (g->host)
+        return g->host;
+    if (g->socket || g->connect || g->token_file)
+        return NULL;
+    const char *e = getenv("NLLM_HOST");
+    return e && *e ? e : NULL;
+}
+
+/* Appends s to buf (at *len, capacity cap) quoted for a POSIX shell. */
+static int shell_quote(char *buf, size_t cap, size_t *len, const char *s)
+{
+    size_t n = *len;
+    if (n + 1 >= cap)
+        return -1;
+    buf[n++] = '\'';
+    for (; *s; s++) {
+        const char *piece = *s == '\'' ? "'\\''" : NULL;
+        size_t pl = piece ? strlen(piece) : 1;
+        if (n + pl + 2 >= cap)
+            return -1;
+        if (piece)
+            memcpy(buf + n, piece, pl);
+        else
+            buf[n] = *s;
+        n += pl;
+    }
+    buf[n++] = '\'';
+    buf[n] = '\0';
+    *len = n;
+    return 0;
+}
+
+/* Opens c through `ssh [NLLM_SSH_OPTS] -T [-p PORT] [-l USER] -- HOST
+ * nllmctl proxy [--socket PATH]` for url = ssh://[USER@]HOST[:PORT][/PATH]
+ * ([V6ADDR] in brackets). Returns EXIT_OK, EXIT_USAGE (a bad URL) or
+ * EXIT_CONNECT (ssh could not be started). */
+static int connect_ssh(const char *url, nllm_conn_t *c, FILE *out)
+{
+    char auth[512], user[256] = "", host[256], port[16] = "";
+    const char *bad = NULL;
+    if (strncmp(url, "ssh://", 6) != 0) {
+        bad = "only ssh:// hosts are supported";
+        goto usage;
+    }
+    const char *rest = url + 6, *slash = strchr(rest, '/');
+    size_t alen = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (alen == 0 || alen >= sizeof auth) {
+        bad = "missing or overlong host";
+        goto usage;
+    }
+    memcpy(auth, rest, alen);
+    auth[alen] = '\0';
+    const char *path = slash && slash[1] ? slash : NULL;
+    char *hp = auth, *at = strrchr(auth, '@');
+    if (at) {
+        *at = '\0';
+        if (!*auth || strlen(auth) >= sizeof user || auth[0] == '-') {
+            bad = "bad user name";
+            goto usage;
+        }
+        snprintf(user, sizeof user, "%s", auth);
+        hp = at + 1;
+    }
+    char *colon = NULL;
+    if (hp[0] == '[') {
+        char *rb = strchr(hp, ']');
+        if (!rb || (rb[1] && rb[1] != ':')) {
+            bad = "expected [ADDRESS] or [ADDRESS]:PORT";
+            goto usage;
+        }
+        *rb = '\0';
+        colon = rb[1] ? rb + 1 : NULL;
+        hp++;
+    } else if ((colon = strchr(hp, ':')) && strchr(colon + 1, ':')) {
+        colon = NULL; /* a bare IPv6 address: no port */
+    }
+    if (colon) {
+        *colon = '\0';
+        char *end;
+        long pn = strtol(colon + 1, &end, 10);
+        if (!colon[1] || *end || pn < 1 || pn > 65535) {
+            bad = "the port must be a number 1..65535";
+            goto usage;
+        }
+        snprintf(port, sizeof port, "%ld", pn);
+    }
+    if (!*hp || hp[0] == '-' || strlen(hp) >= sizeof host) {
+        bad = "bad host name";
+        goto usage;
+    }
+    snprintf(host, sizeof host, "%s", hp);
+
+    char where[600], remote[PATH_MAX + 512], opts[4096];
+    snprintf(where, sizeof where, "ssh://%.*s", (int)alen, rest);
+    const char *rc = getenv("NLLM_REMOTE_NLLMCTL");
+    int w = snprintf(remote, sizeof remote, "%s proxy", rc && *rc ? rc : "nllmctl");
+    size_t rlen = w > 0 ? (size_t)w : sizeof remote;
+    if (path) {
+        static const char flag[] = " --socket ";
+        if (rlen + sizeof flag < sizeof remote) {
+            memcpy(remote + rlen, flag, sizeof flag);
+            rlen += sizeof flag - 1;
+        } else {
+            rlen = sizeof remote;
+        }
+        if (rlen >= sizeof remote || shell_quote(remote, sizeof remote, &rlen, path) < 0) {
+            bad = "the socket path (or NLLM_REMOTE_NLLMCTL) is too long";
+            goto usage;
+        }
+    } else if (rlen >= sizeof remote) {
+        bad = "NLLM_REMOTE_NLLMCTL is too long";
+        goto usage;
+    }
+    char *argv[64];
+    int n = 0;
+    const char *ssh = getenv("NLLM_SSH");
+    argv[n++] = (char *)(ssh && *ssh ? ssh : "ssh");
+    const char *o = getenv("NLLM_SSH_OPTS");
+    snprintf(opts, sizeof opts, "%s", o ? o : "");
+    for (char *save = NULL, *t = strtok_r(opts, " \t\n", &save); t;
+         t = strtok_r(NULL, " \t\n", &save)) {
+        if (n >= 54) {
+            if (out)
+                fprintf(out, "nllmctl: NLLM_SSH_OPTS has too many arguments\n");
+            return EXIT_USAGE;
+        }
+        argv[n++] = t;
+    }
+    argv[n++] = "-T"; /* no terminal: the channel carries msgpack */
+    if (*port) {
+        argv[n++] = "-p";
+        argv[n++] = port;
+    }
+    if (*user) {
+        argv[n++] = "-l";
+        argv[n++] = user;
+    }
+    argv[n++] = "--";
+    argv[n++] = host;
+    argv[n++] = remote;
+    argv[n] = NULL;
+    nllm_err_t err = {0};
+    if (nllm_conn_open_cmd(c, argv, where, &err) != NLLM_CALL_OK) {
+        nllm_conn_close(c);
+        if (out)
+            fprintf(out, "nllmctl: %s\n", err.msg);
+        return EXIT_CONNECT;
+    }
+    return EXIT_OK;
+usage:
+    if (out)
+        fprintf(out, "nllmctl: --host %s: %s (expected ssh://[USER@]HOST[:PORT][/SOCKET])\n",
+                url, bad);
+    return EXIT_USAGE;
+}
+
 /* Returns EXIT_OK with c open, else the exit code (message printed unless
  * quiet). */
 static int connect_quiet(global_t *g, nllm_conn_t *c, int quiet)
 {
     nllm_err_t err = {0};
     FILE *out = quiet ? NULL : stderr;
+    if (g->host && (g->socket || g->connect || g->token_file)) {
+        if (out)
+            fprintf(out, "nllmctl: --host goes alone: put the remote socket in its path "
+                         "(ssh://HOST/run/nllm/nllmd.sock); ssh authenticates, no token\n");
+        return EXIT_USAGE;
+    }
+    const char *host = ssh_host(g);
+    if (host)
+        return connect_ssh(host, c, out);
     if (g->connect && g->socket) {
         if (out)
             fprintf(out, "nllmctl: give either --socket or --connect, not both\n");
@@ -807,6 +994,29 @@ static int abs_path(const char *p, const char *base_dir, char *out, size_t cap)
     return 0;
 }
 
+/* A file path for start (what: "training data"): local paths become
+ * absolute and must exist (relative to base when given); a daemon reached
+ * with --host reads them on its own machine, so they must be absolute there
+ * and travel as given. Returns -1 with out filled, else a usage exit code. */
+static int start_path(const global_t *g, const cmd_t *c, const char *what, const char *p,
+                      const char *base, char *out, size_t cap)
+{
+    const char *host = ssh_host(g);
+    if (host) {
+        if (p[0] != '/')
+            return usage_error(c, "%s %s: give an absolute path on %s (the remote nllmd "
+                                  "reads it there)", what, p, host);
+        if (strlen(p) >= cap)
+            return usage_error(c, "%s %s: %s", what, p, strerror(ENAMETOOLONG));
+        memcpy(out, p, strlen(p) + 1);
+        return -1;
+    }
+    int e = abs_path(p, base, out, cap);
+    if (e < 0)
+        return usage_error(c, "%s %s: %s", what, p, strerror(-e));
+    return -1;
+}
+
 /* The end of start and resume: method ("start" or "resume"; params
  * consumed) with the watch pipelined behind it when watch is set, its
  * result printed (with --json as one line when a watch follows; as text
@@ -883,17 +1093,19 @@ static int cmd_start(global_t *g, const cmd_t *c, int argc, char **argv)
     char path[PATH_MAX];
     if (o.data || cfg.data[0]) {
         const char *p = o.data ? o.data : cfg.data;
-        int e = abs_path(p, o.data ? NULL : (cfg_dir[0] ? cfg_dir : NULL), path, sizeof path);
-        if (e < 0)
-            return usage_error(c, "training data %s: %s", p, strerror(-e));
+        int e = start_path(g, c, "training data", p,
+                           o.data ? NULL : (cfg_dir[0] ? cfg_dir : NULL), path, sizeof path);
+        if (e >= 0)
+            return e;
         if (nllm_job_config_set(&cfg, "data", path, &err) < 0)
             return usage_error(c, "%s", err.msg);
     }
     if (o.val || cfg.val[0]) {
         const char *p = o.val ? o.val : cfg.val;
-        int e = abs_path(p, o.val ? NULL : (cfg_dir[0] ? cfg_dir : NULL), path, sizeof path);
-        if (e < 0)
-            return usage_error(c, "validation data %s: %s", p, strerror(-e));
+        int e = start_path(g, c, "validation data", p,
+                           o.val ? NULL : (cfg_dir[0] ? cfg_dir : NULL), path, sizeof path);
+        if (e >= 0)
+            return e;
         if (nllm_job_config_set(&cfg, "val", path, &err) < 0)
             return usage_error(c, "%s", err.msg);
     }
@@ -915,8 +1127,12 @@ static int cmd_start(global_t *g, const cmd_t *c, int argc, char **argv)
     }
     json_object_set_new(params, "config", jc);
     if (o.init_from) {
-        /* an existing file travels as an absolute path, anything else as JOB:CKPT */
-        if (path_exists(o.init_from) && abs_path(o.init_from, NULL, path, sizeof path) == 0)
+        /* an existing file travels as an absolute path, anything else as JOB:CKPT;
+         * for a remote daemon an absolute path is its own file */
+        if (ssh_host(g) && o.init_from[0] == '/')
+            json_object_set_new(params, "init_from", json_string(o.init_from));
+        else if (!ssh_host(g) && path_exists(o.init_from) &&
+                 abs_path(o.init_from, NULL, path, sizeof path) == 0)
             json_object_set_new(params, "init_from", json_string(path));
         else if (strchr(o.init_from, ':'))
             json_object_set_new(params, "init_from", json_string(o.init_from));
@@ -1244,6 +1460,74 @@ static int cmd_version(global_t *g, const cmd_t *c, int argc, char **argv)
             printf("nllmd: not reachable\n");
     }
     json_decref(res);
+    return EXIT_OK;
+}
+
+/* Writes all of buf to fd; 0 or -1. */
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, buf, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* The remote end of `--host ssh://`: splices stdin -> the local daemon's
+ * socket and the socket -> stdout, byte for byte, until the daemon closes
+ * (stdin's EOF is passed on as a half-close). Exit 0 then, 3 when the
+ * socket cannot be reached (the client shows this stderr line). */
+static int cmd_proxy(global_t *g, const cmd_t *c, int argc, char **argv)
+{
+    int rc = parse_args(g, c, argc, argv, plain_long, NULL, NULL, 0);
+    if (rc >= 0)
+        return rc;
+    if (g->connect || g->host || g->token_file)
+        return usage_error(c, "proxy reaches the local daemon's Unix socket only (--socket)");
+    const char *path = g->socket ? g->socket : default_socket(g);
+    nllm_conn_t conn;
+    nllm_err_t err = {0};
+    if (nllm_conn_open_unix(&conn, path, &err) != NLLM_CALL_OK) {
+        nllm_conn_close(&conn);
+        fprintf(stderr, "nllmctl proxy: %s\n", err.msg);
+        return EXIT_CONNECT;
+    }
+    signal(SIGPIPE, SIG_IGN); /* a gone client shows as a write error */
+    int in_open = 1;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = conn.fd, .events = POLLIN},
+                              {.fd = in_open ? 0 : -1, .events = POLLIN}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        char buf[65536];
+        if (p[0].revents) {
+            ssize_t n = read(conn.fd, buf, sizeof buf);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0 || write_all(1, buf, (size_t)n) < 0)
+                break; /* the daemon closed, or the client is gone */
+        }
+        if (p[1].revents) {
+            ssize_t n = read(0, buf, sizeof buf);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                in_open = 0;
+                shutdown(conn.fd, SHUT_WR);
+            } else if (write_all(conn.fd, buf, (size_t)n) < 0) {
+                break;
+            }
+        }
+    }
+    nllm_conn_close(&conn);
     return EXIT_OK;
 }
 
@@ -1931,6 +2215,13 @@ static const cmd_t commands[] = {
      "Pauses every running job at a step boundary (state interrupted) and exits.\n"},
     {"version", cmd_version, "version", "print nllmctl's (and the daemon's) version",
      "Prints nllmctl's version and, when it can be reached, the daemon's.\n"},
+    {"proxy", cmd_proxy, "proxy", "relay stdin/stdout to the local nllmd (for --host ssh://)",
+     "Connects to the local daemon's Unix socket (--socket PATH, NLLM_SOCKET or the\n"
+     "default) and copies standard input to it and its output to standard output\n"
+     "until the daemon closes the connection. `nllmctl --host ssh://HOST ...` runs\n"
+     "`ssh HOST nllmctl proxy` and speaks the usual protocol through it, so access is\n"
+     "what ssh and the socket's permissions allow. Exits 0 when the connection ends,\n"
+     "3 when the socket cannot be reached.\n"},
     {"help", cmd_help, "help [COMMAND]", "help for a command", "Same as `COMMAND --help`.\n"},
     {0, 0, 0, 0, 0},
 };

@@ -4,7 +4,8 @@
 #   scripts/deps.sh            build + test dependencies
 #   scripts/deps.sh --demo     also a text corpus for the demo (fortunes)
 #   scripts/deps.sh --test     also what the test suites drive: promtool (prometheus), zsh,
-#                              headless chromium, systemd-analyze, scdoc, xmllint
+#                              headless chromium, systemd-analyze, scdoc, xmllint,
+#                              sshd and ssh (nllmctl --host ssh://)
 #   scripts/deps.sh --torch    also python3-torch (benchmarks, parity test)
 set -euo pipefail
 
@@ -15,7 +16,8 @@ for arg in "$@"; do
   case "$arg" in
     --demo) pkgs+=(fortunes-min) ;;
     --torch) pkgs+=(python3-torch python3-numpy) ;;
-    --test) pkgs+=(prometheus zsh chromium fonts-dejavu-core systemd scdoc libxml2-utils clang libclang-rt-14-dev) ;;
+    --test) pkgs+=(prometheus zsh chromium fonts-dejavu-core systemd scdoc libxml2-utils clang libclang-rt-14-dev
+                   openssh-server openssh-client) ;;
     --extra) pkgs+=(clang llvm libclang-rt-14-dev) ;;
     *) echo "deps.sh: unknown option $arg" >&2; exit 2 ;;
   esac
