@@ -5,6 +5,7 @@
  * the one-shot mode `nllmd run NAME ...` for batch schedulers.
  */
 #include <errno.h>
+#include <ftw.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "collective.h"
 #include "cuda/cuda_backend.h"
 #include "fsutil.h"
 #include "nllmd.h"
@@ -552,8 +554,83 @@ static int oneshot_apply(nllm_job_config_t *cfg, const char *flag, const char *k
     return 0;
 }
 
+/* ---- data parallelism in one-shot mode -------------------------------------
+ * Under mpirun/srun every rank runs `nllmd run` with the same arguments.
+ * Rank 0 is the job as without MPI: it reads and writes the state folder.
+ * The other ranks write nothing there: each trains a copy of the job in a
+ * private folder under $TMPDIR (removed at exit), with the settings rank 0
+ * decided (shared before any job starts: MPI calls come from one thread at
+ * a time), and the trainer gives every rank rank 0's weights and progress
+ * when the run starts. */
+
+/* Launched by an MPI launcher (Open MPI, or a PMI one such as srun). */
+static int under_launcher(void)
+{
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+/* Rank 0's decision, sent once to the other ranks: the exit code when no
+ * job runs, else the job's settings. */
+typedef struct {
+    int32_t rc;
+    nllm_job_config_t cfg;
+} oneshot_share_t;
+
+static void share_decision(int *shared, int rc, const nllm_job_config_t *cfg)
+{
+    if (*shared || nllm_coll_size() <= 1)
+        return;
+    oneshot_share_t s;
+    memset(&s, 0, sizeof s);
+    s.rc = rc;
+    if (cfg)
+        s.cfg = *cfg;
+    nllm_coll_bcast(&s, sizeof s, 0);
+    *shared = 1;
+}
+
+static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdir);
+
 static int run_oneshot(nllmd_t *d, int argc, char **argv)
 {
+    nllm_err_t err;
+    if (nllm_coll_built() && under_launcher() && nllm_coll_init(&argc, &argv, &err) < 0) {
+        fprintf(stderr, "nllmd run: %s\n", err.msg);
+        return 1;
+    }
+    char tmpdir[NLLM_PATH_MAX] = "";
+    if (nllm_coll_rank() > 0) {
+        const char *t = getenv("TMPDIR");
+        snprintf(tmpdir, sizeof tmpdir, "%s/nllmd-rank%d-XXXXXX", t && *t ? t : "/tmp",
+                 nllm_coll_rank());
+        if (!mkdtemp(tmpdir)) {
+            fprintf(stderr, "nllmd run: rank %d: cannot make a folder under %s: %s\n",
+                    nllm_coll_rank(), t && *t ? t : "/tmp", strerror(errno));
+            return 1; /* mpirun ends the other ranks */
+        }
+        if (!freopen("/dev/null", "w", stdout)) /* rank 0 reports progress */
+            fprintf(stderr, "nllmd run: rank %d: cannot silence stdout\n", nllm_coll_rank());
+    }
+    int rc = run_oneshot_rank(d, argc, argv, tmpdir);
+    if (tmpdir[0])
+        nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    nllm_coll_finalize();
+    return rc;
+}
+
+static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdir)
+{
+    const int rank = nllm_coll_rank();
+    int shared = rank > 0; /* rank 0 sends its decision once; the others receive it */
     /* nllmd run [--state-dir DIR] NAME [--resume [CKPT]] [job flags] */
     const char *name = NULL, *resume = NULL, *init_from = NULL;
     int want_resume = 0;
@@ -652,6 +729,8 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (rank > 0) /* a private state folder (run_oneshot made it) */
+        snprintf(d->opt.state_dir, sizeof d->opt.state_dir, "%s", tmpdir);
     default_paths(&d->opt);
     d->opt.socket_path[0] = '\0'; /* no control socket in one-shot mode */
     d->oneshot_tty = isatty(1) && !getenv("NO_COLOR");
@@ -660,8 +739,22 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
         fprintf(stderr, "nllmd run: %s\n", err.msg);
         return 1;
     }
-    nllm_job_t *j = nllmd_job_find(d, name);
-    if (j) {
+    nllm_job_t *j = rank == 0 ? nllmd_job_find(d, name) : NULL;
+    if (rank > 0) {
+        /* rank 0's decision: its exit code, or the settings of the job */
+        oneshot_share_t s;
+        nllm_coll_bcast(&s, sizeof s, 0);
+        rc = s.rc;
+        if (rc == 0) {
+            nllm_job_origin_t o = {0};
+            if (nllmd_job_create(d, name, &s.cfg, &o, NULL, NULL, &j, &err) < 0) {
+                fprintf(stderr, "nllmd run: rank %d: %s\n", rank, err.msg);
+                rc = 1;
+            } else {
+                d->oneshot = j;
+            }
+        }
+    } else if (j) {
         if (!want_resume) {
             fprintf(stderr,
                     "nllmd run: job %s already exists in %s (state %s): add --resume to continue "
@@ -693,10 +786,12 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
                             name, diff);
                     rc = 1;
                 } else {
+                    share_decision(&shared, 0, &j->cfg);
                     nllmd_schedule(d);
                 }
-            } else if (rc == 0 && nllmd_job_resume(j, resume, nsets ? &rcfg : NULL,
-                                                   cfg.reset_patience, &err) < 0) {
+            } else if (rc == 0 && (share_decision(&shared, 0, &rcfg), 0) == 0 &&
+                       nllmd_job_resume(j, resume, nsets ? &rcfg : NULL, cfg.reset_patience,
+                                        &err) < 0) {
                 fprintf(stderr, "nllmd run: %s\n", err.msg);
                 rc = 1;
             }
@@ -716,6 +811,7 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
                    d->devices[0].name, nllm_precision_name(cfg.precision));
             /* the job must be known before it starts, to print its first events */
             d->oneshot = NULL;
+            share_decision(&shared, 0, &cfg);
             if (nllmd_job_create(d, name, &cfg, &o, NULL, NULL, &j, &err) < 0) {
                 fprintf(stderr, "nllmd run: %s\n", err.msg);
                 rc = 1;
@@ -724,6 +820,7 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
             }
         }
     }
+    share_decision(&shared, rc, NULL); /* no job started: the others end too */
     if (rc != 0) {
         d->shutting_down = 1;
         finish_if_idle(d);

@@ -14,6 +14,16 @@
  * progress: pause, stop, the epoch's end. Only a drain advances
  * nllm_progress_t, step by step in order, so the counters, sums and
  * callbacks are exactly those of waiting for every step.
+ *
+ * Data parallelism (collective.h, `mpirun -np N nllmd run`): batch_size is
+ * the global batch; every rank builds the same global batch and trains on
+ * its contiguous slice [r*B/N, (r+1)*B/N), scaled by the global batch's
+ * token count, with the dropout masks of the global windows; the model's
+ * hook sums the gradients over the ranks before the norm. Each step's
+ * figures are read at once and summed over the ranks; at each read the
+ * ranks agree on pause and stop, so all end at the same step. A run starts
+ * from rank 0's weights and progress, and the weights' hashes are compared
+ * at each epoch's end.
  */
 #include "trainer.h"
 
@@ -24,6 +34,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <xxhash.h>
+
+#include "collective.h"
 
 struct nllm_trainer {
     nllm_job_config_t cfg;
@@ -36,6 +49,7 @@ struct nllm_trainer {
     int64_t perm_epoch; /* epoch perm was made for, -1 none */
     int32_t *batch;    /* (B, S) host batch */
     int queue_depth;   /* steps queued before their figures are read */
+    int rank, world;   /* data parallelism (collective.h); 0 of 1: none */
     /* the step that ended the last run with a divergence */
     int diverged;
     int64_t div_step;
@@ -177,6 +191,13 @@ int nllm_progress_copy(nllm_progress_t *dst, const nllm_progress_t *src)
 
 /* ---- lifecycle --------------------------------------------------------- */
 
+/* The model's hook: gradients (host memory on the CPU) summed over ranks. */
+static void grad_reduce(void *ud, float *g, int64_t n)
+{
+    (void)ud;
+    nllm_coll_allreduce_sum_f(g, n);
+}
+
 int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
                         const nllm_vocab_t *vocab, nllm_backend_t *be, nllm_trainer_t **out,
                         nllm_err_t *err)
@@ -195,6 +216,26 @@ int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
      * reading its figures at once costs nothing and keeps status and pause
      * exact to the step */
     tr->queue_depth = be->record ? NLLM_STATS_RING : 1;
+    tr->rank = nllm_coll_rank();
+    tr->world = nllm_coll_size();
+    if (tr->world > 1) {
+        if (strcmp(be->name, "cpu") != 0) {
+            free(tr);
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "data parallelism over %d ranks runs on --device cpu only: the "
+                                "GPU (NCCL) path is not built yet; device %s was asked for",
+                                nllm_coll_size(), be->name);
+        }
+        if (cfg->batch_size % tr->world != 0) {
+            int w = tr->world;
+            free(tr);
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "batch_size %d does not divide by the world size %d (ranks): "
+                                "batch_size is the global batch; pick a multiple of %d",
+                                cfg->batch_size, w, w);
+        }
+        tr->queue_depth = 1; /* the ranks agree on pause and stop at every step */
+    }
     nllm_progress_init(&tr->prog);
     tr->ctl = &tr->own_ctl;
     atomic_init(&tr->own_ctl.pause, 0);
@@ -226,6 +267,8 @@ int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
         return rc;
     }
     nllm_model_init_weights(tr->model, cfg->seed);
+    if (tr->world > 1)
+        nllm_model_set_grad_reduce(tr->model, grad_reduce, NULL);
     tr->perm = malloc(sizeof(int64_t) * (size_t)tr->data.train.n);
     tr->batch = malloc(sizeof(int32_t) * (size_t)maxb * (size_t)cfg->model.max_seq_length);
     if (!tr->perm || !tr->batch) {
@@ -259,6 +302,8 @@ void nllm_trainer_use_ctl(nllm_trainer_t *tr, nllm_trainer_ctl_t *ctl) { tr->ctl
 void nllm_trainer_set_queue_depth(nllm_trainer_t *tr, int depth)
 {
     tr->queue_depth = depth < 1 ? 1 : depth > NLLM_STATS_RING ? NLLM_STATS_RING : depth;
+    if (tr->world > 1)
+        tr->queue_depth = 1;
 }
 
 int64_t nllm_trainer_steps_per_epoch(const nllm_trainer_t *tr)
@@ -276,6 +321,11 @@ int nllm_trainer_set_config(nllm_trainer_t *tr, const nllm_job_config_t *cfg, nl
         return nllm_err_set(err, NLLM_EINVAL,
                             "batch_size %d is larger than the %d this job was set up for",
                             cfg->batch_size, nllm_model_max_batch(tr->model));
+    if (tr->world > 1 && cfg->batch_size % tr->world != 0)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "batch_size %d does not divide by the world size %d (ranks): "
+                            "batch_size is the global batch; pick a multiple of %d",
+                            cfg->batch_size, tr->world, tr->world);
     if (tr->data.train.n < cfg->batch_size)
         return nllm_err_set(err, NLLM_EINVAL,
                             "batch_size %d: the training text has only %lld windows",
@@ -341,6 +391,79 @@ static int checkpoint(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_ck
     return cbs->on_checkpoint(cbs->ud, tr, kind, epoch, err);
 }
 
+/* XXH3 of the whole parameter buffer (ranks compare it). */
+static int weights_hash(nllm_trainer_t *tr, uint64_t *h, nllm_err_t *err)
+{
+    int64_t n = nllm_model_num_floats(tr->model);
+    float *w = malloc(sizeof(float) * (size_t)n);
+    if (!w)
+        return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
+    int rc = nllm_model_get_state(tr->model, w, NULL, NULL, err);
+    if (rc == 0)
+        *h = XXH3_64bits(w, sizeof(float) * (size_t)n);
+    free(w);
+    return rc;
+}
+
+/* Data parallelism: every rank takes rank 0's weights, Adam moments and
+ * progress (rank 0 may have resumed from a checkpoint). */
+static int sync_from_rank0(nllm_trainer_t *tr, nllm_err_t *err)
+{
+    int64_t n = nllm_model_num_floats(tr->model);
+    float *buf = malloc(sizeof(float) * (size_t)n * 3);
+    if (!buf)
+        return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
+    int rc = 0;
+    if (tr->rank == 0)
+        rc = nllm_model_get_state(tr->model, buf, buf + n, buf + 2 * n, err);
+    if (!nllm_coll_same_u64(rc < 0)) {
+        free(buf);
+        return rc < 0 ? rc : nllm_err_set(err, NLLM_EIO, "rank 0 could not read its weights");
+    }
+    nllm_coll_bcast(buf, sizeof(float) * (size_t)n * 3, 0);
+    if (tr->rank != 0)
+        rc = nllm_model_set_state(tr->model, buf, buf + n, buf + 2 * n, err);
+    free(buf);
+    if (!nllm_coll_same_u64(rc < 0))
+        return rc < 0 ? rc : nllm_err_set(err, NLLM_EIO, "a rank could not set its weights");
+    /* rank 0's settings (a resume may have changed training ones) */
+    nllm_job_config_t cfg = tr->cfg;
+    int ne = atomic_load(&tr->ctl->num_epochs);
+    nllm_coll_bcast(&cfg, sizeof cfg, 0);
+    nllm_coll_bcast(&ne, sizeof ne, 0);
+    tr->cfg = cfg;
+    atomic_store(&tr->ctl->num_epochs, ne);
+    nllm_progress_t tmp = tr->prog;
+    nllm_coll_bcast(&tmp, sizeof tmp, 0);
+    if (tr->rank != 0) {
+        int64_t hn = tmp.hist.n;
+        memset(&tmp.hist, 0, sizeof tmp.hist);
+        if (hist_reserve(&tmp.hist, hn > 0 ? hn : 1) < 0)
+            abort(); /* the other ranks wait in the broadcasts below */
+        tmp.hist.n = hn;
+        nllm_progress_free(&tr->prog);
+        tr->prog = tmp;
+    }
+    nllm_history_t *h = &tr->prog.hist;
+    double *cols[5] = {h->train_loss, h->val_loss, h->train_ppl, h->val_ppl, h->val_acc};
+    for (int i = 0; i < 5; i++)
+        nllm_coll_bcast(cols[i], sizeof(double) * (size_t)h->n, 0);
+    tr->perm_epoch = -1;
+    return 0;
+}
+
+/* Data parallelism: the ranks agree on the requests at a step boundary
+ * (a request seen by any rank holds for all). */
+static void agree_requests(nllm_trainer_t *tr)
+{
+    if (tr->world <= 1)
+        return;
+    if (nllm_coll_any(atomic_load(&tr->ctl->stop)))
+        atomic_store(&tr->ctl->stop, 1);
+    if (nllm_coll_any(atomic_load(&tr->ctl->pause)))
+        atomic_store(&tr->ctl->pause, 1);
+}
+
 /* Ends the running epoch: validation, history, best, early stopping. */
 static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double seconds,
                      nllm_err_t *err)
@@ -350,6 +473,17 @@ static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double s
     int rc = nllm_trainer_validate(tr, &vl, &va, err);
     if (rc < 0)
         return rc;
+    if (tr->world > 1) {
+        uint64_t h = 0;
+        if ((rc = weights_hash(tr, &h, err)) < 0)
+            return rc;
+        if (!nllm_coll_same_u64(h))
+            return nllm_err_set(err, NLLM_EIO,
+                                "data-parallel ranks disagree: the weights of rank %d (hash "
+                                "%016llx) differ from rank 0's after epoch %lld; resume from the "
+                                "last checkpoint",
+                                tr->rank, (unsigned long long)h, (long long)p->epoch + 1);
+    }
     double tl = p->ep_tokens ? p->ep_loss_sum / (double)p->ep_tokens : 0.0;
     if (nllm_history_push(&p->hist, tl, vl, exp(tl), exp(vl), va) < 0)
         return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
@@ -413,6 +547,21 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
     if (rc < 0)
         return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
                                (long long)p->step_in_epoch + 1);
+    if (tr->world > 1) {
+        /* each rank's share of the loss, hits and tokens, summed */
+        double sums[3 * NLLM_STATS_RING];
+        for (int i = 0; i < n; i++) {
+            sums[3 * i] = st[i].batch.loss_sum;
+            sums[3 * i + 1] = (double)st[i].batch.correct;
+            sums[3 * i + 2] = (double)st[i].batch.tokens;
+        }
+        nllm_coll_allreduce_sum_d(sums, 3 * n);
+        for (int i = 0; i < n; i++) {
+            st[i].batch.loss_sum = sums[3 * i];
+            st[i].batch.correct = (int64_t)sums[3 * i + 1];
+            st[i].batch.tokens = (int64_t)sums[3 * i + 2];
+        }
+    }
     int64_t tokens = 0;
     for (int i = 0; i < n; i++)
         tokens += st[i].batch.tokens;
@@ -484,12 +633,13 @@ static int poisoned_step(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queu
     return rc;
 }
 
-int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_result_t *res,
-                     nllm_err_t *err)
+static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_result_t *res,
+                    nllm_err_t *err)
 {
     tr->diverged = 0;
     nllm_progress_t *p = &tr->prog;
     const int B = tr->cfg.batch_size, S = tr->cfg.model.max_seq_length;
+    const int Bl = B / tr->world; /* this rank's slice of the global batch */
     const int64_t spe = nllm_trainer_steps_per_epoch(tr);
     nllm_optim_t opt = {tr->cfg.learning_rate, tr->cfg.beta1, tr->cfg.beta2, tr->cfg.eps,
                         tr->cfg.weight_decay, 0};
@@ -511,6 +661,7 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
         double t_epoch = now_s() - p->ep_seconds;
         queue_t q = {0, now_s()};
         while (p->step_in_epoch + q.pending < spe) {
+            agree_requests(tr);
             if ((atomic_load(&tr->ctl->stop) || atomic_load(&tr->ctl->pause)) &&
                 (rc = drain(tr, cbs, &q, spe, t_epoch, err)) < 0)
                 return rc;
@@ -529,6 +680,14 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
                 memcpy(tr->batch + (size_t)b * S, tr->data.train.ids + order[b] * S,
                        sizeof(int32_t) * (size_t)S);
             int64_t gs = p->global_step + q.pending;
+            if (tr->world > 1) {
+                /* the non-pad targets of the global batch scale every slice */
+                int64_t gtok = 0;
+                for (int b = 0; b < B; b++)
+                    for (int t = 1; t < S; t++)
+                        gtok += tr->batch[(size_t)b * S + t] != 0;
+                nllm_model_set_shard(tr->model, tr->rank * Bl, gtok);
+            }
             if (fault_due(gs)) {
                 /* the step alone in the queue, its figures read at once */
                 if ((rc = drain(tr, cbs, &q, spe, t_epoch, err)) < 0 ||
@@ -536,8 +695,9 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
                     return rc;
                 continue;
             }
-            rc = nllm_model_train_step_async(tr->model, tr->batch, B, tr->cfg.seed, (uint32_t)gs,
-                                             gs + 1, &opt, q.pending, err);
+            rc = nllm_model_train_step_async(tr->model, tr->batch + (size_t)tr->rank * Bl * S,
+                                             Bl, tr->cfg.seed, (uint32_t)gs, gs + 1, &opt,
+                                             q.pending, err);
             if (rc < 0)
                 return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
                                        (long long)(p->step_in_epoch + q.pending) + 1);
@@ -551,10 +711,28 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
         rc = end_epoch(tr, cbs, now_s() - t_epoch, err);
         if (rc < 0)
             return rc;
+        if (tr->world > 1 && nllm_coll_any(atomic_load(&tr->ctl->pause_epoch_end)))
+            atomic_store(&tr->ctl->pause_epoch_end, 1);
         if (atomic_load(&tr->ctl->pause_epoch_end) && !p->stopped_early &&
             p->epoch < atomic_load(&tr->ctl->num_epochs)) {
             *res = NLLM_RUN_PAUSED;
             return checkpoint(tr, cbs, NLLM_CKPT_PAUSED, p->epoch, err);
         }
     }
+}
+
+int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_result_t *res,
+                     nllm_err_t *err)
+{
+    if (tr->world <= 1)
+        return run_loop(tr, cbs, res, err);
+    int rc = sync_from_rank0(tr, err);
+    if (rc == 0)
+        rc = run_loop(tr, cbs, res, err);
+    uint64_t h = 0;
+    nllm_err_t e2;
+    if (weights_hash(tr, &h, &e2) == 0)
+        fprintf(stderr, "nllm: rank %d of %d: weights hash %016llx after step %lld\n", tr->rank,
+                tr->world, (unsigned long long)h, (long long)tr->prog.global_step);
+    return rc;
 }

@@ -55,8 +55,10 @@ typedef struct {
     uint64_t seed;           /* dropout key                                 */
     uint32_t rng_step;       /* dropout step                                */
     uint32_t slot;           /* stats ring slot this step writes            */
-    float grad_scale;        /* softmax_xent gradient scale (1 / tokens)    */
-    float pad1;
+    float grad_scale;        /* softmax_xent gradient scale (1 / tokens of  */
+                             /* the global batch)                           */
+    int32_t win0;            /* global index of this batch's first window   */
+                             /* (data parallelism; dropout masks)           */
     double max_norm;         /* global-norm clip threshold, <= 0: none      */
     nllm_adam_consts_t adam; /* clip_scale: set by the clip op              */
 } nllm_step_dev_t;
@@ -198,7 +200,8 @@ struct nllm_backend {
     /* One time step t of T, B rows, H units:
      * x = relu(x + bias) * dropout mask * 1/(1-p) (mask from nllm_math.h,
      * key sd->seed, step sd->rng_step, element (b, t, j) with index
-     * (b*T + t)*H + j; p == 0: no dropout, and sd is not read). */
+     * ((b + sd->win0)*T + t)*H + j; p == 0: no dropout, and sd is not
+     * read). */
     void (*bias_relu_dropout_forward)(nllm_backend_t *be, float *x, const float *bias, int B,
                                       int H, int t, int T, const nllm_step_dev_t *sd,
                                       uint32_t stream, float p);

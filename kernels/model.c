@@ -97,6 +97,12 @@ struct nllm_model {
     nllm_step_out_t h_ring[NLLM_STATS_RING + 1];
     int64_t slot_tokens[NLLM_STATS_RING + 1];
 
+    /* data parallelism (nllm_model_set_shard, _set_grad_reduce) */
+    int32_t shard_win0;
+    int64_t shard_tokens;
+    void (*grad_reduce)(void *ud, float *g, int64_t n);
+    void *grad_reduce_ud;
+
     /* what the recorded bodies read (fixed for one record key) */
     int cur_B, cur_train, cur_grad;
 
@@ -506,7 +512,10 @@ static int prepare(nllm_model_t *m, const int32_t *windows, int B, int train, in
     h->seed = seed;
     h->rng_step = step;
     h->slot = slot;
-    h->grad_scale = tokens > 0 ? 1.0f / (float)tokens : 0.0f;
+    /* a training slice of a global batch scales by the global count */
+    int64_t scale_tokens = train && m->shard_tokens > 0 ? m->shard_tokens : tokens;
+    h->grad_scale = scale_tokens > 0 ? 1.0f / (float)scale_tokens : 0.0f;
+    h->win0 = train ? m->shard_win0 : 0;
     m->ids_tgt = m->ids_in + N;
     be->upload(be, m->dblock + NLLM_STEP_DEV_HOST_OFFSET, m->hblock + NLLM_STEP_DEV_HOST_OFFSET,
                IDS_OFFSET - NLLM_STEP_DEV_HOST_OFFSET + 2 * sizeof(int32_t) * (size_t)N);
@@ -806,6 +815,8 @@ static void train_body(void *ctx)
     nllm_backend_t *be = m->be;
     forward_body(m);
     backward_body(m);
+    if (m->grad_reduce)
+        m->grad_reduce(m->grad_reduce_ud, m->g, m->nfloats); /* sum over ranks */
     be->sq_norm(be, m->g, m->nfloats, &m->sd->sqnorm);
     be->clip(be, m->sd, m->ring);
     be->adam(be, m->w, m->m1, m->m2, m->g, m->nfloats, m->sd);
@@ -880,6 +891,21 @@ int nllm_model_train_step(nllm_model_t *m, const int32_t *windows, int B, uint64
     if (!isfinite(st->grad_norm))
         return nllm_model_diverged(st->grad_norm, rng_step, err);
     return 0;
+}
+
+/* ---- data parallelism -------------------------------------------------- */
+
+void nllm_model_set_shard(nllm_model_t *m, int32_t win0, int64_t global_tokens)
+{
+    m->shard_win0 = win0;
+    m->shard_tokens = global_tokens;
+}
+
+void nllm_model_set_grad_reduce(nllm_model_t *m, void (*fn)(void *ud, float *g, int64_t n),
+                                void *ud)
+{
+    m->grad_reduce = fn;
+    m->grad_reduce_ud = ud;
 }
 
 /* ---- generation -------------------------------------------------------- */

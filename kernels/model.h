@@ -150,6 +150,20 @@ int nllm_model_read_stats(nllm_model_t *m, int first, int n, nllm_step_stats_t *
 /* The error of a step whose gradient norm is not finite. */
 int nllm_model_diverged(double grad_norm, uint32_t rng_step, nllm_err_t *err);
 
+/* ---- data parallelism ----
+ * A rank of a data-parallel job trains on a slice of the global batch.
+ * nllm_model_set_shard: the next training step's windows are global
+ * windows win0 .. win0+B-1 (dropout masks as for those windows), and its
+ * gradient scale is 1 / global_tokens (the non-pad targets of the whole
+ * global batch; 0: this batch's own). The shard stays until changed.
+ * nllm_model_set_grad_reduce: after back-propagation, before the gradient
+ * norm, fn(ud, grads, n) sums the gradients over the ranks in place; the
+ * gradients are host memory there (the CPU backend; the trainer refuses
+ * data parallelism on other devices). NULL: none. */
+void nllm_model_set_shard(nllm_model_t *m, int32_t win0, int64_t global_tokens);
+void nllm_model_set_grad_reduce(nllm_model_t *m, void (*fn)(void *ud, float *g, int64_t n),
+                                void *ud);
+
 /* Multiply-adds of one forward position (model.md's cost formula). */
 double nllm_model_macs_per_token(const nllm_model_config_t *cfg);
 

@@ -11,7 +11,8 @@ set -euo pipefail
 
 pkgs=(meson ninja-build pkg-config gcc libc6-dev
       libopenblas-dev libuv1-dev libmsgpack-dev libjansson-dev libxxhash-dev
-      libsqlite3-dev sqlite3 python3 python3-msgpack python3-yaml libhttp-parser-dev)
+      libsqlite3-dev sqlite3 python3 python3-msgpack python3-yaml libhttp-parser-dev
+      libopenmpi-dev openmpi-bin)
 for arg in "$@"; do
   case "$arg" in
     --demo) pkgs+=(fortunes-min) ;;

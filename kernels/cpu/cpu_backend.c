@@ -163,6 +163,7 @@ typedef struct {
     uint64_t seed;
     uint32_t stream, step;
     float p;
+    int64_t win0; /* global index of window 0 (sd->win0) */
 } brd_args_t;
 
 /* Keep words for the elements [idx0, idx0 + n) of a stream: words[i] is
@@ -211,7 +212,8 @@ static void brd_rows(void *arg, int64_t r0, int64_t r1)
         float *x = a->x + (size_t)b * H;
         const float *bias = a->bias;
         if (a->p > 0.0f) {
-            uint64_t idx0 = ((uint64_t)b * (uint64_t)a->T + (uint64_t)a->t) * (uint64_t)H;
+            uint64_t idx0 =
+                ((uint64_t)(b + a->win0) * (uint64_t)a->T + (uint64_t)a->t) * (uint64_t)H;
             dropout_words(words, idx0, H, a->seed, a->stream, a->step);
             for (int j = 0; j < H; j++) {
                 float v = x[j] + bias[j];
@@ -234,7 +236,8 @@ static void cpu_bias_relu_dropout_forward(nllm_backend_t *be, float *x, const fl
 {
     uint64_t seed = p > 0.0f ? sd->seed : 0;
     uint32_t step = p > 0.0f ? sd->rng_step : 0;
-    brd_args_t a = {x, bias, B, H, t, T, seed, stream, step, p};
+    int64_t win0 = p > 0.0f ? sd->win0 : 0;
+    brd_args_t a = {x, bias, B, H, t, T, seed, stream, step, p, win0};
     int64_t work = (int64_t)B * H * (p > 0.0f ? 8 : 1);
     nllm_pool_for(pool_of(be), brd_rows, &a, B, work);
 }

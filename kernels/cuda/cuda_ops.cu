@@ -304,7 +304,7 @@ __device__ __forceinline__ uint32_t philox_word(const nllm_philox_ctr_t &r, unsi
 }
 
 /* x (B, H) rows of step t: relu(x + bias), then the dropout mask of
- * element (b*T + t)*H + j: kept iff (word >> 8) >= thr with
+ * element ((b + win0)*T + t)*H + j: kept iff (word >> 8) >= thr with
  * thr = ceil(p * 2^24), i.e. u01(word) >= p (nllm_dropout_keep). The key
  * and step come from the step block sd (device memory). */
 __global__ void k_bias_relu_dropout(float *x, const float *bias, int64_t n, int H, int t, int T,
@@ -313,13 +313,15 @@ __global__ void k_bias_relu_dropout(float *x, const float *bias, int64_t n, int 
 {
     const uint64_t seed = dropout ? sd->seed : 0;
     const uint32_t step = dropout ? sd->rng_step : 0;
+    const uint64_t win0 = dropout ? (uint64_t)sd->win0 : 0;
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
         int64_t b = e / H;
         int j = (int)(e - b * H);
         float v = x[e] + bias[j];
         if (dropout) {
-            uint64_t idx = ((uint64_t)b * (uint64_t)T + (uint64_t)t) * (uint64_t)H + (uint64_t)j;
+            uint64_t idx =
+                (((uint64_t)b + win0) * (uint64_t)T + (uint64_t)t) * (uint64_t)H + (uint64_t)j;
             nllm_philox_ctr_t r = nllm_rng_block(seed, stream, step, idx >> 2);
             int keep = (philox_word(r, (unsigned)(idx & 3)) >> 8) >= thr;
             x[e] = (v > 0.0f && keep) ? v * scale : 0.0f;
@@ -331,7 +333,7 @@ __global__ void k_bias_relu_dropout(float *x, const float *bias, int64_t n, int 
 
 /* The same for H % 4 == 0 and 16-byte aligned rows: a thread owns four
  * adjacent units j..j+3 (j % 4 == 0), whose element indices share one
- * Philox block (the index is (b*T + t)*H + j, so idx % 4 == j % 4): one
+ * Philox block (the index is ((b + win0)*T + t)*H + j, so idx % 4 == j % 4): one
  * Philox call and one float4 load and store instead of four of each. */
 __global__ void k_bias_relu_dropout4(float4 *x, const float4 *bias, int64_t n4, int H4, int t,
                                      int T, const nllm_step_dev_t *sd, uint32_t stream,
@@ -339,6 +341,7 @@ __global__ void k_bias_relu_dropout4(float4 *x, const float4 *bias, int64_t n4, 
 {
     const uint64_t seed = dropout ? sd->seed : 0;
     const uint32_t step = dropout ? sd->rng_step : 0;
+    const uint64_t win0 = dropout ? (uint64_t)sd->win0 : 0;
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n4;
          e += (int64_t)gridDim.x * blockDim.x) {
         int64_t b = e / H4;
@@ -349,7 +352,7 @@ __global__ void k_bias_relu_dropout4(float4 *x, const float4 *bias, int64_t n4, 
         v.z += bb.z;
         v.w += bb.w;
         if (dropout) {
-            uint64_t idx = ((uint64_t)b * (uint64_t)T + (uint64_t)t) * (uint64_t)H4 * 4u +
+            uint64_t idx = (((uint64_t)b + win0) * (uint64_t)T + (uint64_t)t) * (uint64_t)H4 * 4u +
                            (uint64_t)q * 4u;
             nllm_philox_ctr_t r = nllm_rng_block(seed, stream, step, idx >> 2);
             v.x = (v.x > 0.0f && (r.v[0] >> 8) >= thr) ? v.x * scale : 0.0f;
@@ -849,7 +852,9 @@ __global__ void __launch_bounds__(NT_WARPS * 32)
     if (EPI) {
         float y = x + bias[n];
         if (dropout) {
-            uint64_t idx = ((uint64_t)lane * (uint64_t)T + (uint64_t)t) * (uint64_t)N + (uint64_t)n;
+            uint64_t idx = (((uint64_t)lane + (uint64_t)sd->win0) * (uint64_t)T + (uint64_t)t) *
+                               (uint64_t)N +
+                           (uint64_t)n;
             nllm_philox_ctr_t r = nllm_rng_block(sd->seed, stream, sd->rng_step, idx >> 2);
             int keep = (philox_word(r, (unsigned)(idx & 3)) >> 8) >= thr;
             x = (y > 0.0f && keep) ? y * scale : 0.0f;
