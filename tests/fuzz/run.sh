@@ -79,7 +79,8 @@ libs=($(pkg-config --libs $pkgs) -lhttp_parser -lm -lpthread)
 python3 -c 'import sys; d = open(sys.argv[1], "rb").read(); nl = chr(10); open(sys.argv[2], "w").write("#include <stddef.h>" + nl + "const unsigned char nllmd_dashboard_html[] = {" + ",".join(map(str, d)) + ",0};" + nl + "const size_t nllmd_dashboard_html_len = %d;" % len(d) + nl)' \
     daemon/dashboard.html "$out/dashboard_html.c"
 
-srcs=(kernels/nllm_err.c kernels/backend.c kernels/model.c kernels/cpu/cpu_backend.c
+srcs=(kernels/nllm_err.c kernels/backend.c kernels/model.c kernels/coll_single.c
+      kernels/cpu/cpu_backend.c
       kernels/cpu/cpu_pool.c kernels/cpu/small_gemm.c
       daemon/data.c daemon/config.c daemon/trainer.c daemon/ckpt.c daemon/safetensors.c
       daemon/fsutil.c daemon/catalog.c proto/rpc.c
