@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "cpu/cpu_kernels.h"
 #include "ckpt.h"
 #include "data.h"
 #include "cuda/cuda_backend.h"
@@ -299,6 +300,21 @@ int main(int argc, char **argv)
     }
     if (strncmp(be->name, "cuda:", 5) == 0)
         printf("\"second_queue\":%s,", be->aux_begin ? "true" : "false");
+    if (strcmp(be->name, "cpu") == 0) {
+        const nllm_cpu_kernels_t *k = nllm_cpu_kernels();
+        printf("\"kernels\":{\"cpu_isa\":\"%s\",\"cpu_features\":\"", nllm_isa_name(k->cpu_isa));
+        put_json_text(k->cpu_features);
+        printf("\",\"blas\":\"");
+        put_json_text(k->blas);
+        printf("\",\"blas_core\":\"");
+        put_json_text(k->blas_core);
+        printf("\",\"blas_isa\":\"%s\",\"blas_check_passed\":%s,\"large_gemm\":\"%s\","
+               "\"large_isa\":\"%s\",\"small_gemm\":\"%s\",\"reason\":\"",
+               nllm_isa_name(k->blas_isa), k->blas_ok ? "true" : "false", k->large_gemm,
+               nllm_isa_name(k->large_isa), k->small_gemm);
+        put_json_text(k->reason);
+        printf("\"},");
+    }
     if (data_path) {
         printf("\"data\":\"");
         put_json_text(data_path);

@@ -1387,6 +1387,15 @@ static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
         table_print(&t);
         json_array_foreach(devs, i, d)
         {
+            const json_t *k = json_object_get(d, "kernels");
+            if (json_is_object(k))
+                printf("%s kernels: large products on %s, small on %s (CPU %s, BLAS %s: %s)\n",
+                       nllm_j_str(d, "name", "?"), nllm_j_str(k, "large_gemm", "?"),
+                       nllm_j_str(k, "small_gemm", "?"), nllm_j_str(k, "cpu_isa", "?"),
+                       nllm_j_str(k, "blas_core", "?"), nllm_j_str(k, "reason", "?"));
+        }
+        json_array_foreach(devs, i, d)
+        {
             if (nllm_j_bool(d, "healthy", 1))
                 continue;
             const char *nm = nllm_j_str(d, "name", "?");

@@ -756,6 +756,7 @@ static json_t *daemon_json(nllmd_t *d)
         json_t *o = json_pack("{s:s,s:s,s:s,s:O,s:o}", "name", v->name, "kind", v->kind, "model",
                               v->gpu, "busy", first ? first : json_null(), "jobs", jobs);
         nllmd_device_health_json(v, o);
+        nllmd_device_kernels_json(v, o);
         json_array_append_new(devs, o);
     }
     return json_pack("{s:s,s:f,s:i,s:o,s:i,s:i,s:b}", "version", NLLMD_VERSION, "uptime",

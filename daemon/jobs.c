@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cpu/cpu_kernels.h"
 #include "cuda/cuda_backend.h"
 #include "curves.h"
 #include "fsutil.h"
@@ -835,6 +836,23 @@ void nllmd_device_health_json(const nllmd_device_t *v, json_t *o)
     json_object_set_new(o, "fault_job", v->unhealthy ? json_string(v->fault_job) : json_null());
     json_object_set_new(o, "fault_time", v->unhealthy ? json_real(v->fault_time) : json_null());
     json_object_set_new(o, "faults", json_integer((json_int_t)v->faults));
+}
+
+/* For a CPU device: the kernels its products run on (cpu_kernels.h) as
+ * o["kernels"]; other devices get nothing. */
+void nllmd_device_kernels_json(const nllmd_device_t *v, json_t *o)
+{
+    if (strcmp(v->kind, "cpu") != 0)
+        return;
+    const nllm_cpu_kernels_t *k = nllm_cpu_kernels();
+    json_object_set_new(
+        o, "kernels",
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:s,s:s}", "cpu_isa",
+                  nllm_isa_name(k->cpu_isa), "cpu_features", k->cpu_features, "blas", k->blas,
+                  "blas_core", k->blas_core, "blas_isa", nllm_isa_name(k->blas_isa),
+                  "blas_check_passed", k->blas_ok, "large_gemm", k->large_gemm, "large_isa",
+                  nllm_isa_name(k->large_isa), "small_gemm", k->small_gemm, "reason",
+                  k->reason));
 }
 
 /* Job j's run on device k ended with a device fault (e->rc == NLLM_EDEVICE),

@@ -74,6 +74,7 @@ static int m_hello(nllm_conn_t *c, uint32_t id, const msgpack_object *p, json_t 
                               "memory_total", (json_int_t)v->mem_total, "memory_free",
                               (json_int_t)v->mem_free);
         nllmd_device_health_json(v, o);
+        nllmd_device_kernels_json(v, o);
         json_array_append_new(devs, o);
     }
     *res = json_pack("{s:i,s:s,s:o,s:i,s:i,s:b,s:f}", "protocol", NLLM_PROTOCOL_VERSION,

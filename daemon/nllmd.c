@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "collective.h"
+#include "cpu/cpu_kernels.h"
 #include "cuda/cuda_backend.h"
 #include "fsutil.h"
 #include "nllmd.h"
@@ -462,6 +463,17 @@ static int loop_finish(nllmd_t *d)
     return rc;
 }
 
+/* Where a CPU device serves: which kernels its products run on. */
+static void log_cpu_kernels(nllmd_t *d)
+{
+    for (int k = 0; k < d->ndevices; k++)
+        if (strcmp(d->devices[k].kind, "cpu") == 0) {
+            char line[600];
+            nllm_cpu_kernels_describe(line, sizeof line);
+            nllmd_log(d, NULL, "%s", line);
+        }
+}
+
 /* ---- one-shot mode ----------------------------------------------------- */
 
 void nllmd_oneshot_notify(nllmd_t *d, const char *method, json_t *p)
@@ -739,6 +751,8 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
         fprintf(stderr, "nllmd run: %s\n", err.msg);
         return 1;
     }
+    if (rank == 0)
+        log_cpu_kernels(d);
     nllm_job_t *j = rank == 0 ? nllmd_job_find(d, name) : NULL;
     if (rank > 0) {
         /* rank 0's decision: its exit code, or the settings of the job */
@@ -924,6 +938,7 @@ int main(int argc, char **argv)
               NLLMD_VERSION, d->opt.socket_path, d->opt.state_dir, d->ndevices,
               d->devices[0].name, d->ndevices > 1 ? ",..." : "", d->opt.jobs_per_device,
               d->opt.max_jobs, d->opt.listen[0] ? d->opt.listen : "no TCP");
+    log_cpu_kernels(d);
     uv_timer_start(&d->tick, on_tick, 1000, 1000);
     nllmd_schedule(d);
     sd_notify_msg("READY=1");

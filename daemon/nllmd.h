@@ -287,6 +287,7 @@ void nllmd_schedule(nllmd_t *d);
 int nllmd_device_reset(nllmd_t *d, const char *name, json_t **res, nllm_err_t *err);
 /* A device's health as JSON members: healthy, fault, fault_job, fault_time, faults. */
 void nllmd_device_health_json(const nllmd_device_t *v, json_t *o);
+void nllmd_device_kernels_json(const nllmd_device_t *v, json_t *o);
 /* Names of the jobs running on device k (a JSON array), in job-list order. */
 json_t *nllmd_device_jobs_json(nllmd_t *d, int k);
 void nllmd_pause_all_for_shutdown(nllmd_t *d);

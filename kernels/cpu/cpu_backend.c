@@ -2,7 +2,9 @@
  *
  * GEMMs with few rows (the per-time-step products of the recurrence) go to
  * small_gemm.c, which reads the weights in place; the large ones (output
- * head, weight gradients) go to OpenBLAS (CBLAS). The fused element-wise kernels are plain C
+ * head, weight gradients) go to OpenBLAS (CBLAS), or to nllm's own packed
+ * GEMM (gemm.c) where OpenBLAS's kernels sit below the CPU's instruction
+ * set (cpu_kernels.c decides, once per process). The fused element-wise kernels are plain C
  * loops written so the compiler vectorises them, split across the backend's
  * worker threads where the work is large enough. "Device" memory is host
  * memory. Results depend only on the inputs and the thread count (every
@@ -16,7 +18,9 @@
 #include <sys/mman.h>
 
 #include "backend.h"
+#include "cpu_kernels.h"
 #include "cpu_pool.h"
+#include "gemm.h"
 #include "nllm_math.h"
 #include "small_gemm.h"
 
@@ -28,6 +32,7 @@ extern int openblas_get_num_threads(void);
 typedef struct {
     int threads;
     nllm_pool_t *pool;
+    nllm_gemm_ws_t *gemm_ws; /* NULL when the BLAS runs the large products */
 } cpu_impl_t;
 
 static nllm_pool_t *pool_of(nllm_backend_t *be)
@@ -102,6 +107,7 @@ static void cpu_destroy(nllm_backend_t *be)
     cpu_impl_t *impl = be->impl;
     if (impl) {
         nllm_pool_destroy(impl->pool);
+        nllm_gemm_ws_destroy(impl->gemm_ws);
         free(impl);
     }
     free(be);
@@ -125,6 +131,13 @@ static void cpu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, i
      * on every call, so multiply in place instead. */
     if (!transA && nllm_small_gemm_use(M)) {
         nllm_small_gemm(pool_of(be), transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* The BLAS's kernels sit below the CPU's level (cpu_kernels.h). */
+    cpu_impl_t *impl = be->impl;
+    if (impl->gemm_ws) {
+        nllm_gemm(impl->pool, impl->gemm_ws, transA, transB, M, N, K, alpha, A, lda, B, ldb,
+                  beta, C, ldc);
         return;
     }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
@@ -562,7 +575,10 @@ int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err)
     }
     impl->threads = threads;
     int rc = nllm_pool_create(threads, &impl->pool, err);
+    if (rc == 0 && nllm_cpu_kernels_use_own())
+        rc = nllm_gemm_ws_create(threads, &impl->gemm_ws, err);
     if (rc < 0) {
+        nllm_pool_destroy(impl->pool);
         free(be);
         free(impl);
         return rc;

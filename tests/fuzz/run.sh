@@ -82,6 +82,7 @@ python3 -c 'import sys; d = open(sys.argv[1], "rb").read(); nl = chr(10); open(s
 srcs=(kernels/nllm_err.c kernels/backend.c kernels/model.c kernels/coll_single.c
       kernels/cpu/cpu_backend.c
       kernels/cpu/cpu_pool.c kernels/cpu/small_gemm.c
+      kernels/cpu/gemm.c kernels/cpu/cpu_kernels.c
       daemon/data.c daemon/config.c daemon/trainer.c daemon/ckpt.c daemon/safetensors.c
       daemon/fsutil.c daemon/catalog.c proto/rpc.c
       daemon/nllmd.c daemon/server.c daemon/jobs.c daemon/methods.c daemon/jsonpack.c
