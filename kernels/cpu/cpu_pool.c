@@ -108,14 +108,9 @@ void nllm_pool_destroy(nllm_pool_t *pool)
     free(pool);
 }
 
-void nllm_pool_for(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n, int64_t work)
+/* Hands [0, n) out over every thread and waits for them. */
+static void run_split(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n)
 {
-    if (n <= 0)
-        return;
-    if (!pool || pool->threads == 1 || work < NLLM_POOL_MIN_WORK || n < pool->threads) {
-        fn(arg, 0, n);
-        return;
-    }
     pthread_mutex_lock(&pool->mu);
     pool->fn = fn;
     pool->arg = arg;
@@ -131,4 +126,28 @@ void nllm_pool_for(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n, int
     while (pool->pending > 0)
         pthread_cond_wait(&pool->cv_done, &pool->mu);
     pthread_mutex_unlock(&pool->mu);
+}
+
+void nllm_pool_for(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n, int64_t work)
+{
+    if (n <= 0)
+        return;
+    if (!pool || pool->threads == 1 || work < NLLM_POOL_MIN_WORK || n < pool->threads) {
+        fn(arg, 0, n);
+        return;
+    }
+    run_split(pool, fn, arg, n);
+}
+
+int nllm_pool_threads(const nllm_pool_t *pool)
+{
+    return pool ? pool->threads : 1;
+}
+
+void nllm_pool_all(nllm_pool_t *pool, nllm_pool_fn fn, void *arg)
+{
+    if (!pool || pool->threads == 1)
+        fn(arg, 0, 1);
+    else
+        run_split(pool, fn, arg, pool->threads);
 }

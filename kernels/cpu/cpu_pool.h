@@ -18,5 +18,11 @@ int nllm_pool_create(int threads, nllm_pool_t **out, nllm_err_t *err);
 void nllm_pool_destroy(nllm_pool_t *pool);
 /* Runs fn over [0, n); inline when work (a rough cost) is small. */
 void nllm_pool_for(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n, int64_t work);
+/* The pool's threads, the caller included (1 for NULL). */
+int nllm_pool_threads(const nllm_pool_t *pool);
+/* Runs fn(arg, k, k + 1) once on each of the pool's threads at the same
+ * time, k = 0 .. nllm_pool_threads() - 1 (the caller is k = 0), whatever
+ * the work: fn may wait for the others (a barrier). */
+void nllm_pool_all(nllm_pool_t *pool, nllm_pool_fn fn, void *arg);
 
 #endif /* NLLM_CPU_POOL_H */

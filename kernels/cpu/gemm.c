@@ -2,14 +2,17 @@
  *
  * The loops of GotoBLAS/BLIS: for each NC-wide panel of op(B) and each
  * KC-deep slice of it, the panel is packed once (in NR-column slivers,
- * k-major) by all threads; then every participant claims tasks -- an
+ * k-major) by all participants; then every participant claims tasks -- an
  * MC-row block of op(A), packed into its own buffer in MR-row slivers,
  * times a range of the panel's slivers -- and runs an MR x NR register
  * tile per sliver pair. The tile keeps MR x NR/VW vector accumulators
  * over k and adds alpha times them into C (beta times C on the first
  * slice). Partial tiles at the right and bottom edges run the same code on
  * a copy of C's tile (the packed operands are zero-padded), so an element
- * is computed the same way wherever it sits.
+ * is computed the same way wherever it sits. The pool's threads run all
+ * slices of a call in one parallel region with one spin barrier per slice
+ * (gm_participant): at 16 threads a slice of a per-time-step product
+ * takes microseconds, less than waking sleeping threads.
  *
  * Invariant (exact resume relies on it): which participant computes a
  * tile, MC and the number of tasks never change a result; KC (the depth of
@@ -23,6 +26,7 @@
 
 #include "gemm.h"
 
+#include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,8 +42,8 @@
 
 struct nllm_gemm_ws {
     int threads;
-    float *bpack;  /* GM_KC x (GM_NC + GM_MAX_NR) */
-    float **apack; /* per participant: GM_MAX_MC x GM_KC */
+    float *bpack[2]; /* each GM_KC x (GM_NC + GM_MAX_NR): slices alternate */
+    float **apack;   /* per participant: GM_MAX_MC x GM_KC */
 };
 
 /* One product, as the participants see it. */
@@ -52,16 +56,13 @@ typedef struct {
 
 typedef struct gm_isa gm_isa_t;
 
-/* One NC x KC slice being worked on. */
+/* One NC x KC slice of the product. */
 typedef struct {
-    const gm_isa_t *isa;
     const gm_args_t *g;
-    nllm_gemm_ws_t *ws;
+    float *bpack; /* its packed panel of op(B) */
     int j0, nc, k0, kc, first;
-    int mc, nblk, ngrp, slivers, per_grp;
+    int mc, ngrp, slivers, per_grp;
     int64_t ntasks;
-    _Atomic int64_t next;
-    _Atomic int ids;
 } gm_slice_t;
 
 struct gm_isa {
@@ -217,13 +218,15 @@ int nllm_gemm_ws_create(int threads, nllm_gemm_ws_t **out, nllm_err_t *err)
     size_t bbytes = sizeof(float) * GM_KC * (GM_NC + GM_MAX_NR);
     size_t abytes = sizeof(float) * GM_KC * GM_MAX_MC;
     ws->apack = calloc((size_t)threads, sizeof *ws->apack);
-    int ok = ws->apack && posix_memalign((void **)&ws->bpack, 64, bbytes) == 0;
+    int ok = ws->apack && posix_memalign((void **)&ws->bpack[0], 64, bbytes) == 0 &&
+             posix_memalign((void **)&ws->bpack[1], 64, bbytes) == 0;
     for (int t = 0; ok && t < threads; t++)
         ok = posix_memalign((void **)&ws->apack[t], 64, abytes) == 0;
     if (!ok) {
         nllm_gemm_ws_destroy(ws);
-        return nllm_err_set(err, NLLM_ENOMEM, "cpu gemm: out of memory for %zu bytes of packing buffers",
-                            bbytes + abytes * (size_t)threads);
+        return nllm_err_set(err, NLLM_ENOMEM,
+                            "cpu gemm: out of memory for %zu bytes of packing buffers",
+                            2 * bbytes + abytes * (size_t)threads);
     }
     *out = ws;
     return 0;
@@ -237,33 +240,101 @@ void nllm_gemm_ws_destroy(nllm_gemm_ws_t *ws)
         for (int t = 0; t < ws->threads; t++)
             free(ws->apack[t]);
     free(ws->apack);
-    free(ws->bpack);
+    free(ws->bpack[0]);
+    free(ws->bpack[1]);
     free(ws);
 }
 
-static void gm_pack_part(void *arg, int64_t s0, int64_t s1)
+/* A barrier for the participants of one call: they spin a little (a slice
+ * takes microseconds at 16 threads; a sleep and wake-up costs more), then
+ * yield the core (an oversubscribed machine). */
+typedef struct {
+    int n;
+    _Atomic int count;
+    _Atomic unsigned gen;
+} gm_barrier_t;
+
+static void gm_barrier_wait(gm_barrier_t *b)
 {
-    const gm_slice_t *s = arg;
-    s->isa->pack_b(s, s0, s1);
+    if (b->n == 1)
+        return;
+    unsigned gen = atomic_load_explicit(&b->gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->gen, 1, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == gen; spins++) {
+        if (spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
 }
 
-/* A participant: claims tasks until none are left. The participant index
- * picks its A buffer; one that finds no buffer free leaves the work to the
- * others (it cannot happen while the pool has no more threads than ws). */
-static void gm_participant(void *arg, int64_t begin, int64_t end)
+/* One call, shared by its participants. */
+typedef struct {
+    const gm_isa_t *isa;
+    const gm_args_t *g;
+    nllm_gemm_ws_t *ws;
+    int mc, nblk;
+    gm_barrier_t barrier;
+    _Atomic int64_t next[2]; /* task counters of alternate slices */
+} gm_call_t;
+
+/* A participant of a call, for every slice in order: packs its share of the
+ * slice's panel (into the buffer the slice before last used), waits for
+ * the others, then claims the slice's tasks until none are left. One
+ * barrier per slice is enough: a participant reaches slice i's barrier
+ * only after its tasks of slice i-1, so past it no one still reads the
+ * buffer (or the counter) that slice i+1 reuses. Participant 0 resets that
+ * counter there. Which participant runs a task never changes a result. */
+static void gm_participant(void *arg, int64_t me, int64_t end)
 {
-    (void)begin;
     (void)end;
-    gm_slice_t *s = arg;
-    int me = atomic_fetch_add_explicit(&s->ids, 1, memory_order_relaxed);
-    if (me >= s->ws->threads)
-        return;
-    float *apack = s->ws->apack[me];
-    for (;;) {
-        int64_t t = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed);
-        if (t >= s->ntasks)
-            return;
-        s->isa->task(s, apack, t);
+    gm_call_t *call = arg;
+    const gm_args_t *g = call->g;
+    const gm_isa_t *isa = call->isa;
+    int np = call->barrier.n, nr = isa->nr;
+    float *apack = me < call->ws->threads ? call->ws->apack[me] : NULL;
+    int idx = 0;
+    for (int j0 = 0; j0 < g->N; j0 += GM_NC) {
+        int nc = g->N - j0 < GM_NC ? g->N - j0 : GM_NC;
+        int slivers = (nc + nr - 1) / nr;
+        /* few row blocks: split the panel's slivers into groups as well */
+        int ngrp = call->nblk >= 2 * np ? 1 : (2 * np + call->nblk - 1) / call->nblk;
+        if (ngrp > slivers)
+            ngrp = slivers;
+        for (int k0 = 0; k0 < g->K; k0 += GM_KC, idx++) {
+            gm_slice_t s = {.g = g,
+                            .bpack = call->ws->bpack[idx & 1],
+                            .j0 = j0,
+                            .nc = nc,
+                            .k0 = k0,
+                            .kc = g->K - k0 < GM_KC ? g->K - k0 : GM_KC,
+                            .first = k0 == 0,
+                            .mc = call->mc,
+                            .ngrp = ngrp,
+                            .slivers = slivers,
+                            .per_grp = (slivers + ngrp - 1) / ngrp,
+                            .ntasks = (int64_t)call->nblk * ngrp};
+            isa->pack_b(&s, slivers * me / np, slivers * (me + 1) / np);
+            gm_barrier_wait(&call->barrier);
+            _Atomic int64_t *next = &call->next[idx & 1];
+            if (me == 0)
+                atomic_store_explicit(&call->next[(idx + 1) & 1], 0, memory_order_relaxed);
+            if (!apack)
+                continue;
+            for (;;) {
+                int64_t t = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
+                if (t >= s.ntasks)
+                    break;
+                isa->task(&s, apack, t);
+            }
+        }
     }
 }
 
@@ -288,50 +359,24 @@ void nllm_gemm(nllm_pool_t *pool, nllm_gemm_ws_t *ws, int transA, int transB, in
         return;
     }
     gm_args_t g = {transA != 0, transB != 0, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C};
-    int64_t work = (int64_t)M * N * K;
-    int threads = pool && work >= GM_PAR_MIN_WORK ? ws->threads : 1;
-    /* MC: a multiple of MR, small enough that every thread gets two blocks
-     * where M allows (results do not depend on it) */
-    int mr = isa->mr, nr = isa->nr;
-    int mc = (M + 2 * threads - 1) / (2 * threads);
+    int np = (int64_t)M * N * K >= GM_PAR_MIN_WORK ? nllm_pool_threads(pool) : 1;
+    /* MC: a multiple of MR, small enough that every participant gets two
+     * blocks where M allows (results do not depend on it) */
+    int mr = isa->mr;
+    int mc = (M + 2 * np - 1) / (2 * np);
     mc = (mc + mr - 1) / mr * mr;
-    int mc_max = GM_MAX_MC / mr * mr;
-    if (mc > mc_max)
-        mc = mc_max;
-    int nblk = (M + mc - 1) / mc;
-    for (int j0 = 0; j0 < N; j0 += GM_NC) {
-        int nc = N - j0 < GM_NC ? N - j0 : GM_NC;
-        int slivers = (nc + nr - 1) / nr;
-        /* few row blocks: split the panel's slivers into groups as well */
-        int ngrp = nblk >= 2 * threads ? 1 : (2 * threads + nblk - 1) / nblk;
-        if (ngrp > slivers)
-            ngrp = slivers;
-        for (int k0 = 0; k0 < K; k0 += GM_KC) {
-            gm_slice_t s = {.isa = isa,
-                            .g = &g,
-                            .ws = ws,
-                            .j0 = j0,
-                            .nc = nc,
-                            .k0 = k0,
-                            .kc = K - k0 < GM_KC ? K - k0 : GM_KC,
-                            .first = k0 == 0,
-                            .mc = mc,
-                            .nblk = nblk,
-                            .ngrp = ngrp,
-                            .slivers = slivers,
-                            .per_grp = (slivers + ngrp - 1) / ngrp,
-                            .ntasks = (int64_t)nblk * ngrp};
-            atomic_init(&s.next, 0);
-            atomic_init(&s.ids, 0);
-            if (threads > 1) {
-                nllm_pool_for(pool, gm_pack_part, &s, slivers, (int64_t)s.kc * nc * 8);
-                nllm_pool_for(pool, gm_participant, &s, threads, work);
-            } else {
-                gm_pack_part(&s, 0, slivers);
-                gm_participant(&s, 0, 1);
-            }
-        }
-    }
+    if (mc > GM_MAX_MC / mr * mr)
+        mc = GM_MAX_MC / mr * mr;
+    gm_call_t call = {.isa = isa, .g = &g, .ws = ws, .mc = mc, .nblk = (M + mc - 1) / mc};
+    call.barrier.n = np;
+    atomic_init(&call.barrier.count, 0);
+    atomic_init(&call.barrier.gen, 0);
+    atomic_init(&call.next[0], 0);
+    atomic_init(&call.next[1], 0);
+    if (np > 1)
+        nllm_pool_all(pool, gm_participant, &call);
+    else
+        gm_participant(&call, 0, 1);
 }
 
 #else /* GM_TEMPLATE ------------------------------------------------------- */
@@ -357,7 +402,7 @@ static void GM(pack_b)(const gm_slice_t *s, int64_t s0, int64_t s1)
 {
     const gm_args_t *g = s->g;
     for (int64_t q = s0; q < s1; q++) {
-        float *dst = s->ws->bpack + (size_t)q * s->kc * GM_NR;
+        float *dst = s->bpack + (size_t)q * s->kc * GM_NR;
         int j = s->j0 + (int)q * GM_NR;
         int n = g->N - j < GM_NR ? g->N - j : GM_NR;
         if (!g->transB) {
@@ -463,7 +508,7 @@ static void GM(task)(const gm_slice_t *s, float *apack, int64_t t)
         return;
     GM(pack_a)(s, apack, i0, m);
     for (int q = q0; q < q1; q++) {
-        const float *bq = s->ws->bpack + (size_t)q * s->kc * GM_NR;
+        const float *bq = s->bpack + (size_t)q * s->kc * GM_NR;
         int j = s->j0 + q * GM_NR;
         int n = g->N - j < GM_NR ? g->N - j : GM_NR;
         for (int r0 = 0; r0 < m; r0 += GM_MR) {
