@@ -31,21 +31,13 @@ import sys
 import tempfile
 import time
 
-passed = failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemonlib as dl  # noqa: E402
+
+check = dl.check
 # variables the service manager sets; none may leak in from the caller
 SD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
           "LISTEN_FDNAMES", "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "NLLM_SOCKET")
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + what, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + what + (": " + detail if detail else ""), flush=True)
-    return cond
 
 
 def clean_env(**extra):
@@ -574,16 +566,10 @@ def daemon(nllmd, conf):
         print("SKIP: %s is not built" % nllmd)
         return 77
     # short: Unix socket paths must fit in 108 bytes
-    tmp = tempfile.mkdtemp(prefix="nllm-sd-", dir="/tmp")
-    try:
+    with dl.tmpdir("nllm-sd-", dir="/tmp") as tmp:
         notify_checks(nllmd, conf, tmp)
         activation_checks(nllmd, conf, tmp)
         mismatch_checks(nllmd, conf, tmp)
-    finally:
-        if failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("kept " + tmp)
     return 0
 
 
@@ -597,8 +583,7 @@ def main():
         return 2
     if rc == 77:
         return 77
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return dl.report()
 
 
 if __name__ == "__main__":
