@@ -29,18 +29,11 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(HERE, "..", "bench")
 sys.path.insert(0, BENCH)
+sys.path.insert(0, HERE)
 import compare  # noqa: E402
+import daemonlib as dl  # noqa: E402
 
-PASSED = FAILED = 0
-
-
-def check(ok, what):
-    global PASSED, FAILED
-    if ok:
-        PASSED += 1
-    else:
-        FAILED += 1
-    print("%s  %s" % ("ok  " if ok else "FAIL", what), flush=True)
+check = dl.check
 
 
 FAKE_COMMON = r'''
@@ -333,8 +326,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="nllm-test-bench-") as tmp:
         test_compare(tmp)
     test_torch_bench()
-    print("%d passed, %d failed" % (PASSED, FAILED))
-    return 1 if FAILED else 0
+    return dl.report()
 
 
 if __name__ == "__main__":

@@ -12,31 +12,19 @@ stubbed).
 Usage: test_completion.py BUILD_DIR. Prints "N passed, M failed".
 """
 import os
-import random
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 
-BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemonlib as dl  # noqa: E402
+
+BUILD, NLLMD, NLLMCTL = dl.programs()
 SRC = os.environ.get("NLLM_SOURCE_ROOT",
                      os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASH_COMPLETION = os.path.join(SRC, "ops", "completion", "nllmctl.bash")
 ZSH_COMPLETION = os.path.join(SRC, "ops", "completion", "_nllmctl")
-NLLMD, NLLMCTL = os.path.join(BUILD, "nllmd"), os.path.join(BUILD, "nllmctl")
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + what, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + what, flush=True)
-    return cond
+check = dl.check
 
 
 def complete(*words):
@@ -61,25 +49,6 @@ def zcomplete(*words):
     r = subprocess.run(["zsh", "-f", "-c", script, "x", ZSH_COMPLETION] + list(words),
                        capture_output=True, text=True, timeout=60, env=env)
     return r.returncode, [w for w in r.stdout.split("\n") if w], r.stderr
-
-
-def main():
-    if not shutil.which("bash"):
-        print("SKIP: bash is not installed")
-        return 77
-    if not (os.access(NLLMD, os.X_OK) and os.access(NLLMCTL, os.X_OK)):
-        print("SKIP: nllmd or nllmctl is not built in " + BUILD)
-        return 77
-    tmp = tempfile.mkdtemp(prefix="nllm-completion-test-")
-    try:
-        run(tmp)
-    finally:
-        if failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("kept " + tmp)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
 
 
 def run(tmp):
@@ -114,49 +83,27 @@ def run(tmp):
     check(not stale, "every completed flag is in `nllmctl help CMD` %s" % (stale or ""))
 
     # job and checkpoint names from a real daemon
-    sock = os.path.join(tmp, "d.sock")
     missing = os.path.join(tmp, "none.sock")
     rc, got, err = complete("nllmctl", "--socket", missing, "status", "")
     check(rc == 0 and got == [] and not err, "no daemon: no names, quietly (%s)" % err.strip())
     data = os.path.join(tmp, "train.txt")
-    rnd = random.Random(1)
-    words = "the king queen lord sword crown river night day sun moon".split()
-    with open(data, "w") as f:
-        for _ in range(300):
-            f.write(" ".join(rnd.choice(words) for _ in range(8)) + "\n")
-    log = open(os.path.join(tmp, "d.log"), "a")
-    p = subprocess.Popen([NLLMD, "--state-dir", os.path.join(tmp, "state"), "--socket", sock,
-                          "--devices", "cpu", "--threads", "1", "--metrics", "none"],
-                         stdout=log, stderr=log)
-
-    def ctl(*args):
-        return subprocess.run([NLLMCTL, "--socket", sock] + list(args), capture_output=True,
-                              text=True, timeout=120).returncode
-
-    try:
-        for _ in range(400):
-            if p.poll() is not None:
-                raise RuntimeError("nllmd exited; see " + log.name)
-            if os.path.exists(sock) and ctl("hello") == 0:
-                break
-            time.sleep(0.05)
+    dl.corpus(data, 300, 1)
+    with dl.Daemon(NLLMD, NLLMCTL, tmp, "d", ["--metrics", "none"]) as d:
+        sock = d.sock
         tiny = ["--epochs", "1", "--vocab", "30", "--embed-dim", "8", "--hidden-dim", "16",
                 "--context-dim", "8", "--layers", "2", "--seq-len", "16", "--batch", "4",
                 "--threads", "1"]
-        check(ctl("start", "alpha", "--data", data, *tiny) == 0 and
-              ctl("start", "beta.2", "--data", data, *tiny) == 0, "start jobs alpha and beta.2")
+        check(d.ctl("start", "alpha", "--data", data, *tiny).rc == 0 and
+              d.ctl("start", "beta.2", "--data", data, *tiny).rc == 0,
+              "start jobs alpha and beta.2")
         rc, got, _ = complete("nllmctl", "--socket", sock, "status", "")
         check(sorted(got) == ["alpha", "beta.2"], "nllmctl status <TAB> -> %s" % got)
         rc, got, _ = complete("nllmctl", "--socket=" + sock, "watch", "be")
         check(got == ["beta.2"], "nllmctl --socket=S watch be -> %s" % got)
         rc, got, _ = complete("nllmctl", "--socket", sock, "status", "alpha", "")
         check(got == [], "a second name is not offered (%s)" % got)
-        t = time.time()
-        while time.time() - t < 120:
-            rc, got, _ = complete("nllmctl", "--socket", sock, "resume", "alpha", "")
-            if "final" in got:
-                break
-            time.sleep(0.2)
+        got = dl.poll(lambda: complete("nllmctl", "--socket", sock, "resume", "alpha", "")[1],
+                      lambda g: "final" in g, 120, 0.2)
         check("best" in got and "final" in got, "nllmctl resume alpha <TAB> -> %s" % got)
         rc, got, _ = complete("nllmctl", "--socket", sock, "generate", "alpha", "--checkpoint",
                               "b")
@@ -165,13 +112,7 @@ def run(tmp):
             rc, got, err = zcomplete("nllmctl", "--socket", sock, "status", "")
             check(sorted(got) == ["alpha", "beta.2"], "zsh: nllmctl status <TAB> -> %s %s" %
                   (got, err.strip()))
-        ctl("shutdown")
-        check(p.wait(120) == 0, "nllmd shut down cleanly")
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        log.close()
+        check(d.shutdown() == 0, "nllmd shut down cleanly")
 
     if not shutil.which("zsh"):
         print("skip zsh: zsh is not installed")
@@ -184,4 +125,6 @@ def run(tmp):
     check(got == ["--epochs"], "zsh: nllmctl start --ep -> %s %s" % (got, err.strip()))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if not shutil.which("bash"):
+        dl.skip("bash is not installed")
+    sys.exit(dl.main(run, "nllm-completion-test-", NLLMD, NLLMCTL))

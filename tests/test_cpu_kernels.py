@@ -22,8 +22,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemonlib as dl  # noqa: E402
@@ -54,9 +52,8 @@ def bench(exe, **env):
 
 def main():
     if platform.machine() not in ("x86_64", "AMD64"):
-        print("SKIP: not x86-64")
-        return 77
-    build = sys.argv[1]
+        dl.skip("not x86-64")
+    build, nllmd, nllmctl = dl.programs()
     exe = os.path.join(build, "nllm-bench")
     normal, prescott = [], []
     for _ in range(3):  # alternating: the machine's noise hits both alike
@@ -104,29 +101,27 @@ def main():
              "an unknown NLLM_CPU_GEMM is ignored, and said so (%s)" % bad["reason"])
 
     # the daemon: log line, hello (text, JSON) and /api/daemon
-    tmp = tempfile.mkdtemp(prefix="nllm-kernels-")
-    port = dl.free_port()
-    d = dl.Daemon(os.path.join(build, "nllmd"), os.path.join(build, "nllmctl"), tmp, "d",
-                  ["--metrics", "127.0.0.1:%d" % port])
-    try:
-        rc, text = d.ctl("hello", json_out=False)
-        dl.check(rc == 0 and "cpu kernels: large products on %s" % k["large_gemm"] in text,
-                 "nllmctl hello shows the CPU's kernels (%r)" % text[-300:])
-        rc, h = d.ctl("hello")
-        dev = [x for x in h["devices"] if x["kind"] == "cpu"][0]
-        dl.check(dev.get("kernels", {}).get("large_gemm") == k["large_gemm"] and
-                 dev["kernels"].get("cpu_isa") == cpu,
-                 "hello's cpu device has kernels (%s)" % dev.get("kernels"))
-        with urllib.request.urlopen("http://127.0.0.1:%d/api/daemon" % port, timeout=30) as r:
-            api = json.loads(r.read())
-        adev = [x for x in api["devices"] if x["kind"] == "cpu"][0]
-        dl.check(adev.get("kernels") == dev.get("kernels"),
-                 "/api/daemon reports the same kernels (%s)" % adev.get("kernels"))
-    finally:
-        d.shutdown()
-    log = d.log_text()
-    dl.check("CPU kernels: large products on %s" % k["large_gemm"] in log,
-             "nllmd logs the kernels at start")
+    with dl.tmpdir("nllm-kernels-") as tmp:
+        port = dl.free_port()
+        d = dl.Daemon(nllmd, nllmctl, tmp, "d", ["--metrics", "127.0.0.1:%d" % port])
+        try:
+            rc, text, _ = d.ctl("hello", json_out=False)
+            dl.check(rc == 0 and "cpu kernels: large products on %s" % k["large_gemm"] in text,
+                     "nllmctl hello shows the CPU's kernels (%r)" % text[-300:])
+            rc, h, _ = d.ctl("hello")
+            dev = [x for x in h["devices"] if x["kind"] == "cpu"][0]
+            dl.check(dev.get("kernels", {}).get("large_gemm") == k["large_gemm"] and
+                     dev["kernels"].get("cpu_isa") == cpu,
+                     "hello's cpu device has kernels (%s)" % dev.get("kernels"))
+            api = dl.http_json(port, "/api/daemon")
+            adev = [x for x in api["devices"] if x["kind"] == "cpu"][0]
+            dl.check(adev.get("kernels") == dev.get("kernels"),
+                     "/api/daemon reports the same kernels (%s)" % adev.get("kernels"))
+        finally:
+            d.shutdown()
+            d.close()
+        dl.check("CPU kernels: large products on %s" % k["large_gemm"] in d.log_text(),
+                 "nllmd logs the kernels at start")
     return dl.report()
 
 

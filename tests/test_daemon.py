@@ -22,95 +22,26 @@ status while a job trains.
 
 Usage: test_daemon.py BUILD_DIR   (meson passes it). Prints "N passed, M failed".
 """
+import functools
 import hashlib
-import json
 import os
-import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-BUILD = sys.argv[1] if len(sys.argv) > 1 else "build"
-NLLMD = os.path.join(BUILD, "nllmd")
-NLLMCTL = os.path.join(BUILD, "nllmctl")
-passed = failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemonlib as dl  # noqa: E402
+
+BUILD, NLLMD, NLLMCTL = dl.programs()
+check, corpus = dl.check, dl.corpus
 
 
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + what, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + what, flush=True)
-    return cond
-
-
-class Daemon:
-    def __init__(self, tmp, extra=()):
-        self.tmp = tmp
-        self.sock = os.path.join(tmp, "d.sock")
-        self.state = os.path.join(tmp, "state")
-        self.log = open(os.path.join(tmp, "nllmd.log"), "a")
-        self.p = subprocess.Popen([NLLMD, "--state-dir", self.state, "--socket", self.sock,
-                                   "--devices", "cpu", "--threads", "1"] + list(extra),
-                                  stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            if os.path.exists(self.sock) and self.ctl("hello", ok=None)[0] == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("nllmd did not come up; see " + self.log.name)
-
-    def ctl(self, *args, ok=True, timeout=120):
-        r = subprocess.run([NLLMCTL, "--socket", self.sock, "--json"] + list(args),
-                           capture_output=True, text=True, timeout=timeout)
-        out = None
-        if r.stdout.strip():
-            try:
-                out = json.loads(r.stdout) if args[0] != "watch" else r.stdout
-            except ValueError:
-                out = r.stdout
-        if ok is True and r.returncode != 0:
-            print("  nllmctl %s -> %d: %s" % (" ".join(args), r.returncode, r.stderr.strip()))
-        return r.returncode, out, r.stderr
-
-    def status(self, name):
-        return self.ctl("status", name, ok=None)[1] or {"state": "missing", "epoch": -1,
-                                                         "step": 0, "steps_per_epoch": 1,
-                                                         "global_step": 0, "error": None,
-                                                         "attempt": 0}
-
-    def wait_state(self, name, states, timeout=120):
-        t = time.time()
-        while time.time() - t < timeout:
-            st = self.status(name)
-            if st and st["state"] in states:
-                return st
-            time.sleep(0.05)
-        return self.status(name)
-
-    def stop(self, sig=signal.SIGTERM, timeout=60):
-        self.p.send_signal(sig)
-        try:
-            return self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            return None
-
-
-def corpus(path, lines, seed):
-    rnd = random.Random(seed)
-    words = ("the king queen lord lady sword crown castle river night day sun moon "
-             "speak love war peace heart mind fair foul good ill").split()
-    with open(path, "w") as f:
-        for _ in range(lines):
-            f.write(" ".join(rnd.choice(words) for _ in range(rnd.randint(5, 14))) + "\n")
+# nllmd on TMP/d-state and TMP/d.sock
+Daemon = functools.partial(dl.Daemon, NLLMD, NLLMCTL)
 
 
 SMALL = ["--vocab", "30", "--embed-dim", "8", "--hidden-dim", "24", "--context-dim", "8",
@@ -144,14 +75,6 @@ def half_closed(sock_path, requests, timeout=60):
     return got, eof
 
 
-def final_hash(d, name):
-    cks = d.ctl("checkpoints", name)[1]["checkpoints"]
-    for c in cks:
-        if c["name"] == "final":
-            return c["weights_hash"]
-    return None
-
-
 def oneshot_resume(tmp, data):
     """`nllmd run NAME --resume [flags]` changes the job's settings as
     `nllmctl resume` does: training keys apply, the shape, data and seed are
@@ -159,7 +82,7 @@ def oneshot_resume(tmp, data):
     refused without rewriting its final checkpoint."""
     top = os.path.join(tmp, "oneshot-resume")
     os.makedirs(top)
-    state = os.path.join(top, "state")
+    state = os.path.join(top, "d-state")  # Daemon(top)'s
     final = os.path.join(state, "jobs", "b", "checkpoints", "b_final.safetensors")
 
     def nrun(*args):
@@ -267,15 +190,9 @@ def message_timeouts(tmp, main_sock):
 
     top = os.path.join(tmp, "msg-timeout")
     os.makedirs(top)
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    os.environ["NLLMD_MESSAGE_TIMEOUT_MS"] = "1000"
-    try:
-        d = Daemon(top, extra=["--listen", "127.0.0.1:%d" % port])
-    finally:
-        del os.environ["NLLMD_MESSAGE_TIMEOUT_MS"]
+    port = dl.free_port()
+    d = Daemon(top, args=["--listen", "127.0.0.1:%d" % port],
+               env={"NLLMD_MESSAGE_TIMEOUT_MS": "1000"})
     hello = msgpack.packb([0, 1, "hello", [{}]])
 
     def unix():
@@ -350,20 +267,6 @@ def message_timeouts(tmp, main_sock):
         d.stop()
 
 
-def main():
-    if not (os.access(NLLMD, os.X_OK) and os.access(NLLMCTL, os.X_OK)):
-        print("SKIP: %s or %s is not built" % (NLLMD, NLLMCTL))
-        return 77
-    tmp = tempfile.mkdtemp(prefix="nllm-daemon-test-")
-    try:
-        return run(tmp)
-    finally:
-        if failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("kept " + tmp)
-
-
 def run(tmp):
     data = os.path.join(tmp, "train.txt")
     corpus(data, 1500, 1)
@@ -391,7 +294,7 @@ def run(tmp):
     lines = [l.split() for l in r.stdout.splitlines()]
     check(r.returncode == 0 and ["precision:", "fp32"] in lines and ["precision", "fp32"] in lines,
           "nllmctl status ref (text): precision fp32, also in the config")
-    ref_hash = final_hash(d, "ref")
+    ref_hash = d.final_hash("ref")
     check(ref_hash is not None, "ref has a final checkpoint")
     names = sorted(c["name"] for c in d.ctl("checkpoints", "ref")[1]["checkpoints"])
     check(names == ["best", "epoch_3", "epoch_6", "final"], "ref checkpoints: %s" % names)
@@ -459,7 +362,7 @@ def run(tmp):
     check(rc == 0, "resume pz from paused")
     st = d.wait_state("pz", ["completed"], timeout=300)
     check(st["state"] == "completed", "pz completed")
-    check(final_hash(d, "pz") == ref_hash, "pause mid-epoch + resume: final weights identical to "
+    check(d.final_hash("pz") == ref_hash, "pause mid-epoch + resume: final weights identical to "
           "the straight run")
 
     # --- resume from epoch_3 after completion: history superseded, same result ---
@@ -467,7 +370,7 @@ def run(tmp):
     check(rc == 0, "resume pz epoch_3")
     st = d.wait_state("pz", ["completed"], timeout=300)
     check(st["state"] == "completed" and st["attempt"] == 3, "pz completed again, attempt 3")
-    check(final_hash(d, "pz") == ref_hash, "resume from epoch_3: final weights identical")
+    check(d.final_hash("pz") == ref_hash, "resume from epoch_3: final weights identical")
     allh = d.ctl("history", "pz", "--all")[1]["epochs"]
     cur = d.ctl("history", "pz")[1]["epochs"]
     check(len(cur) == 6 and sum(1 for h in allh if h["superseded"]) >= 3,
@@ -722,8 +625,7 @@ def run(tmp):
     cache_tmp = os.path.join(d.state, "jobs", "blocker", ".tokens.cache.tmp.12345.0")
     with open(cache_tmp, "wb") as f:
         f.write(b"NLLMTOK1")
-    d.p.send_signal(signal.SIGKILL)
-    d.p.wait()
+    d.stop(signal.SIGKILL)
     d = Daemon(tmp)
     st = d.status("blocker")
     check(st["state"] == "interrupted", "after SIGKILL the job is interrupted")
@@ -753,24 +655,18 @@ def run(tmp):
     cks = [c["name"] for c in d.ctl("checkpoints", "blocker")[1]["checkpoints"]]
     check(st["state"] == "interrupted" and "paused" in cks,
           "after SIGTERM: interrupted with a paused checkpoint")
-    d.ctl("shutdown")
-    d.p.wait(30)
-    d = Daemon(tmp, ["--auto-resume"])
+    d.shutdown()
+    d = Daemon(tmp, args=["--auto-resume"])
     st = d.wait_state("blocker", ["running", "completed"])
     check(st["state"] in ("running", "completed"), "--auto-resume resumes interrupted jobs")
     d.ctl("stop", "blocker")
     d.wait_state("blocker", ["stopped", "completed"])
-    d.ctl("shutdown")
-    check(d.p.wait(30) == 0, "shutdown: exit 0")
+    check(d.shutdown() == 0, "shutdown: exit 0")
 
     # --- killed after the rename of a first epoch_1 save, before its row committed ---
     # (commit 1 is best of epoch 1, commit 2 is epoch_1): the restart records
     # the file, no file is left that no row names
-    os.environ["NLLM_CATALOG_FAULT"] = "ckpt_add:2:kill"
-    try:
-        d = Daemon(tmp)
-    finally:
-        del os.environ["NLLM_CATALOG_FAULT"]
+    d = Daemon(tmp, env={"NLLM_CATALOG_FAULT": "ckpt_add:2:kill"})
     d.ctl("start", "orph", "--data", data, "--epochs", "3",
           *(SMALL[:-6] + ["--save-every", "1", "--threads", "1"]))
     try:
@@ -793,12 +689,8 @@ def run(tmp):
              d.ctl("checkpoints", "orph", "--all")[1]["checkpoints"]}
     check(set(os.listdir(orck)) <= named, "every orph checkpoint file is named by a row "
           "(files %s)" % sorted(os.listdir(orck)))
-    d.ctl("shutdown")
-    d.p.wait(30)
-
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    d.shutdown()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(dl.main(run, "nllm-daemon-test-", NLLMD, NLLMCTL))

@@ -15,40 +15,17 @@ when chromium is not installed.
 Usage: test_dashboard.py BUILD_DIR (meson passes it). Prints "N passed, M failed".
 """
 import html.parser
-import json
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
-BUILD = sys.argv[1] if len(sys.argv) > 1 else "build"
-NLLMD = os.path.join(BUILD, "nllmd")
-NLLMCTL = os.path.join(BUILD, "nllmctl")
-passed = failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemonlib as dl  # noqa: E402
 
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + what, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + what, flush=True)
-    return cond
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+BUILD, NLLMD, NLLMCTL = dl.programs()
+check = dl.check
 
 
 def find_chromium():
@@ -107,68 +84,21 @@ def chromium_cmd(chrome, profile, *extra):
             "--virtual-time-budget=5000"] + list(extra)
 
 
-def main():
-    chrome = find_chromium()
-    if not chrome:
-        print("SKIP: chromium is not installed (Debian package chromium)")
-        return 77
-    if not (os.access(NLLMD, os.X_OK) and os.access(NLLMCTL, os.X_OK)):
-        print("SKIP: %s or %s is not built" % (NLLMD, NLLMCTL))
-        return 77
-    tmp = tempfile.mkdtemp(prefix="nllm-dashboard-test-")
-    try:
-        run(tmp, chrome)
-    finally:
-        if failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("kept " + tmp)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
-
 def run(tmp, chrome):
     data = os.path.join(tmp, "train.txt")
-    rnd = random.Random(1)
-    words = ("the king queen lord lady sword crown castle river night day sun moon "
-             "speak love war peace heart mind fair foul good ill").split()
-    with open(data, "w") as f:
-        for _ in range(1500):
-            f.write(" ".join(rnd.choice(words) for _ in range(rnd.randint(5, 14))) + "\n")
-    port = free_port()
+    dl.corpus(data, 1500, 1)
+    port = dl.free_port()
     base = "http://127.0.0.1:%d" % port
-    sock = os.path.join(tmp, "d.sock")
-    log = open(os.path.join(tmp, "nllmd.log"), "a")
-    d = subprocess.Popen([NLLMD, "--state-dir", os.path.join(tmp, "state"), "--socket", sock,
-                          "--devices", "cpu", "--threads", "1", "--metrics",
-                          "127.0.0.1:%d" % port], stdout=log, stderr=log)
-
-    def ctl(*args):
-        return subprocess.run([NLLMCTL, "--socket", sock, "--json"] + list(args),
-                              capture_output=True, text=True, timeout=120)
-
-    def api(path):
-        with urllib.request.urlopen(base + path, timeout=30) as r:
-            return json.loads(r.read())
-
+    d = dl.Daemon(NLLMD, NLLMCTL, tmp, "d", ["--metrics", "127.0.0.1:%d" % port])
     try:
-        for _ in range(400):
-            if os.path.exists(sock) and ctl("hello").returncode == 0:
-                break
-            time.sleep(0.05)
         # long enough to keep training while the page loads; stopped at the end
-        r = ctl("start", "dash", "--data", data, "--epochs", "2000", "--patience", "0",
-                "--vocab", "30", "--embed-dim", "8", "--hidden-dim", "16", "--context-dim", "8",
-                "--layers", "2", "--seq-len", "16", "--batch", "4", "--save-every", "2",
-                "--threads", "1")
-        check(r.returncode == 0, "start job dash")
-        t = time.time()
-        job = {}
-        while time.time() - t < 300:
-            job = api("/api/jobs/dash")
-            if len(job.get("history", [])) >= 3 and job.get("checkpoints"):
-                break
-            time.sleep(0.1)
+        rc = d.ctl("start", "dash", "--data", data, "--epochs", "2000", "--patience", "0",
+                   "--vocab", "30", "--embed-dim", "8", "--hidden-dim", "16", "--context-dim",
+                   "8", "--layers", "2", "--seq-len", "16", "--batch", "4", "--save-every", "2",
+                   "--threads", "1").rc
+        check(rc == 0, "start job dash")
+        job = dl.poll(lambda: dl.http_json(port, "/api/jobs/dash"),
+                      lambda j: len(j.get("history", [])) >= 3 and j.get("checkpoints"), 300, 0.1)
         check(len(job.get("history", [])) >= 3, "job dash has %d epochs" %
               len(job.get("history", [])))
 
@@ -214,22 +144,15 @@ def run(tmp, chrome):
         check(ok, "screenshot %s" % shot)
         print("screenshot: " + shot)
 
-        r = ctl("stop", "dash")
-        check(r.returncode == 0, "stop job dash")
+        check(d.ctl("stop", "dash").rc == 0, "stop job dash")
     finally:
-        ctl("shutdown")
-        try:
-            rc = d.wait(120)
-        except subprocess.TimeoutExpired:
-            d.kill()
-            rc = None
-        check(rc == 0, "nllmd shutdown: exit 0")
-        log.close()
-        with open(os.path.join(tmp, "nllmd.log"), errors="replace") as f:
-            text = f.read()
-        check("AddressSanitizer" not in text and "runtime error" not in text,
-              "no sanitizer report in the daemon log")
+        check(d.shutdown() == 0, "nllmd shutdown: exit 0")
+        d.close()
+        check(dl.sanitizer_clean(d.log_text()), "no sanitizer report in the daemon log")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    CHROME = find_chromium()
+    if not CHROME:
+        dl.skip("chromium is not installed (Debian package chromium)")
+    sys.exit(dl.main(lambda tmp: run(tmp, CHROME), "nllm-dashboard-test-", NLLMD, NLLMCTL))

@@ -27,63 +27,29 @@ illegal address does. Checks:
 
 Usage: test_device_fault.py BUILD_DIR   (meson passes it).
 """
-import http.client
-import json
 import os
 import re
-import shutil
-import socket
+import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_daemon as td  # noqa: E402  (Daemon, corpus, check, final_hash)
+import daemonlib as dl  # noqa: E402
 
-check = td.check
-SMALL = ["--vocab", "30", "--embed-dim", "8", "--hidden-dim", "24", "--context-dim", "8",
-         "--layers", "2", "--seq-len", "16", "--batch", "4", "--lr", "0.003",
-         "--save-every", "1", "--dropout", "0.1", "--threads", "1"]
+BUILD, NLLMD, NLLMCTL = dl.programs()
+check = dl.check
+SMALL = dl.SMALL + ["--save-every", "1"]
 SYNC = 500  # in epoch 2: an epoch is 337 steps (a sync each) and a validation
 
 
-def events(d, name, kind):
-    return [e["message"] for e in d.ctl("events", name)[1]["events"] if e["kind"] == kind]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def get(port, path):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    c.request("GET", path)
-    body = c.getresponse().read().decode()
-    c.close()
-    return body
+def metrics(port):
+    return dl.http_get(port, "/metrics")[2].decode()
 
 
 def daemon(tmp, fault, port):
     os.makedirs(tmp)
-    os.environ["NLLM_BACKEND_FAULT"] = fault
-    try:
-        return td.Daemon(tmp, ["--metrics", "127.0.0.1:%d" % port])
-    finally:
-        del os.environ["NLLM_BACKEND_FAULT"]
-
-
-def wait_for(d, name, cond, timeout=300):
-    t = time.time()
-    while time.time() - t < timeout:
-        st = d.status(name)
-        if cond(st):
-            return st
-        time.sleep(0.05)
-    return d.status(name)
+    return dl.Daemon(NLLMD, NLLMCTL, tmp, args=["--metrics", "127.0.0.1:%d" % port],
+                     env={"NLLM_BACKEND_FAULT": fault})
 
 
 def cpu_dev(obj):
@@ -92,27 +58,27 @@ def cpu_dev(obj):
 
 def healthy_metric(port):
     m = re.search(r'^nllm_device_healthy\{device="cpu",kind="cpu"\} (\d+)$',
-                  get(port, "/metrics"), re.M)
+                  metrics(port), re.M)
     return int(m.group(1)) if m else None
 
 
 def run(tmp):
     data = os.path.join(tmp, "train.txt")
-    td.corpus(data, 1500, 1)
+    dl.corpus(data, 1500, 1)
 
     # --- requeue: one fault in epoch 2 ---
-    port = free_port()
+    port = dl.free_port()
     d = daemon(os.path.join(tmp, "once"), "device@sync:%d:1" % SYNC, port)
     rc, _, err = d.ctl("start", "a", "--data", data, "--epochs", "3", *SMALL)
     check(rc == 0, "start a (%s)" % err.strip())
-    st = wait_for(d, "a", lambda s: s.get("device_faults", 0) >= 1
-                  or s["state"] in ("completed", "failed"))
+    st = d.wait_for("a", lambda s: s.get("device_faults", 0) >= 1
+                    or s["state"] in ("completed", "failed"), 300)
     e = st["error"] or ""
     check(st["state"] == "queued" and st["device_faults"] == 1 and st["attempt"] == 2
           and "injected device fault" in e and "device cpu" in e and st["device"] is None,
           "the attempt ended with the device error; queued again (%s, attempt %s: %s)"
           % (st["state"], st["attempt"], e))
-    df, rq = events(d, "a", "device_fault"), events(d, "a", "requeued")
+    df, rq = d.events("a", "device_fault"), d.events("a", "requeued")
     check(len(df) == 1 and "injected device fault" in df[0]
           and "nllmctl device reset cpu" in df[0], "event device_fault (%s)" % df)
     check(len(rq) == 1 and "epoch_1" in rq[0] and "requeue 1 of 3" in rq[0],
@@ -130,14 +96,13 @@ def run(tmp):
     check(dv["healthy"] is False and "injected device fault" in (dv["fault"] or "")
           and dv["fault_job"] == "a" and dv["faults"] == 1,
           "hello: cpu unhealthy with the fault (%s)" % dv)
-    api = json.loads(get(port, "/api/daemon"))
+    api = dl.http_json(port, "/api/daemon")
     check(cpu_dev(api)["healthy"] is False, "/api/daemon: cpu unhealthy")
     check(healthy_metric(port) == 0, "/metrics: nllm_device_healthy{device=\"cpu\"} 0")
     check(re.search(r'^nllm_device_faults_total\{device="cpu",kind="cpu"\} 1$',
-                    get(port, "/metrics"), re.M) is not None,
+                    metrics(port), re.M) is not None,
           "/metrics: nllm_device_faults_total 1")
-    txt = td.subprocess.run([td.NLLMCTL, "--socket", d.sock, "hello"], capture_output=True,
-                            text=True).stdout
+    txt = d.ctl("hello", json_out=False).out
     check("device cpu is UNHEALTHY" in txt and "nllmctl device reset cpu" in txt,
           "nllmctl hello says cpu is unhealthy and how to reset it")
     d.ctl("start", "b", "--data", data, "--epochs", "1", *SMALL)
@@ -151,7 +116,7 @@ def run(tmp):
     rc, r, err = d.ctl("device", "reset", "cpu")
     check(rc == 0 and r["was_healthy"] is False and "injected" in (r["fault"] or ""),
           "device reset cpu (%s)" % (r or err))
-    st = wait_for(d, "a", lambda s: s["state"] != "queued", 60)
+    st = d.wait_for("a", lambda s: s["state"] != "queued", 60)
     rc, _, err = d.ctl("device", "reset", "cpu", ok=False)
     check(rc == 1 and "runs" in err and "pause or stop" in err,
           "device reset refused while jobs run on it (%s)" % err.strip())
@@ -160,7 +125,7 @@ def run(tmp):
     st = d.wait_state("a", ["completed", "failed"], 300)
     check(st["state"] == "completed" and st["error"] is None,
           "a completed after the requeue (%s: %s)" % (st["state"], st["error"]))
-    started = events(d, "a", "started")
+    started = d.events("a", "started")
     check(len(started) == 2 and "from epoch_1" in started[1],
           "the second attempt started from epoch_1 (%s)" % started)
     st = d.wait_state("b", ["completed", "failed"], 300)
@@ -168,14 +133,13 @@ def run(tmp):
     # the requeue is a resume: the same weights as a run that never faulted
     d.ctl("start", "ref", "--data", data, "--epochs", "3", *SMALL)
     d.wait_state("ref", ["completed", "failed"], 300)
-    check(td.final_hash(d, "a") == td.final_hash(d, "ref"),
+    check(d.final_hash("a") == d.final_hash("ref"),
           "a's final weights equal those of a run without a fault (%s %s)"
-          % (td.final_hash(d, "a"), td.final_hash(d, "ref")))
-    d.ctl("shutdown")
-    d.p.wait(30)
+          % (d.final_hash("a"), d.final_hash("ref")))
+    d.shutdown()
 
     # --- a fault at every run (no K) ---
-    port = free_port()
+    port = dl.free_port()
     d = daemon(os.path.join(tmp, "always"), "device@sync:40", port)
     d.ctl("start", "ff", "--data", data, "--epochs", "1", "--set", "on_device_fault=fail",
           *SMALL)
@@ -183,64 +147,47 @@ def run(tmp):
     e = st["error"] or ""
     check(st["state"] == "failed" and "injected device fault" in e
           and "on_device_fault is fail" in e and st["device_faults"] == 1
-          and not events(d, "ff", "requeued"),
+          and not d.events("ff", "requeued"),
           "on_device_fault fail: failed at the first fault (%s: %s)" % (st["state"], e))
     check(cpu_dev(d.ctl("hello")[1])["healthy"] is False, "the device is unhealthy too")
     check(re.search(r'^nllm_job_error_info\{job_name="ff",code="EDEVICE"\} 1$',
-                    get(port, "/metrics"), re.M) is not None,
+                    metrics(port), re.M) is not None,
           "/metrics: nllm_job_error_info{code=\"EDEVICE\"} for the failed job")
     d.ctl("start", "rq", "--data", data, "--epochs", "1", *SMALL)
     time.sleep(0.5)
     check(d.status("rq")["state"] == "queued", "rq waits for a healthy device")
     for k in range(1, 5):
         d.ctl("device", "reset", "cpu")
-        st = wait_for(d, "rq", lambda s: s.get("device_faults", 0) >= k
-                      or s["state"] in ("completed", "failed"), 120)
+        st = d.wait_for("rq", lambda s: s.get("device_faults", 0) >= k
+                        or s["state"] in ("completed", "failed"), 120)
     e = st["error"] or ""
     check(st["state"] == "failed" and st["device_faults"] == 4
           and "its 3 requeues after device faults are used up" in e
-          and len(events(d, "rq", "requeued")) == 3
-          and all("from the start" in m for m in events(d, "rq", "requeued")),
+          and len(d.events("rq", "requeued")) == 3
+          and all("from the start" in m for m in d.events("rq", "requeued")),
           "failed after 3 requeues from the start (%s: %s)" % (st["state"], e))
     check(cpu_dev(d.ctl("hello")[1])["faults"] == 5, "5 faults counted on cpu")
     rc, _, err = d.ctl("start", "bad", "--data", data, "--set", "on_device_fault=retry",
                        *SMALL, ok=False)
     check(rc == 2 and "on_device_fault" in err and "requeue or fail" in err,
           "on_device_fault retry refused, naming the key (%s)" % err.strip())
-    d.ctl("shutdown")
-    d.p.wait(30)
+    d.shutdown()
 
     # --- nllmd run: a requeue ends the run with 75; --resume (a restart) completes ---
     st_dir = os.path.join(tmp, "oneshot")
-    run1 = [td.NLLMD, "run", "--state-dir", st_dir, "os", "--data", data, "--epochs", "1",
+    run1 = [NLLMD, "run", "--state-dir", st_dir, "os", "--data", data, "--epochs", "1",
             "--vocab_size", "30", "--embed_dim", "8", "--hidden_dim", "16", "--context_dim",
             "8", "--num_layers", "2", "--max_seq_length", "16", "--batch_size", "4",
             "--threads", "1"]
     env = dict(os.environ, NLLM_BACKEND_FAULT="device@sync:40:1")
-    r = td.subprocess.run(run1, capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(run1, capture_output=True, text=True, timeout=120, env=env)
     check(r.returncode == 75 and "injected device fault" in r.stdout,
           "nllmd run: a device fault with requeue exits 75 (%d)" % r.returncode)
-    r = td.subprocess.run([td.NLLMD, "run", "--state-dir", st_dir, "os", "--resume"],
-                          capture_output=True, text=True, timeout=120)
+    r = subprocess.run([NLLMD, "run", "--state-dir", st_dir, "os", "--resume"],
+                       capture_output=True, text=True, timeout=120)
     check(r.returncode == 0 and "State: completed" in r.stdout,
           "nllmd run --resume after the restart completes (%d)" % r.returncode)
-    print("%d passed, %d failed" % (td.passed, td.failed))
-    return 1 if td.failed else 0
-
-
-def main():
-    if not (os.access(td.NLLMD, os.X_OK) and os.access(td.NLLMCTL, os.X_OK)):
-        print("SKIP: %s or %s is not built" % (td.NLLMD, td.NLLMCTL))
-        return 77
-    tmp = tempfile.mkdtemp(prefix="nllm-device-fault-test-")
-    try:
-        return run(tmp)
-    finally:
-        if td.failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("state kept in " + tmp)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(dl.main(run, "nllm-device-fault-test-", NLLMD, NLLMCTL))

@@ -23,36 +23,25 @@ small model's norm stays finite.) Checks:
 Usage: test_divergence.py BUILD_DIR   (meson passes it).
 """
 import os
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_daemon as td  # noqa: E402  (Daemon, corpus, check, final_hash)
+import daemonlib as dl  # noqa: E402
 
-check = td.check
-SMALL = ["--vocab", "30", "--embed-dim", "8", "--hidden-dim", "24", "--context-dim", "8",
-         "--layers", "2", "--seq-len", "16", "--batch", "4", "--lr", "0.003",
-         "--save-every", "1", "--dropout", "0.1", "--threads", "1"]
+BUILD, NLLMD, NLLMCTL = dl.programs()
+check = dl.check
+SMALL = dl.SMALL + ["--save-every", "1"]
 STEP = 400  # in epoch 2: 337 steps per epoch with this corpus and batch 4
-
-
-def events(d, name, kind):
-    return [e["message"] for e in d.ctl("events", name)[1]["events"] if e["kind"] == kind]
 
 
 def daemon(tmp, fault):
     os.makedirs(tmp)
-    os.environ["NLLM_TRAINER_FAULT"] = fault
-    try:
-        return td.Daemon(tmp)
-    finally:
-        del os.environ["NLLM_TRAINER_FAULT"]
+    return dl.Daemon(NLLMD, NLLMCTL, tmp, env={"NLLM_TRAINER_FAULT": fault})
 
 
 def run(tmp):
     data = os.path.join(tmp, "train.txt")
-    td.corpus(data, 1500, 1)
+    dl.corpus(data, 1500, 1)
 
     # --- one divergence: rolled back, completes; equal to a manual resume ---
     d = daemon(os.path.join(tmp, "once"), "diverge@step:%d:1" % STEP)
@@ -61,8 +50,8 @@ def run(tmp):
     st = d.wait_state("rb", ["completed", "failed"], 300)
     check(st["state"] == "completed", "rb completed after a rollback (%s: %s)"
           % (st["state"], st["error"]))
-    div = events(d, "rb", "diverged")
-    rb = events(d, "rb", "rolled_back")
+    div = d.events("rb", "diverged")
+    rb = d.events("rb", "rolled_back")
     check(len(div) == 1 and "step %d" % STEP in div[0] and "nan" in div[0]
           and "lr 0.003" in div[0], "event diverged names step, norm and lr (%s)" % div)
     check(len(rb) == 1 and "epoch_1" in rb[0] and "0.003 -> 0.0015" in rb[0]
@@ -72,21 +61,20 @@ def run(tmp):
           and st["divergences"] == 1,
           "status: learning_rate 0.0015, attempt 2 (%s, %s)"
           % (st["config"]["learning_rate"], st["attempt"]))
-    check(any("learning_rate" in m for m in events(d, "rb", "config_changed")),
+    check(any("learning_rate" in m for m in d.events("rb", "config_changed")),
           "the lr change is recorded as a resume's config change")
     # the same by hand (the hook is used up): 1 epoch, then resume at lr/2
     d.ctl("start", "man", "--data", data, "--epochs", "1", *SMALL)
     d.wait_state("man", ["completed", "failed"], 300)
     d.ctl("resume", "man", "epoch_1", "--epochs", "3", "--lr", "0.0015")
     st2 = d.wait_state("man", ["completed", "failed"], 300)
-    check(st2["state"] == "completed" and td.final_hash(d, "rb") == td.final_hash(d, "man"),
+    check(st2["state"] == "completed" and d.final_hash("rb") == d.final_hash("man"),
           "rolled-back job's final weights equal a resume from epoch_1 at lr 0.0015 (%s %s)"
-          % (td.final_hash(d, "rb"), td.final_hash(d, "man")))
+          % (d.final_hash("rb"), d.final_hash("man")))
     hist = d.ctl("history", "rb")[1]
     check(hist is not None and [r["epoch"] for r in hist.get("epochs", [])] == [1, 2, 3],
           "history of rb: epochs 1, 2, 3 on the current line (%s)" % (hist or {}).get("epochs"))
-    d.ctl("shutdown")
-    d.p.wait(30)
+    d.shutdown()
 
     # --- a divergence at every pass ---
     d = daemon(os.path.join(tmp, "always"), "diverge@step:%d" % STEP)
@@ -98,20 +86,19 @@ def run(tmp):
           all(("%d: step %d, gradient norm nan, lr %s" % (k + 1, STEP, lr)) in e
               for k, lr in enumerate(["0.003", "0.0015", "0.00075", "0.000375"])),
           "the error lists the 4 divergences with step, norm and lr: %s" % e)
-    check(len(events(d, "dv", "rolled_back")) == 3 and len(events(d, "dv", "diverged")) == 4,
+    check(len(d.events("dv", "rolled_back")) == 3 and len(d.events("dv", "diverged")) == 4,
           "3 rolled_back and 4 diverged events")
     check(st["config"]["learning_rate"] == 0.003 / 8 and st["divergences"] == 4,
           "status: lr 0.003/8, divergences 4 (%s, %s)"
           % (st["config"]["learning_rate"], st["divergences"]))
-    txt = td.subprocess.run([td.NLLMCTL, "--socket", d.sock, "status", "dv"],
-                            capture_output=True, text=True).stdout
+    txt = d.ctl("status", "dv", json_out=False).out
     check("divergences:     4" in txt and "on_divergence" in txt
           and "divergence_retries" in txt, "nllmctl status shows divergences and the keys")
 
     # no checkpoint yet: batch 1 gives 1350 steps per epoch, step 400 is in epoch 1
     d.ctl("start", "early", "--data", data, "--epochs", "1", *(SMALL + ["--batch", "1"]))
     st = d.wait_state("early", ["completed", "failed"], 300)
-    rb = events(d, "early", "rolled_back")
+    rb = d.events("early", "rolled_back")
     check(st["state"] == "failed" and len(rb) == 3 and all("from the start" in m for m in rb),
           "without a checkpoint the rollbacks go to the start, then the job fails (%s)" % rb)
 
@@ -120,38 +107,21 @@ def run(tmp):
     st = d.wait_state("ff", ["completed", "failed"], 300)
     check(st["state"] == "failed" and (st["error"] or "").startswith("epoch 2 step")
           and "training diverged: gradient norm is nan at step %d" % STEP in st["error"]
-          and not events(d, "ff", "rolled_back") and st["attempt"] == 1,
+          and not d.events("ff", "rolled_back") and st["attempt"] == 1,
           "on_divergence fail: fails at once as before (%s)" % st["error"])
     d.ctl("start", "r0", "--data", data, "--epochs", "3", "--set", "divergence_retries=0",
           *SMALL)
     st = d.wait_state("r0", ["completed", "failed"], 300)
     check(st["state"] == "failed" and "divergence_retries is 0" in (st["error"] or "")
-          and "1: step %d" % STEP in st["error"] and not events(d, "r0", "rolled_back"),
+          and "1: step %d" % STEP in st["error"] and not d.events("r0", "rolled_back"),
           "divergence_retries 0: fails at the first divergence (%s)" % st["error"])
 
     rc, _, err = d.ctl("start", "bad", "--data", data, "--set", "divergence_lr_factor=1",
                        *SMALL, ok=False)
     check(rc == 2 and "divergence_lr_factor" in err and "(0, 1)" in err,
           "divergence_lr_factor 1 refused, naming the key and range (%s)" % err.strip())
-    d.ctl("shutdown")
-    d.p.wait(30)
-    print("%d passed, %d failed" % (td.passed, td.failed))
-    return 1 if td.failed else 0
-
-
-def main():
-    if not (os.access(td.NLLMD, os.X_OK) and os.access(td.NLLMCTL, os.X_OK)):
-        print("SKIP: %s or %s is not built" % (td.NLLMD, td.NLLMCTL))
-        return 77
-    tmp = tempfile.mkdtemp(prefix="nllm-divergence-test-")
-    try:
-        return run(tmp)
-    finally:
-        if td.failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("kept " + tmp)
+    d.shutdown()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(dl.main(run, "nllm-divergence-test-", NLLMD, NLLMCTL))

@@ -18,104 +18,31 @@ Usage: test_http.py BUILD_DIR (meson passes it). Prints "N passed, M failed".
 import http.client
 import json
 import os
-import random
 import re
 import selectors
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
-BUILD = sys.argv[1] if len(sys.argv) > 1 else "build"
-NLLMD = os.path.join(BUILD, "nllmd")
-NLLMCTL = os.path.join(BUILD, "nllmctl")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemonlib as dl  # noqa: E402
+
+BUILD, NLLMD, NLLMCTL = dl.programs()
 HEAD_MS, IDLE_MS = 2000, 3000
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + what, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + what, flush=True)
-    return cond
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def corpus(path, lines, seed):
-    rnd = random.Random(seed)
-    words = ("the king queen lord lady sword crown castle river night day sun moon "
-             "speak love war peace heart mind fair foul good ill").split()
-    with open(path, "w") as f:
-        for _ in range(lines):
-            f.write(" ".join(rnd.choice(words) for _ in range(rnd.randint(5, 14))) + "\n")
-
+check, get, parse_metrics, sample = dl.check, dl.http_get, dl.parse_metrics, dl.sample
 
 TINY = ["--vocab", "30", "--embed-dim", "8", "--hidden-dim", "16", "--context-dim", "8",
         "--layers", "2", "--seq-len", "16", "--batch", "4", "--save-every", "2",
         "--threads", "1"]
 
 
-class Daemon:
-    def __init__(self, tmp, name, args):
-        self.sock = os.path.join(tmp, name + ".sock")
-        self.logpath = os.path.join(tmp, name + ".log")
-        self.log = open(self.logpath, "a")
-        env = dict(os.environ, NLLMD_HTTP_HEAD_TIMEOUT_MS=str(HEAD_MS),
-                   NLLMD_HTTP_IDLE_TIMEOUT_MS=str(IDLE_MS))
-        self.p = subprocess.Popen([NLLMD, "--state-dir", os.path.join(tmp, name + "-state"),
-                                   "--socket", self.sock, "--devices", "cpu", "--threads", "1"]
-                                  + args, stdout=self.log, stderr=self.log, env=env)
-        for _ in range(400):
-            if self.p.poll() is not None:
-                raise RuntimeError("nllmd exited; see " + self.logpath)
-            if os.path.exists(self.sock) and self.ctl("hello")[0] == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("nllmd did not come up; see " + self.logpath)
-
-    def ctl(self, *args, timeout=120):
-        r = subprocess.run([NLLMCTL, "--socket", self.sock, "--json"] + list(args),
-                           capture_output=True, text=True, timeout=timeout)
-        try:
-            out = json.loads(r.stdout) if r.stdout.strip() else None
-        except ValueError:
-            out = r.stdout
-        return r.returncode, out
-
-    def shutdown(self):
-        self.ctl("shutdown")
-        try:
-            return self.p.wait(120)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            return None
-
-    def log_text(self):
-        self.log.flush()
-        with open(self.logpath, errors="replace") as f:
-            return f.read()
-
-
-def get(port, path, method="GET", headers=None, body=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    c.request(method, path, body=body, headers=headers or {})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+def daemon(tmp, name, args):
+    """nllmd with the short HTTP timeouts HEAD_MS and IDLE_MS."""
+    return dl.Daemon(NLLMD, NLLMCTL, tmp, name, args,
+                     env={"NLLMD_HTTP_HEAD_TIMEOUT_MS": str(HEAD_MS),
+                          "NLLMD_HTTP_IDLE_TIMEOUT_MS": str(IDLE_MS)})
 
 
 def raw(port, data, timeout=15):
@@ -155,69 +82,19 @@ def wait_closed(s, limit):
         return None
 
 
-def parse_metrics(text):
-    """{family: {"help":..., "type":...}}, [(name, labels dict, value)]"""
-    fams, samples = {}, []
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            name, _, h = line[7:].partition(" ")
-            fams.setdefault(name, {})["help"] = h
-        elif line.startswith("# TYPE "):
-            name, _, t = line[7:].partition(" ")
-            fams.setdefault(name, {})["type"] = t
-        elif line and not line.startswith("#"):
-            m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$', line)
-            if not m:
-                samples.append((None, {}, line))
-                continue
-            labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"',
-                                     m.group(3) or ""))
-            samples.append((m.group(1), labels, float(m.group(4))))
-    return fams, samples
-
-
-def sample(samples, name, **labels):
-    for n, l, v in samples:
-        if n == name and all(l.get(k) == w for k, w in labels.items()):
-            return v
-    return None
-
-
-def main():
-    if not (os.access(NLLMD, os.X_OK) and os.access(NLLMCTL, os.X_OK)):
-        print("SKIP: %s or %s is not built" % (NLLMD, NLLMCTL))
-        return 77
-    tmp = tempfile.mkdtemp(prefix="nllm-http-test-")
-    try:
-        run(tmp)
-    finally:
-        if failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("kept " + tmp)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
-
 def run(tmp):
     data = os.path.join(tmp, "train.txt")
-    corpus(data, 1500, 1)
-    port = free_port()
-    d = Daemon(tmp, "d", ["--metrics", "127.0.0.1:%d" % port])
+    dl.corpus(data, 1500, 1)
+    port = dl.free_port()
+    d = daemon(tmp, "d", ["--metrics", "127.0.0.1:%d" % port])
     host = "127.0.0.1:%d" % port
     check("metrics: http://127.0.0.1:%d/" % port in d.log_text(), "the listener is logged")
 
-    rc, st = d.ctl("start", "web", "--data", data, "--epochs", "40", *TINY)
+    rc, st, _ = d.ctl("start", "web", "--data", data, "--epochs", "40", *TINY)
     check(rc == 0, "start job web")
     # wait for two finished epochs
-    t = time.time()
-    job = {}
-    while time.time() - t < 300:
-        s, _, body = get(port, "/api/jobs/web")
-        job = json.loads(body)
-        if len(job.get("history", [])) >= 2 and job.get("checkpoints"):
-            break
-        time.sleep(0.1)
+    job = dl.poll(lambda: dl.http_json(port, "/api/jobs/web"),
+                  lambda j: len(j.get("history", [])) >= 2 and j.get("checkpoints"), 300, 0.1)
     check(len(job.get("history", [])) >= 2, "/api/jobs/web: history has %d epochs" %
           len(job.get("history", [])))
     check(job.get("name") == "web" and "state" in job and "best_val_loss" in job and
@@ -269,7 +146,7 @@ def run(tmp):
           "nllm_requests_total counts start and hello")
     check(fams.get("nllm_requests_total", {}).get("type") == "counter",
           "nllm_requests_total is a counter")
-    d.ctl("status", "nosuchjob")
+    d.ctl("status", "nosuchjob", ok=False)
     _, _, body = get(port, "/metrics")
     _, s2 = parse_metrics(body.decode())
     check(sample(s2, "nllm_requests_total", method="status", code="not_found") == 1,
@@ -438,12 +315,8 @@ def run(tmp):
 
     # ---- the connection cap (512) ----
     # first let the server see the 200 closes (else they still count)
-    t = time.time()
-    while time.time() - t < 15:
-        _, sm = parse_metrics(get(port, "/metrics")[2].decode())
-        if (sample(sm, "nllm_http_connections") or 0) <= 1:
-            break
-        time.sleep(0.1)
+    sm = dl.poll(lambda: parse_metrics(get(port, "/metrics")[2].decode())[1],
+                 lambda sm: (sample(sm, "nllm_http_connections") or 0) <= 1, 15, 0.1)
     check((sample(sm, "nllm_http_connections") or 0) <= 1,
           "nllm_http_connections back to 1 after the clients closed (%s)" %
           sample(sm, "nllm_http_connections"))
@@ -475,14 +348,14 @@ def run(tmp):
     check(get(port, "/api/jobs")[0] == 200, "served again after the connections closed")
 
     # ---- `metrics = ...` in the config file, and --metrics none ----
-    port2 = free_port()
+    port2 = dl.free_port()
     conf = os.path.join(tmp, "nllmd.conf")
     with open(conf, "w") as f:
         f.write("metrics = 127.0.0.1:%d\n" % port2)
-    d2 = Daemon(tmp, "d2", ["--config", conf])
+    d2 = daemon(tmp, "d2", ["--config", conf])
     check(get(port2, "/api/jobs")[0] == 200, "metrics = HOST:PORT in the config file")
     check(d2.shutdown() == 0, "d2 shutdown")
-    d3 = Daemon(tmp, "d3", ["--config", conf, "--metrics", "none"])
+    d3 = daemon(tmp, "d3", ["--config", conf, "--metrics", "none"])
     try:
         socket.create_connection(("127.0.0.1", port2), timeout=2).close()
         refused = False
@@ -498,10 +371,8 @@ def run(tmp):
 
     # ---- shutdown ----
     check(d.shutdown() == 0, "shutdown: exit 0")
-    log = d.log_text()
-    check("AddressSanitizer" not in log and "runtime error" not in log and
-          "LeakSanitizer" not in log, "no sanitizer report in the daemon log")
+    check(dl.sanitizer_clean(d.log_text()), "no sanitizer report in the daemon log")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(dl.main(run, "nllm-http-test-", NLLMD, NLLMCTL))

@@ -15,17 +15,15 @@
 
 Prints "N passed, M failed".
 """
-import http.client
 import json
 import os
-import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemonlib as dl  # noqa: E402
 
 SRC = os.environ.get("NLLM_SOURCE_ROOT",
                      os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,18 +35,7 @@ PROMETHEUS_METRICS = {"up"}
 PROMETHEUS_LABELS = {"instance", "job", "__name__"}
 # Grafana's own variables.
 GRAFANA_VARS = {"__rate_interval", "__interval", "__range", "__all"}
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + what, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + what, flush=True)
-    return cond
+check = dl.check
 
 
 # ---- PromQL names -----------------------------------------------------------
@@ -84,72 +71,31 @@ def label_values_query(q):
 
 # ---- nllmd's /metrics -------------------------------------------------------
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def label_names(text):
+    """{family: set of its samples' label names} of /metrics text."""
+    fams, samples = dl.parse_metrics(text)
+    out = {f: set() for f, h in fams.items() if "type" in h}
+    for name, labels, _ in samples:
+        if name in out:
+            out[name] |= set(labels)
+    return out
 
 
-def exported(build, tmp):
+def exported(nllmd, nllmctl, tmp):
     """{family: set of label names} from a real nllmd with one tiny job."""
-    nllmd, nllmctl = os.path.join(build, "nllmd"), os.path.join(build, "nllmctl")
     data = os.path.join(tmp, "train.txt")
-    rnd = random.Random(1)
-    words = "the king queen lord sword crown river night day sun moon love war".split()
-    with open(data, "w") as f:
-        for _ in range(400):
-            f.write(" ".join(rnd.choice(words) for _ in range(rnd.randint(5, 12))) + "\n")
-    sock, port = os.path.join(tmp, "d.sock"), free_port()
-    log = open(os.path.join(tmp, "d.log"), "a")
-    p = subprocess.Popen([nllmd, "--state-dir", os.path.join(tmp, "state"), "--socket", sock,
-                          "--devices", "cpu", "--threads", "1",
-                          "--metrics", "127.0.0.1:%d" % port], stdout=log, stderr=log)
-
-    def ctl(*args):
-        return subprocess.run([nllmctl, "--socket", sock, "--json"] + list(args),
-                              capture_output=True, text=True, timeout=120).returncode
-
-    try:
-        for _ in range(400):
-            if p.poll() is not None:
-                raise RuntimeError("nllmd exited; see " + log.name)
-            if os.path.exists(sock) and ctl("hello") == 0:
-                break
-            time.sleep(0.05)
-        check(ctl("start", "mon", "--data", data, "--epochs", "2", "--vocab", "30",
-                  "--embed-dim", "8", "--hidden-dim", "16", "--context-dim", "8",
-                  "--layers", "2", "--seq-len", "16", "--batch", "4", "--save-every", "1",
-                  "--threads", "1") == 0, "start a tiny job")
-        fams = {}
-        t = time.time()
-        while time.time() - t < 120:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            c.request("GET", "/metrics")
-            text = c.getresponse().read().decode()
-            c.close()
-            fams = {}
-            for line in text.splitlines():
-                m = re.match(r"# TYPE (\S+) (\S+)", line)
-                if m:
-                    fams.setdefault(m.group(1), set())
-                elif line and not line.startswith("#"):
-                    m = re.match(r"([A-Za-z_:][\w:]*)(?:\{(.*)\})? ", line)
-                    if m and m.group(1) in fams:
-                        fams[m.group(1)] |= set(re.findall(r'(\w+)="', m.group(2) or ""))
-            # a finished epoch and a checkpoint: every job family has a sample
-            if "job_name" in fams.get("nllm_job_val_loss", ()) and \
-               "job_name" in fams.get("nllm_job_seconds_since_checkpoint", ()):
-                break
-            time.sleep(0.2)
-        ctl("shutdown")
-        check(p.wait(120) == 0, "nllmd shut down cleanly")
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        log.close()
+    dl.corpus(data, 400, 1)
+    port = dl.free_port()
+    with dl.Daemon(nllmd, nllmctl, tmp, "d", ["--metrics", "127.0.0.1:%d" % port]) as d:
+        check(d.ctl("start", "mon", "--data", data, "--epochs", "2", "--vocab", "30",
+                    "--embed-dim", "8", "--hidden-dim", "16", "--context-dim", "8",
+                    "--layers", "2", "--seq-len", "16", "--batch", "4", "--save-every", "1",
+                    "--threads", "1").rc == 0, "start a tiny job")
+        # a finished epoch and a checkpoint: every job family has a sample
+        fams = dl.poll(lambda: label_names(dl.http_get(port, "/metrics")[2].decode()),
+                       lambda f: "job_name" in f.get("nllm_job_val_loss", ()) and
+                       "job_name" in f.get("nllm_job_seconds_since_checkpoint", ()), 120, 0.2)
+        check(d.shutdown() == 0, "nllmd shut down cleanly")
     return fams
 
 
@@ -246,51 +192,37 @@ def names(build):
           "rules: the seven alerts")
 
     # ---- names against a real nllmd ----
-    if not (os.access(os.path.join(build, "nllmd"), os.X_OK) and
-            os.access(os.path.join(build, "nllmctl"), os.X_OK)):
-        print("SKIP: nllmd or nllmctl is not built in " + build)
-        return 77
-    tmp = tempfile.mkdtemp(prefix="nllm-monitoring-test-")
-    try:
-        fams = exported(build, tmp)
+    _, nllmd, nllmctl = dl.programs(build)
+    dl.need(nllmd, nllmctl)
+    with dl.tmpdir("nllm-monitoring-test-") as tmp:
+        fams = exported(nllmd, nllmctl, tmp)
         check(len(fams) >= 30 and "job_name" in fams.get("nllm_job_state", ()),
               "nllmd exported %d families, job samples labelled job_name" % len(fams))
         check_exprs("dashboard", exprs, fams, vars_ok)
         check_exprs("rules", rule_exprs, fams, set())
-    finally:
-        if failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("kept " + tmp)
-    return None
 
 
 def rules():
     promtool = shutil.which("promtool")
     if not promtool:
-        print("SKIP: promtool not installed (Debian package prometheus; scripts/deps.sh --test)")
-        return 77
+        dl.skip("promtool not installed (Debian package prometheus; scripts/deps.sh --test)")
     for args in (["check", "rules", RULES], ["test", "rules", RULES_TEST]):
         r = subprocess.run([promtool] + args, capture_output=True, text=True, timeout=120,
                            cwd=os.path.dirname(RULES))
         print(r.stdout + r.stderr, end="")
         check(r.returncode == 0, "promtool " + " ".join(args[:2]))
-    return None
 
 
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "names":
-        rc = names(sys.argv[2] if len(sys.argv) > 2 else "build")
+        names(sys.argv[2] if len(sys.argv) > 2 else "build")
     elif mode == "rules":
-        rc = rules()
+        rules()
     else:
         print(__doc__)
         return 2
-    if rc is not None:
-        return rc
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return dl.report()
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ import json
 import os
 import random
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemonlib as dl  # noqa: E402
 
 try:
     import msgpack
@@ -35,22 +36,18 @@ if not NLLMD or not os.access(NLLMD, os.X_OK):
 
 JOB = "tiny"
 TERMINAL = {"completed", "stopped", "paused", "interrupted", "failed"}
-passed = 0
-failed = 0
 
 
 def check(name, fn):
     """Runs one named check; an exception or a false assert is a failure."""
-    global passed, failed
     try:
         fn()
-        passed += 1
-        print(f"ok   {name}", flush=True)
     except Exception as e:  # noqa: BLE001 - report every kind of failure
-        failed += 1
-        print(f"FAIL {name}: {e}", flush=True)
+        dl.check(False, name, str(e))
         if not isinstance(e, AssertionError):
             traceback.print_exc()
+        return
+    dl.check(True, name)
 
 
 class RpcError(Exception):
@@ -176,38 +173,15 @@ def make_text(path, lines, seed):
             f.write(" ".join(words[int(rng.random() ** 2 * len(words))] for _ in range(n)) + "\n")
 
 
-def main():
-    tmp = tempfile.mkdtemp(prefix="nllm-pyclient-")
-    state = os.path.join(tmp, "state")
-    os.mkdir(state)
-    sock_path = os.path.join(tmp, "nllmd.sock")
+def run(tmp):
     data = os.path.join(tmp, "train.txt")
     make_text(data, 300, 1)
-    log_path = os.path.join(tmp, "nllmd.log")
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([NLLMD, "--state-dir", state, "--socket", sock_path,
-                             "--devices", "cpu"], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
     ctx = {}
-
-    def daemon_log():
-        log.flush()
-        with open(log_path, "rb") as f:
-            return f.read().decode(errors="replace")[-4000:]
-
+    daemon = None
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock_path):
-            if proc.poll() is not None:
-                print(f"FAIL nllmd exited with {proc.returncode} before creating its socket:\n"
-                      f"{daemon_log()}")
-                print("0 passed, 1 failed")
-                return 1
-            if time.monotonic() > deadline:
-                print(f"FAIL nllmd did not create {sock_path} within 30 s:\n{daemon_log()}")
-                print("0 passed, 1 failed")
-                return 1
-            time.sleep(0.05)
+        # up when its socket accepts a connection (NLLMCTL may be missing)
+        daemon = dl.Daemon(NLLMD, None, tmp, "nllmd")
+        sock_path, proc = daemon.sock, daemon.p
         c = Client(sock_path)
         ctx["c"] = c
 
@@ -498,26 +472,17 @@ def main():
             assert rc == 0, f"nllmd exited {rc}"
         check("nllmd exits 0 after shutdown", t_exit)
     except Exception as e:  # noqa: BLE001
-        global failed
-        failed += 1
-        print(f"FAIL harness: {e}")
+        dl.check(False, "harness", str(e))
         traceback.print_exc()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-        if failed:
+        if daemon is not None:
+            if daemon.p.poll() is None:
+                daemon.stop(timeout=30)
+            daemon.close()
+        if dl.FAILED and os.path.exists(os.path.join(tmp, "nllmd.log")):
             print("---- nllmd log (tail) ----")
-            with open(log_path, "rb") as f:
-                print(f.read().decode(errors="replace")[-4000:])
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+            with open(os.path.join(tmp, "nllmd.log"), errors="replace") as f:
+                print(f.read()[-4000:])
 
 
 def run_client_checks(sock_path, data, tmp):
@@ -590,4 +555,4 @@ def run_client_checks(sock_path, data, tmp):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(dl.main(run, "nllm-pyclient-"))

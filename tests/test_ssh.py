@@ -23,38 +23,14 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
-BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
-NLLMD = os.path.join(BUILD, "nllmd")
-NLLMCTL = os.path.join(BUILD, "nllmctl")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemonlib as dl  # noqa: E402
+
+BUILD, NLLMD, NLLMCTL = dl.programs()
 SSHD = "/usr/sbin/sshd"
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + what, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + what, flush=True)
-    return cond
-
-
-def skip(why):
-    print("SKIP: " + why)
-    sys.exit(77)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+check, skip = dl.check, dl.skip
 
 
 def start_sshd(tmp):
@@ -74,7 +50,7 @@ def start_sshd(tmp):
     for k in (hostkey, key):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
     shutil.copy(key + ".pub", os.path.join(tmp, "authorized_keys"))
-    port = free_port()
+    port = dl.free_port()
     cfg = os.path.join(tmp, "sshd_config")
     with open(cfg, "w") as f:
         f.write("ListenAddress 127.0.0.1\nHostKey %s\nAuthorizedKeysFile %s\n"
@@ -98,26 +74,18 @@ def start_sshd(tmp):
     skip("sshd did not listen on 127.0.0.1:%d" % port)
 
 
-def corpus(path, lines):
-    words = ("the king queen lord lady sword crown castle river night day sun moon "
-             "speak love war peace heart mind fair foul good ill").split()
-    with open(path, "w") as f:
-        for i in range(lines):
-            f.write(" ".join(words[(i * 7 + k * 3) % len(words)] for k in range(5 + i % 9)) + "\n")
-
-
-SMALL = ["--vocab", "30", "--embed-dim", "8", "--hidden-dim", "24", "--context-dim", "8",
-         "--layers", "2", "--seq-len", "16", "--batch", "4", "--lr", "0.003",
-         "--dropout", "0.1", "--threads", "1"]
-
-
-def main():
-    tmp = tempfile.mkdtemp(prefix="nllm-ssh-")
+def run(tmp):
     sshd, port, user, key = start_sshd(tmp)
-    sock = os.path.join(tmp, "d.sock")
-    dlog = open(os.path.join(tmp, "nllmd.log"), "w")
-    d = subprocess.Popen([NLLMD, "--state-dir", os.path.join(tmp, "state"), "--socket", sock,
-                          "--devices", "cpu", "--threads", "1"], stdout=dlog, stderr=dlog)
+    try:
+        with dl.Daemon(NLLMD, NLLMCTL, tmp, "d") as d:
+            through_ssh(tmp, d.sock, port, user, key)
+            d.stop()
+    finally:
+        sshd.terminate()
+        sshd.wait(30)
+
+
+def through_ssh(tmp, sock, port, user, key):
     env = dict(os.environ)
     for k in ("NLLM_HOST", "NLLM_SOCKET"):
         env.pop(k, None)
@@ -128,137 +96,105 @@ def main():
     url = host + sock
 
     def ctl(*args, via=("--host", url), extra_env=None, timeout=120):
-        e = dict(env, **(extra_env or {}))
-        r = subprocess.run([NLLMCTL, *via, "--json", *args], capture_output=True, text=True,
-                           timeout=timeout, env=e)
-        out = None
-        if r.stdout.strip() and args[0] != "watch":
-            try:
-                out = json.loads(r.stdout)
-            except ValueError:
-                out = r.stdout
-        elif args[0] == "watch":
-            out = r.stdout
-        return r.returncode, out, r.stderr
+        return dl.nllmctl(NLLMCTL, via, *args, env=dict(env, **(extra_env or {})),
+                          timeout=timeout, ok=False)
 
     def state(name):
         rc, st, _ = ctl("status", name)
         return st.get("state") if rc == 0 and isinstance(st, dict) else None
 
+    rc, out, err = ctl("hello")
+    check(rc == 0 and isinstance(out, dict) and "nllmd" in str(out.get("daemon")),
+          "hello through ssh (%d %s)" % (rc, err.strip()))
+
+    data = os.path.join(tmp, "train.txt")
+    dl.corpus(data, 400)
+    t0 = time.time()
+    ctl("hello")
+    print("  one call through ssh takes %.2f s" % (time.time() - t0), flush=True)
+    rc, out, err = ctl("start", "tiny", "--data", data, "--epochs", "2", *dl.SMALL)
+    check(rc == 0 and isinstance(out, dict), "start through ssh (%d %s)" % (rc, err.strip()))
+    rc, out, err = ctl("status", "tiny")
+    check(rc == 0 and out.get("name") == "tiny" and "state" in out,
+          "status through ssh (%d %s)" % (rc, err.strip()))
+    rc, out, err = ctl("list")
+    check(rc == 0 and "tiny" in json.dumps(out), "list through ssh (%d %s)" % (rc, err.strip()))
+
+    rc, out, err = ctl("watch", "tiny", timeout=300)
+    check(rc == 0 and out and json.loads(out.splitlines()[0]).get("watching") == "tiny",
+          "watch through ssh (%d %s)" % (rc, err.strip()))
+    # start --watch pipelines the watch: every notification arrives
+    rc, out, err = ctl("start", "tiny2", "--data", data, "--epochs", "2", "--watch",
+                       *dl.SMALL, timeout=300)
+    notes = [json.loads(l) for l in (out or "").splitlines()[1:] if l.strip()]
+    methods = {str(n.get("method")) for n in notes}
+    check(rc == 0 and "epoch" in methods,
+          "start --watch streams notifications through ssh until the job ends (%d %s %s)"
+          % (rc, sorted(methods), err.strip()))
+    check(state("tiny2") == "completed", "the job completed")
+
+    rc, out, err = ctl("start", "long", "--data", data, "--epochs", "1000", "--patience",
+                       "1000", *dl.SMALL)
+    dl.poll(lambda: state("long"), lambda st: st == "running", 60, 0.1)
+    rc, _, err = ctl("pause", "long")
+    check(rc == 0, "pause through ssh (%d %s)" % (rc, err.strip()))
+    dl.poll(lambda: state("long"), lambda st: st == "paused", 60, 0.1)
+    check(state("long") == "paused", "the job is paused")
+    rc, _, err = ctl("resume", "long")
+    check(rc == 0 and state("long") in ("queued", "running"),
+          "resume through ssh (%d %s)" % (rc, err.strip()))
+    # Ctrl-C at a terminal reaches nllmctl and ssh alike: watch detaches, exit 0
+    w = subprocess.Popen([NLLMCTL, "--host", url, "--json", "watch", "long"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    first = w.stdout.readline()
+    time.sleep(0.3)
+    os.killpg(w.pid, signal.SIGINT)
     try:
-        t = time.time()
-        while not os.path.exists(sock) and time.time() - t < 30:
-            time.sleep(0.05)
-        rc, out, err = ctl("hello")
-        check(rc == 0 and isinstance(out, dict) and "nllmd" in str(out.get("daemon")),
-              "hello through ssh (%d %s)" % (rc, err.strip()))
+        rest, werr = w.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        w.kill()
+        rest, werr = w.communicate()
+    check(w.returncode == 0 and '"watching"' in first,
+          "Ctrl-C detaches a watch through ssh, exit 0 (%s %s)" % (w.returncode, werr.strip()))
+    rc, _, err = ctl("stop", "long")
+    check(rc == 0, "stop through ssh (%d %s)" % (rc, err.strip()))
 
-        data = os.path.join(tmp, "train.txt")
-        corpus(data, 400)
-        t0 = time.time()
-        ctl("hello")
-        print("  one call through ssh takes %.2f s" % (time.time() - t0), flush=True)
-        rc, out, err = ctl("start", "tiny", "--data", data, "--epochs", "2", *SMALL)
-        check(rc == 0 and isinstance(out, dict), "start through ssh (%d %s)" % (rc, err.strip()))
-        rc, out, err = ctl("status", "tiny")
-        check(rc == 0 and out.get("name") == "tiny" and "state" in out,
-              "status through ssh (%d %s)" % (rc, err.strip()))
-        rc, out, err = ctl("list")
-        check(rc == 0 and "tiny" in json.dumps(out), "list through ssh (%d %s)" % (rc, err.strip()))
+    rc, _, err = ctl("resume", "nosuchjob")
+    check(rc == 1 and "nosuchjob" in err and "ssh" not in err,
+          "a refused command's error comes through, exit 1 (%d %s)" % (rc, err.strip()))
+    rc, _, err = ctl("start", "rel", "--data", "train.txt")
+    check(rc == 2 and "absolute path on " + url in err,
+          "start wants absolute data paths on the remote host (%d %s)" % (rc, err.strip()))
 
-        rc, out, err = ctl("watch", "tiny", timeout=300)
-        check(rc == 0 and out and json.loads(out.splitlines()[0]).get("watching") == "tiny",
-              "watch through ssh (%d %s)" % (rc, err.strip()))
-        # start --watch pipelines the watch: every notification arrives
-        rc, out, err = ctl("start", "tiny2", "--data", data, "--epochs", "2", "--watch", *SMALL,
-                           timeout=300)
-        notes = [json.loads(l) for l in (out or "").splitlines()[1:] if l.strip()]
-        methods = {str(n.get("method")) for n in notes}
-        check(rc == 0 and "epoch" in methods,
-              "start --watch streams notifications through ssh until the job ends (%d %s %s)"
-              % (rc, sorted(methods), err.strip()))
-        check(state("tiny2") == "completed", "the job completed")
+    rc, out, err = ctl("hello", via=(), extra_env={"NLLM_HOST": url})
+    check(rc == 0 and isinstance(out, dict), "NLLM_HOST instead of --host (%d %s)"
+          % (rc, err.strip()))
+    rc, out, err = ctl("hello", via=("--socket", sock),
+                       extra_env={"NLLM_HOST": "ssh://nobody@127.0.0.1:1"})
+    check(rc == 0, "--socket wins over NLLM_HOST (%d %s)" % (rc, err.strip()))
 
-        rc, out, err = ctl("start", "long", "--data", data, "--epochs", "1000", "--patience",
-                           "1000", *SMALL)
-        t = time.time()
-        while state("long") != "running" and time.time() - t < 60:
-            time.sleep(0.1)
-        rc, _, err = ctl("pause", "long")
-        check(rc == 0, "pause through ssh (%d %s)" % (rc, err.strip()))
-        t = time.time()
-        while state("long") != "paused" and time.time() - t < 60:
-            time.sleep(0.1)
-        check(state("long") == "paused", "the job is paused")
-        rc, _, err = ctl("resume", "long")
-        check(rc == 0 and state("long") in ("queued", "running"),
-              "resume through ssh (%d %s)" % (rc, err.strip()))
-        # Ctrl-C at a terminal reaches nllmctl and ssh alike: watch detaches, exit 0
-        w = subprocess.Popen([NLLMCTL, "--host", url, "--json", "watch", "long"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-        first = w.stdout.readline()
-        time.sleep(0.3)
-        os.killpg(w.pid, signal.SIGINT)
-        try:
-            rest, werr = w.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            w.kill()
-            rest, werr = w.communicate()
-        check(w.returncode == 0 and '"watching"' in first,
-              "Ctrl-C detaches a watch through ssh, exit 0 (%s %s)" % (w.returncode, werr.strip()))
-        rc, _, err = ctl("stop", "long")
-        check(rc == 0, "stop through ssh (%d %s)" % (rc, err.strip()))
+    dead = "ssh://%s@127.0.0.1:%d" % (user, dl.free_port())
+    rc, _, err = ctl("hello", via=("--host", dead), timeout=60)
+    check(rc == 3 and ("cannot reach nllmd on " + dead) in err and "ssh exited 255" in err,
+          "an unreachable host: exit 3 naming it (%d %s)" % (rc, err.strip()))
+    rc, _, err = ctl("list", via=("--host", host + "/nonexistent/x.sock"))
+    check(rc == 3 and ("cannot reach nllmd on " + host) in err
+          and "/nonexistent/x.sock" in err,
+          "a remote socket nobody serves: exit 3 naming host and socket (%d %s)"
+          % (rc, err.strip()))
+    rc, _, err = ctl("hello", via=("--host", "tcp://127.0.0.1:1"))
+    check(rc == 2 and "ssh://" in err, "a URL that is not ssh:// is a usage error (%d %s)"
+          % (rc, err.strip()))
+    rc, _, err = ctl("hello", via=("--host", url, "--socket", sock))
+    check(rc == 2, "--host with --socket is a usage error (%d %s)" % (rc, err.strip()))
 
-        rc, _, err = ctl("resume", "nosuchjob")
-        check(rc == 1 and "nosuchjob" in err and "ssh" not in err,
-              "a refused command's error comes through, exit 1 (%d %s)" % (rc, err.strip()))
-        rc, _, err = ctl("start", "rel", "--data", "train.txt")
-        check(rc == 2 and "absolute path on " + url in err,
-              "start wants absolute data paths on the remote host (%d %s)" % (rc, err.strip()))
-
-        rc, out, err = ctl("hello", via=(), extra_env={"NLLM_HOST": url})
-        check(rc == 0 and isinstance(out, dict), "NLLM_HOST instead of --host (%d %s)"
-              % (rc, err.strip()))
-        rc, out, err = ctl("hello", via=("--socket", sock),
-                           extra_env={"NLLM_HOST": "ssh://nobody@127.0.0.1:1"})
-        check(rc == 0, "--socket wins over NLLM_HOST (%d %s)" % (rc, err.strip()))
-
-        dead = "ssh://%s@127.0.0.1:%d" % (user, free_port())
-        rc, _, err = ctl("hello", via=("--host", dead), timeout=60)
-        check(rc == 3 and ("cannot reach nllmd on " + dead) in err and "ssh exited 255" in err,
-              "an unreachable host: exit 3 naming it (%d %s)" % (rc, err.strip()))
-        rc, _, err = ctl("list", via=("--host", host + "/nonexistent/x.sock"))
-        check(rc == 3 and ("cannot reach nllmd on " + host) in err
-              and "/nonexistent/x.sock" in err,
-              "a remote socket nobody serves: exit 3 naming host and socket (%d %s)"
-              % (rc, err.strip()))
-        rc, _, err = ctl("hello", via=("--host", "tcp://127.0.0.1:1"))
-        check(rc == 2 and "ssh://" in err, "a URL that is not ssh:// is a usage error (%d %s)"
-              % (rc, err.strip()))
-        rc, _, err = ctl("hello", via=("--host", url, "--socket", sock))
-        check(rc == 2, "--host with --socket is a usage error (%d %s)" % (rc, err.strip()))
-
-        # every proxy (and its ssh session) ended with its client
-        time.sleep(0.5)
-        r = subprocess.run(["pgrep", "-f", NLLMCTL + " proxy"], capture_output=True, text=True)
-        check(r.stdout.strip() == "", "no remote proxy outlives its client (%s)"
-              % r.stdout.strip())
-    finally:
-        d.send_signal(signal.SIGTERM)
-        try:
-            d.wait(60)
-        except subprocess.TimeoutExpired:
-            d.kill()
-        sshd.terminate()
-        sshd.wait(30)
-    print("%d passed, %d failed" % (passed, failed))
-    if failed:
-        print("logs in " + tmp)
-        return 1
-    shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    # every proxy (and its ssh session) ended with its client
+    time.sleep(0.5)
+    r = subprocess.run(["pgrep", "-f", NLLMCTL + " proxy"], capture_output=True, text=True)
+    check(r.stdout.strip() == "", "no remote proxy outlives its client (%s)"
+          % r.stdout.strip())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(dl.main(run, "nllm-ssh-", NLLMD, NLLMCTL))

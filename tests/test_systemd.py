@@ -3,7 +3,8 @@
 running: the units meson generates pass `systemd-analyze verify`, and the
 daemon speaks the service manager's protocols (sd_notify, the watchdog,
 socket activation) to sockets this script owns. Standard library only; the
-msgpack of the one RPC it makes (`hello`) is written by hand.
+one RPC it makes (`hello`) goes through the msgpack-RPC client of
+tests/reliability/rlib.py (standard library too).
 
 Usage (meson passes the arguments; suite 'systemd'):
   test_systemd.py units  NLLMD NLLMD_SERVICE NLLMD_SOCKET SYSUSERS_CONF
@@ -25,27 +26,21 @@ import shutil
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
-passed = failed = 0
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "reliability"))
+import daemonlib as dl  # noqa: E402
+import rlib  # noqa: E402  (msgpack-RPC: Conn, request_bytes)
+
+check = dl.check
 # variables the service manager sets; none may leak in from the caller
 SD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
           "LISTEN_FDNAMES", "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "NLLM_SOCKET")
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + what, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + what + (": " + detail if detail else ""), flush=True)
-    return cond
 
 
 def clean_env(**extra):
@@ -150,129 +145,24 @@ def getent_has(db, name):
         return False
 
 
-# ---- a tiny msgpack ------------------------------------------------------------
+# ---- hello over msgpack-RPC --------------------------------------------------
 
 
-def mp_pack(o):
-    if o is None:
-        return b"\xc0"
-    if o is True or o is False:
-        return b"\xc3" if o else b"\xc2"
-    if isinstance(o, int):
-        if 0 <= o < 128:
-            return bytes([o])
-        if 0 <= o < 2 ** 32:
-            return b"\xce" + struct.pack(">I", o)
-        raise ValueError("int out of range for this test")
-    if isinstance(o, str):
-        b = o.encode()
-        if len(b) < 32:
-            return bytes([0xa0 | len(b)]) + b
-        return b"\xd9" + bytes([len(b)]) + b
-    if isinstance(o, (list, tuple)):
-        assert len(o) < 16
-        return bytes([0x90 | len(o)]) + b"".join(mp_pack(x) for x in o)
-    if isinstance(o, dict):
-        assert len(o) < 16
-        return bytes([0x80 | len(o)]) + b"".join(mp_pack(k) + mp_pack(v) for k, v in o.items())
-    raise TypeError(type(o))
-
-
-class Short(Exception):
-    """The buffer ends inside a message."""
-
-
-def mp_unpack(b, i=0):
-    """Decodes one object at b[i:]; returns (object, next index)."""
-    def need(n):
-        if i + n > len(b):
-            raise Short()
-    need(1)
-    t = b[i]
-    i += 1
-    if t < 0x80:
-        return t, i
-    if t >= 0xe0:
-        return t - 256, i
-    if 0x80 <= t <= 0x8f or t in (0xde, 0xdf):
-        if t <= 0x8f:
-            n = t & 15
-        else:
-            w = 2 if t == 0xde else 4
-            need(w)
-            n = int.from_bytes(b[i:i + w], "big")
-            i += w
-        d = {}
-        for _ in range(n):
-            k, i = mp_unpack(b, i)
-            v, i = mp_unpack(b, i)
-            d[k] = v
-        return d, i
-    if 0x90 <= t <= 0x9f or t in (0xdc, 0xdd):
-        if t <= 0x9f:
-            n = t & 15
-        else:
-            w = 2 if t == 0xdc else 4
-            need(w)
-            n = int.from_bytes(b[i:i + w], "big")
-            i += w
-        a = []
-        for _ in range(n):
-            v, i = mp_unpack(b, i)
-            a.append(v)
-        return a, i
-    if 0xa0 <= t <= 0xbf or t in (0xd9, 0xda, 0xdb, 0xc4, 0xc5, 0xc6):
-        if t <= 0xbf:
-            n = t & 31
-        else:
-            w = {0xd9: 1, 0xda: 2, 0xdb: 4, 0xc4: 1, 0xc5: 2, 0xc6: 4}[t]
-            need(w)
-            n = int.from_bytes(b[i:i + w], "big")
-            i += w
-        need(n)
-        s = bytes(b[i:i + n])
-        return (s if t in (0xc4, 0xc5, 0xc6) else s.decode("utf-8", "replace")), i + n
-    simple = {0xc0: None, 0xc2: False, 0xc3: True}
-    if t in simple:
-        return simple[t], i
-    fmt = {0xca: ">f", 0xcb: ">d", 0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q",
-           0xd0: ">b", 0xd1: ">h", 0xd2: ">i", 0xd3: ">q"}.get(t)
-    if fmt is None:
-        raise ValueError("msgpack type 0x%02x not handled by this test" % t)
-    n = struct.calcsize(fmt)
-    need(n)
-    return struct.unpack(fmt, b[i:i + n])[0], i + n
-
-
-def rpc_send(conn, msgid, method, params=None):
-    conn.sendall(mp_pack([0, msgid, method, [params] if params is not None else []]))
-
-
-def rpc_recv(conn, msgid, timeout=20.0):
-    """The response to msgid: (error, result); notifications are skipped."""
-    conn.settimeout(timeout)
-    buf = b""
+def reply(conn, msgid, timeout):
+    """The response to msgid on an rlib.Conn: (error, result); notifications
+    are skipped."""
     while True:
-        try:
-            msg, used = mp_unpack(buf)
-        except Short:
-            chunk = conn.recv(65536)
-            if not chunk:
-                raise ConnectionError("nllmd closed the connection")
-            buf += chunk
-            continue
-        buf = buf[used:]
-        if isinstance(msg, list) and len(msg) == 4 and msg[0] == 1 and msg[1] == msgid:
-            return msg[2], msg[3]
+        m = conn.recv_msg(timeout)
+        if m is None:
+            raise ConnectionError("nllmd closed the connection")
+        if m[0] == 1 and m[1] == msgid:
+            return m[2], m[3]
 
 
 def hello_over(path, timeout=20.0):
-    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c = rlib.Conn(path, timeout)
     try:
-        c.settimeout(timeout)
-        c.connect(path)
-        rpc_send(c, 7, "hello")
-        return rpc_recv(c, 7, timeout)
+        return c.call("hello", None, timeout)
     finally:
         c.close()
 
@@ -511,14 +401,12 @@ def activation_checks(nllmd, conf, tmp):
               "socket activation: nllmd left the socket file it did not create")
         # as with systemd holding the socket: a client that connects while no
         # daemon runs waits in the backlog and the next nllmd answers it
-        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        c.settimeout(30)
-        c.connect(path)
-        rpc_send(c, 9, "hello")
+        c = rlib.Conn(path, 30)
+        c.send_raw(rlib.request_bytes(9, "hello"))
         n2 = Notify(os.path.join(tmp, "act-notify2.sock"))
         p2 = start(n2, logp)
         try:
-            r = rpc_recv(c, 9, 30)
+            r = reply(c, 9, 30)
         except (OSError, ConnectionError) as e:
             r = (str(e), None)
         finally:
@@ -574,16 +462,10 @@ def daemon(nllmd, conf):
         print("SKIP: %s is not built" % nllmd)
         return 77
     # short: Unix socket paths must fit in 108 bytes
-    tmp = tempfile.mkdtemp(prefix="nllm-sd-", dir="/tmp")
-    try:
+    with dl.tmpdir("nllm-sd-", dir="/tmp") as tmp:
         notify_checks(nllmd, conf, tmp)
         activation_checks(nllmd, conf, tmp)
         mismatch_checks(nllmd, conf, tmp)
-    finally:
-        if failed == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("kept " + tmp)
     return 0
 
 
@@ -597,8 +479,7 @@ def main():
         return 2
     if rc == 77:
         return 77
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return dl.report()
 
 
 if __name__ == "__main__":
