@@ -10,7 +10,7 @@
 #endif
 #endif
 
-#include "../daemon/catalog.h"
+#include "../daemon/store/catalog.h"
 #include "testutil.h"
 
 #include <dirent.h>

@@ -8,7 +8,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "../daemon/data.h"
+#include "../daemon/engine/data.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,7 +25,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
-#include "../daemon/fsutil.h"
+#include "../daemon/store/fsutil.h"
 #include "../kernels/nllm_math.h"
 #include "tmproot.h"
 

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../kernels/nllm_err.h"
+#include "nllm_err.h"
 
 /* One finished epoch. NAN (or any non-finite value) = missing: skipped. */
 typedef struct {
