@@ -25,7 +25,7 @@
 
 #include "cpu/cpu_kernels.h"
 #include "cuda/cuda_backend.h"
-#include "curves.h"
+#include "curves_job.h"
 #include "fsutil.h"
 #include "nllmd.h"
 #include "place.h"
@@ -672,6 +672,53 @@ void nllmd_job_free(nllm_job_t *j)
     free(j);
 }
 
+/* Training-curve files (curves_job.h): {name}_training_curves_epoch_N.svg
+ * every save_every epochs, once the epoch's catalog row is added, and
+ * {name}_training_curves_final.svg once EV_DONE has set the job completed
+ * or stopped. A failure is a curves_failed event, never fatal. The job
+ * holds a reference while its file is written. */
+static void curves_done(void *data, const char *path, int rc, const nllm_err_t *err)
+{
+    nllm_job_t *j = data;
+    if (rc < 0) {
+        const char *file = strrchr(path, '/');
+        nllmd_job_event(j, "curves_failed", "%s: %s", file ? file + 1 : path, err->msg);
+    }
+    nllmd_job_unref(j);
+}
+
+/* suffix: "epoch_N" or "final" */
+static void write_curves(nllm_job_t *j, const char *suffix, const char *what)
+{
+    char path[NLLM_PATH_MAX + 128], title[256];
+    nllm_err_t err = {0};
+    snprintf(path, sizeof path, "%s/%s_training_curves_%s.svg", j->dir, j->name, suffix);
+    snprintf(title, sizeof title, "%s: training curves (%s)", j->name, what);
+    int rc = nllmd_curves_write(j->d->loop, j->d->cat, j->name, path, title, curves_done, j, &err);
+    if (rc == 0)
+        nllmd_job_ref(j); /* curves_done drops it */
+    else if (rc < 0)
+        nllmd_job_event(j, "curves_failed", "%s_training_curves_%s.svg: %s", j->name, suffix,
+                        err.msg);
+}
+
+static void curves_on_epoch(nllm_job_t *j, int64_t epoch)
+{
+    if (j->cfg.save_every < 1 || epoch < 1 || epoch % j->cfg.save_every != 0)
+        return;
+    char suffix[48], what[48];
+    snprintf(suffix, sizeof suffix, "epoch_%lld", (long long)epoch);
+    snprintf(what, sizeof what, "epoch %lld", (long long)epoch);
+    write_curves(j, suffix, what);
+}
+
+static void curves_on_done(nllm_job_t *j)
+{
+    if (strcmp(j->state, "completed") != 0 && strcmp(j->state, "stopped") != 0)
+        return;
+    write_curves(j, "final", j->state);
+}
+
 static void retention(nllm_job_t *j)
 {
     if (j->cfg.keep <= 0)
@@ -1027,7 +1074,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                             j->cfg.min_delta, j->cfg.patience, (long long)r->epoch);
         if (nllm_catalog_batch_end(d->cat, &err) < 0)
             nllmd_log(d, j->name, "catalog: epoch %lld: %s", (long long)r->epoch, err.msg);
-        nllmd_curves_on_epoch(j, r->epoch); /* curves.h: every save_every epochs */
+        curves_on_epoch(j, r->epoch); /* every save_every epochs */
         json_t *p = json_pack("{s:s,s:I,s:I,s:o,s:o,s:o,s:o,s:o,s:f,s:f,s:b}", "name", j->name,
                               "epoch", (json_int_t)r->epoch, "num_epochs",
                               (json_int_t)r->num_epochs, "train_loss",
@@ -1121,7 +1168,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                             (long long)j->best_epoch);
             job_set_state(j, "completed", NULL);
         }
-        nllmd_curves_on_done(j); /* curves.h: final curves when completed or stopped */
+        curves_on_done(j); /* final curves when completed or stopped */
         if (!rolled_back)
             j->origin.path[0] = '\0';
         job_unref(j);
