@@ -765,7 +765,7 @@ void nllmd_dispatch(nllm_conn_t *c, nllm_rpc_msg_t *msg)
         if (rc == 0)
             rc = fn(c, msg->msgid, p, &res, &err);
     }
-    nllmd_http_count_request(c->d, fn ? msg->method : NULL, rc < 0 ? rc : 0);
+    nllmd_metrics_count_request(&c->d->metrics, fn ? msg->method : NULL, rc < 0 ? rc : 0);
     if (rc == 1)
         return; /* answered asynchronously */
     if (rc < 0 && !err.code)

@@ -20,6 +20,7 @@
 #include "ckpt.h"
 #include "config.h"
 #include "http.h"
+#include "metrics.h"
 #include "rpc.h"
 #include "trainer.h"
 
@@ -261,7 +262,7 @@ struct nllmd {
     int closed;             /* handles closing: the loop is about to end */
     int exit_code;
     double started;
-    uint64_t requests;
+    nllmd_metrics_t metrics; /* counters RPC and HTTP share (metrics.h) */
     nllmd_http_t *http;     /* the monitoring listener (http.c), NULL when off */
     /* one-shot mode (nllmd run): the job it runs, and how to print */
     nllm_job_t *oneshot;

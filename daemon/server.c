@@ -260,7 +260,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             nllmd_conn_close_after_writes(c);
             return;
         }
-        c->d->requests++;
+        c->d->metrics.messages++;
         got = 1;
         nllmd_dispatch(c, &msg);
         nllm_rpc_msg_free(&msg);
