@@ -32,7 +32,10 @@
 #include <unistd.h>
 
 #include "cuda/cuda_backend.h"
-#include "nllmd.h"
+#include "http.h"
+#include "jobs.h"
+#include "jsonpack.h"
+#include "log.h"
 
 /* dashboard.html, turned into a C array by meson.build */
 extern const unsigned char nllmd_dashboard_html[];

@@ -1,4 +1,4 @@
-/* jobs.c -- training jobs in nllmd: the state machine (drawn in nllmd.h),
+/* jobs.c -- training jobs in nllmd: the state machine (drawn in jobs.h),
  * device scheduling (up to opt.jobs_per_device jobs per device, placed by
  * place.c), the job thread that trains, the checkpoint writer thread beside
  * it, and the loop-side handling of what they report (a run that diverged
@@ -23,33 +23,54 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ckpt.h"
 #include "cpu/cpu_kernels.h"
 #include "cuda/cuda_backend.h"
 #include "curves_job.h"
 #include "fsutil.h"
-#include "nllmd.h"
+#include "jobs.h"
+#include "jsonpack.h"
+#include "log.h"
 #include "place.h"
 #include "safetensors.h"
+#include "server.h"
+
+/* Events from job and writer threads to the loop. */
+typedef enum {
+    EV_EPOCH,     /* an epoch ended (report) */
+    EV_CKPT,      /* a checkpoint file is durable: add its catalog row */
+    EV_CKPT_FAIL, /* a checkpoint could not be written */
+    EV_DONE,      /* the job thread ended */
+    EV_STARTED,   /* the job thread loaded data and began training */
+} nllmd_ev_kind_t;
+
+typedef struct nllmd_ev {
+    struct nllmd_ev *next;
+    nllmd_ev_kind_t kind;
+    nllm_job_t *job;
+    nllm_epoch_report_t epoch;
+    /* checkpoint */
+    nllm_ckpt_kind_t ckind;
+    int64_t ck_epoch, ck_step;
+    char path[NLLM_PATH_MAX];
+    uint64_t size, checksum, weights_hash;
+    double val_loss;
+    /* done */
+    int rc;                     /* 0 or an NLLM_E* */
+    nllm_run_result_t result;
+    nllm_err_t err;
+    /* done by a divergence (nllm_trainer_diverged): its global step, norm
+     * and the learning rate the run had */
+    int diverged;
+    int64_t div_step;
+    double div_norm, div_lr;
+} nllmd_ev_t;
 
 static double wall_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-void nllmd_log(nllmd_t *d, const char *job, const char *fmt, ...)
-{
-    (void)d;
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (job)
-        fprintf(stderr, "nllmd: job %s: %s\n", job, msg);
-    else
-        fprintf(stderr, "nllmd: %s\n", msg);
 }
 
 void nllmd_job_event(nllm_job_t *j, const char *kind, const char *fmt, ...)
@@ -63,6 +84,16 @@ void nllmd_job_event(nllm_job_t *j, const char *kind, const char *fmt, ...)
     nllm_err_t err;
     if (nllm_catalog_event_add(j->d->cat, j->name, kind, msg, &err) < 0)
         nllmd_log(j->d, j->name, "could not record event: %s", err.msg);
+}
+
+void nllmd_job_notify(nllm_job_t *j, const char *method, json_t *params)
+{
+    nllmd_t *d = j->d;
+    json_incref(params);
+    nllmd_notify(d, j->name, method, params); /* the watchers */
+    if (d->oneshot && strcmp(d->oneshot->name, j->name) == 0)
+        d->oneshot_print(d, method, params);
+    json_decref(params);
 }
 
 /* ---- events from threads ------------------------------------------------ */
@@ -155,7 +186,7 @@ static void notify_state(nllm_job_t *j, json_t *extra)
                           j->error[0] ? json_string(j->error) : json_null());
     if (extra)
         json_object_update(p, extra);
-    nllmd_notify(j->d, j->name, "state", p);
+    nllmd_job_notify(j, "state", p);
 }
 
 static void job_set_state(nllm_job_t *j, const char *state, const char *error)
@@ -973,7 +1004,7 @@ static int device_fault(nllm_job_t *j, int k, nllmd_ev_t *e)
                 /* nllmd run: nobody resets the device; a new run (a restart)
                  * finds it healthy and the job queued */
                 d->exit_code = 75;
-                nllmd_begin_shutdown(d, "device fault: run again with --resume");
+                d->begin_shutdown(d, "device fault: run again with --resume");
             }
             return 1;
         }
@@ -1083,7 +1114,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                               nllm_json_num(r->train_ppl), "val_ppl", nllm_json_num(r->val_ppl),
                               "val_acc", nllm_json_num(r->val_acc), "seconds", r->seconds,
                               "tokens_per_s", r->tokens_per_s, "is_best", r->is_best);
-        nllmd_notify(d, j->name, "epoch", p);
+        nllmd_job_notify(j, "epoch", p);
         break;
     }
     case EV_CKPT: {
@@ -1116,7 +1147,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                               "kind", nllm_ckpt_kind_name(e->ckind), "epoch",
                               (json_int_t)e->ck_epoch, "step", (json_int_t)e->ck_step, "path",
                               e->path, "size", (json_int_t)e->size);
-        nllmd_notify(d, j->name, "checkpoint", p);
+        nllmd_job_notify(j, "checkpoint", p);
         if (e->ckind == NLLM_CKPT_EPOCH)
             retention(j);
         break;

@@ -87,7 +87,8 @@ srcs=(kernels/nllm_err.c kernels/backend.c kernels/model.c kernels/coll_single.c
       daemon/engine/data.c daemon/engine/config.c daemon/engine/trainer.c
       daemon/engine/ckpt.c daemon/engine/curves.c proto/rpc.c
       daemon/nllmd.c daemon/server.c daemon/jobs.c daemon/methods.c daemon/jsonpack.c
-      daemon/curves_job.c daemon/http.c daemon/place.c daemon/metrics.c "$out/dashboard_html.c")
+      daemon/curves_job.c daemon/http.c daemon/place.c daemon/metrics.c daemon/log.c
+      "$out/dashboard_html.c")
 objs=()
 pids=()
 for s in "${srcs[@]}"; do
