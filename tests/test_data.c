@@ -1,5 +1,5 @@
-/* test_data.c -- tests of daemon/data.c: tokenizers, windows, split, shuffle,
- * token cache, errors, encode/decode and vocabulary JSON.
+/* test_data.c -- tests of daemon/engine/data.c: tokenizers, windows, split,
+ * shuffle, token cache, errors, encode/decode and vocabulary JSON.
  *
  * Writes small texts to a private temp folder (removed at the end); the
  * real-corpus check reads $NLLM_SHARED_DATA/tinyshakespeare/input.txt and is
