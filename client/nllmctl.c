@@ -1869,7 +1869,7 @@ static int cmd_history(global_t *g, const cmd_t *c, int argc, char **argv)
     return EXIT_OK;
 }
 
-/* -- plot: the history drawn by daemon/curves.c, like nllmd's curve files -- */
+/* -- plot: the history drawn by daemon/engine/curves.c, like nllmd's curve files -- */
 
 static int plot_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
 {

@@ -1,18 +1,15 @@
 /* curves_job.c -- nllmd's training-curve files: reads a job's current
  * history from the catalog (superseded rows left out, so curves continue
- * across resumes) and writes {name}_training_curves_epoch_N.svg every
- * save_every epochs and {name}_training_curves_final.svg when the job ends
- * completed or stopped, in the job folder. The history is read on the loop
- * thread (it owns the catalog), the file written on the thread pool; a
- * failure is an event, never fatal. Caller: jobs.c handle_event.
+ * across resumes) on the loop thread, which owns the catalog, and writes
+ * the SVG on the thread pool; the caller hears how it went through its
+ * callback. Knows the catalog and engine/curves.c, not jobs. Caller:
+ * jobs.c (curves_on_epoch, curves_on_done).
  */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "curves.h"
-#include "nllmd.h"
+#include "config.h" /* NLLM_PATH_MAX */
+#include "curves_job.h"
 
 int nllm_curves_from_catalog(nllm_catalog_t *cat, const char *job, nllm_curve_point_t **pts,
                              size_t *n, nllm_err_t *err)
@@ -44,12 +41,12 @@ int nllm_curves_from_catalog(nllm_catalog_t *cat, const char *job, nllm_curve_po
  * milliseconds. The points are read from the catalog here, on the loop. */
 typedef struct {
     uv_work_t req;
-    nllm_job_t *job; /* a reference: the job outlives the write */
+    nllmd_curves_cb cb;
+    void *data;
     nllm_curve_point_t *pts;
     size_t n;
     int rc;
     nllm_err_t err;
-    char suffix[48];
     char path[NLLM_PATH_MAX + 128];
     char title[256];
 } curves_write_t;
@@ -65,59 +62,32 @@ static void curves_after(uv_work_t *req, int status)
     curves_write_t *w = req->data;
     if (status < 0)
         w->rc = nllm_err_set(&w->err, NLLM_EINTERNAL, "%s", uv_strerror(status));
-    if (w->rc < 0)
-        nllmd_job_event(w->job, "curves_failed", "%s_training_curves_%s.svg: %s", w->job->name,
-                        w->suffix, w->err.msg);
-    nllmd_job_unref(w->job);
+    w->cb(w->data, w->path, w->rc, &w->err);
     free(w->pts);
     free(w);
 }
 
-/* suffix: "epoch_N" or "final" */
-static void write_curves(nllm_job_t *j, const char *suffix, const char *what)
+int nllmd_curves_write(uv_loop_t *loop, nllm_catalog_t *cat, const char *job, const char *path,
+                       const char *title, nllmd_curves_cb cb, void *data, nllm_err_t *err)
 {
     curves_write_t *w = calloc(1, sizeof *w);
-    nllm_err_t err = {0};
-    if (!w) {
-        nllmd_job_event(j, "curves_failed", "%s_training_curves_%s.svg: out of memory", j->name,
-                        suffix);
-        return;
-    }
-    snprintf(w->path, sizeof w->path, "%s/%s_training_curves_%s.svg", j->dir, j->name, suffix);
-    snprintf(w->title, sizeof w->title, "%s: training curves (%s)", j->name, what);
-    snprintf(w->suffix, sizeof w->suffix, "%s", suffix);
-    int rc = nllm_curves_from_catalog(j->d->cat, j->name, &w->pts, &w->n, &err);
-    if (rc == 0 && w->n > 0) {
-        w->job = j;
+    if (!w)
+        return nllm_err_set(err, NLLM_ENOMEM, "out of memory");
+    snprintf(w->path, sizeof w->path, "%s", path);
+    snprintf(w->title, sizeof w->title, "%s", title);
+    int rc = nllm_curves_from_catalog(cat, job, &w->pts, &w->n, err);
+    if (rc == 0 && w->n == 0)
+        rc = 1; /* nothing trained yet (stopped before the first epoch) */
+    if (rc == 0) {
+        w->cb = cb;
+        w->data = data;
         w->req.data = w;
-        nllmd_job_ref(j);
-        rc = uv_queue_work(j->d->loop, &w->req, curves_work, curves_after);
+        rc = uv_queue_work(loop, &w->req, curves_work, curves_after);
         if (rc == 0)
-            return;
-        nllmd_job_unref(j);
-        rc = nllm_err_set(&err, NLLM_EINTERNAL, "%s", uv_strerror(rc));
+            return 0;
+        rc = nllm_err_set(err, NLLM_EINTERNAL, "%s", uv_strerror(rc));
     }
-    /* n == 0: nothing trained yet (stopped before the first epoch) */
-    if (rc < 0)
-        nllmd_job_event(j, "curves_failed", "%s_training_curves_%s.svg: %s", j->name, suffix,
-                        err.msg);
     free(w->pts);
     free(w);
-}
-
-void nllmd_curves_on_epoch(nllm_job_t *j, int64_t epoch)
-{
-    if (j->cfg.save_every < 1 || epoch < 1 || epoch % j->cfg.save_every != 0)
-        return;
-    char suffix[48], what[48];
-    snprintf(suffix, sizeof suffix, "epoch_%lld", (long long)epoch);
-    snprintf(what, sizeof what, "epoch %lld", (long long)epoch);
-    write_curves(j, suffix, what);
-}
-
-void nllmd_curves_on_done(nllm_job_t *j)
-{
-    if (strcmp(j->state, "completed") != 0 && strcmp(j->state, "stopped") != 0)
-        return;
-    write_curves(j, "final", j->state);
+    return rc;
 }

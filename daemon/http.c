@@ -10,7 +10,7 @@
  * request head is limited to NLLMD_HTTP_MAX_HEAD bytes, a request must
  * arrive in full within the head timeout (slowloris), idle keep-alive
  * connections close, connections are capped, writes queued per connection
- * are bounded. Callers: nllmd.c (start/close), methods.c (counting).
+ * are bounded. Callers: nllmd.c (start/close).
  *
  * A connection's life:
  *
@@ -32,7 +32,10 @@
 #include <unistd.h>
 
 #include "cuda/cuda_backend.h"
-#include "nllmd.h"
+#include "http.h"
+#include "jobs.h"
+#include "jsonpack.h"
+#include "log.h"
 
 /* dashboard.html, turned into a C array by meson.build */
 extern const unsigned char nllmd_dashboard_html[];
@@ -41,7 +44,6 @@ extern const size_t nllmd_dashboard_html_len;
 #define LINGER_MS 2000                       /* after our FIN, wait for the peer's */
 #define WRITE_QUEUE_MAX ((size_t)16 << 20)   /* bytes queued per connection */
 #define URL_MAX 2048                         /* longer request targets: 414 */
-#define NREQ_COUNTERS 256                    /* (method, code) pairs counted */
 
 static const char *const job_states[] = {"queued",    "running", "pausing", "paused",
                                          "completed", "stopped", "failed",  "interrupted"};
@@ -67,12 +69,6 @@ struct nllmd_http {
     char hostname[256];   /* gethostname(), lower case */
     uint64_t head_timeout_ms, idle_timeout_ms;
     http_parser_settings settings;
-    struct {
-        char method[32];
-        int code;
-        uint64_t n;
-    } req[NREQ_COUNTERS];
-    int nreq;
     uint64_t responses[NSTATUS];
     uint64_t dev_refreshed_ms;
 };
@@ -182,27 +178,7 @@ static double wall_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* ---- counters ---------------------------------------------------------- */
-
-void nllmd_http_count_request(nllmd_t *d, const char *method, int code)
-{
-    nllmd_http_t *s = d->http;
-    if (!s)
-        return;
-    if (!method)
-        method = "unknown";
-    for (int i = 0; i < s->nreq; i++)
-        if (s->req[i].code == code && strcmp(s->req[i].method, method) == 0) {
-            s->req[i].n++;
-            return;
-        }
-    if (s->nreq >= NREQ_COUNTERS)
-        return;
-    snprintf(s->req[s->nreq].method, sizeof s->req[0].method, "%s", method);
-    s->req[s->nreq].code = code;
-    s->req[s->nreq].n = 1;
-    s->nreq++;
-}
+/* ---- counters (RPC requests are counted in d->metrics: metrics.h) ---------- */
 
 static void count_response(nllmd_http_t *s, int status)
 {
@@ -539,9 +515,10 @@ static void metrics_text(nllmd_http_t *s, buf_t *b)
     sample(b, "nllm_http_connections", NULL, NULL, NULL, NULL, s->nconns);
     family(b, "nllm_requests_total", "counter",
            "RPC requests answered, by method and result code (ok or the error code).");
-    for (int i = 0; i < s->nreq; i++)
-        sample(b, "nllm_requests_total", "method", s->req[i].method, "code",
-               s->req[i].code ? nllm_err_wire_code(s->req[i].code) : "ok", (double)s->req[i].n);
+    const nllmd_metrics_t *m = &d->metrics;
+    for (int i = 0; i < m->nreq; i++)
+        sample(b, "nllm_requests_total", "method", m->req[i].method, "code",
+               m->req[i].code ? nllm_err_wire_code(m->req[i].code) : "ok", (double)m->req[i].n);
     family(b, "nllm_http_responses_total", "counter", "HTTP responses sent, by status code.");
     for (size_t i = 0; i < NSTATUS; i++) {
         snprintf(num, sizeof num, "%d", counted_status[i]);

@@ -1,8 +1,11 @@
 /* http.h -- nllmd's read-only HTTP listener for monitoring (http.c): the
  * Prometheus exposition at /metrics, job status as JSON under /api/, and
  * the dashboard page at /. It runs on the daemon's libuv loop; every
- * function here is called on the loop thread only. Callers: nllmd.c
- * (start/close next to the RPC listeners), methods.c (request counting).
+ * function here is called on the loop thread only. It reads the daemon
+ * (jobs, devices, d->metrics); outside its own state it writes only the
+ * GPUs' memory figures, refreshed at most once a second.
+ * Callers: nllmd.c (start/close next to the RPC listeners),
+ * tests/fuzz/fuzz_http.c (nllmd_http_parse_request).
  */
 #ifndef NLLM_HTTP_H
 #define NLLM_HTTP_H
@@ -29,11 +32,6 @@ int nllmd_http_start(nllmd_t *d, nllm_err_t *err);
 /* Closes the listener and every HTTP connection; their memory is freed in
  * the close callbacks, so uv_run() returns once they have run. */
 void nllmd_http_close(nllmd_t *d);
-
-/* Counts one RPC request for nllm_requests_total: method is the method
- * name (NULL when the daemon does not know it), code 0 or the NLLM_E*
- * code of the reply. A no-op while the listener is off. */
-void nllmd_http_count_request(nllmd_t *d, const char *method, int code);
 
 /* Parses len bytes as what one connection to a listener on HOST:port (an
  * IP literal) received, through the same http_parser callbacks, limits and

@@ -1,4 +1,4 @@
-/* jobs.c -- training jobs in nllmd: the state machine (drawn in nllmd.h),
+/* jobs.c -- training jobs in nllmd: the state machine (drawn in jobs.h),
  * device scheduling (up to opt.jobs_per_device jobs per device, placed by
  * place.c), the job thread that trains, the checkpoint writer thread beside
  * it, and the loop-side handling of what they report (a run that diverged
@@ -23,33 +23,54 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ckpt.h"
 #include "cpu/cpu_kernels.h"
 #include "cuda/cuda_backend.h"
-#include "curves.h"
+#include "curves_job.h"
 #include "fsutil.h"
-#include "nllmd.h"
+#include "jobs.h"
+#include "jsonpack.h"
+#include "log.h"
 #include "place.h"
 #include "safetensors.h"
+#include "server.h"
+
+/* Events from job and writer threads to the loop. */
+typedef enum {
+    EV_EPOCH,     /* an epoch ended (report) */
+    EV_CKPT,      /* a checkpoint file is durable: add its catalog row */
+    EV_CKPT_FAIL, /* a checkpoint could not be written */
+    EV_DONE,      /* the job thread ended */
+    EV_STARTED,   /* the job thread loaded data and began training */
+} nllmd_ev_kind_t;
+
+typedef struct nllmd_ev {
+    struct nllmd_ev *next;
+    nllmd_ev_kind_t kind;
+    nllm_job_t *job;
+    nllm_epoch_report_t epoch;
+    /* checkpoint */
+    nllm_ckpt_kind_t ckind;
+    int64_t ck_epoch, ck_step;
+    char path[NLLM_PATH_MAX];
+    uint64_t size, checksum, weights_hash;
+    double val_loss;
+    /* done */
+    int rc;                     /* 0 or an NLLM_E* */
+    nllm_run_result_t result;
+    nllm_err_t err;
+    /* done by a divergence (nllm_trainer_diverged): its global step, norm
+     * and the learning rate the run had */
+    int diverged;
+    int64_t div_step;
+    double div_norm, div_lr;
+} nllmd_ev_t;
 
 static double wall_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-void nllmd_log(nllmd_t *d, const char *job, const char *fmt, ...)
-{
-    (void)d;
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (job)
-        fprintf(stderr, "nllmd: job %s: %s\n", job, msg);
-    else
-        fprintf(stderr, "nllmd: %s\n", msg);
 }
 
 void nllmd_job_event(nllm_job_t *j, const char *kind, const char *fmt, ...)
@@ -63,6 +84,16 @@ void nllmd_job_event(nllm_job_t *j, const char *kind, const char *fmt, ...)
     nllm_err_t err;
     if (nllm_catalog_event_add(j->d->cat, j->name, kind, msg, &err) < 0)
         nllmd_log(j->d, j->name, "could not record event: %s", err.msg);
+}
+
+void nllmd_job_notify(nllm_job_t *j, const char *method, json_t *params)
+{
+    nllmd_t *d = j->d;
+    json_incref(params);
+    nllmd_notify(d, j->name, method, params); /* the watchers */
+    if (d->oneshot && strcmp(d->oneshot->name, j->name) == 0)
+        d->oneshot_print(d, method, params);
+    json_decref(params);
 }
 
 /* ---- events from threads ------------------------------------------------ */
@@ -155,7 +186,7 @@ static void notify_state(nllm_job_t *j, json_t *extra)
                           j->error[0] ? json_string(j->error) : json_null());
     if (extra)
         json_object_update(p, extra);
-    nllmd_notify(j->d, j->name, "state", p);
+    nllmd_job_notify(j, "state", p);
 }
 
 static void job_set_state(nllm_job_t *j, const char *state, const char *error)
@@ -672,6 +703,53 @@ void nllmd_job_free(nllm_job_t *j)
     free(j);
 }
 
+/* Training-curve files (curves_job.h): {name}_training_curves_epoch_N.svg
+ * every save_every epochs, once the epoch's catalog row is added, and
+ * {name}_training_curves_final.svg once EV_DONE has set the job completed
+ * or stopped. A failure is a curves_failed event, never fatal. The job
+ * holds a reference while its file is written. */
+static void curves_done(void *data, const char *path, int rc, const nllm_err_t *err)
+{
+    nllm_job_t *j = data;
+    if (rc < 0) {
+        const char *file = strrchr(path, '/');
+        nllmd_job_event(j, "curves_failed", "%s: %s", file ? file + 1 : path, err->msg);
+    }
+    nllmd_job_unref(j);
+}
+
+/* suffix: "epoch_N" or "final" */
+static void write_curves(nllm_job_t *j, const char *suffix, const char *what)
+{
+    char path[NLLM_PATH_MAX + 128], title[256];
+    nllm_err_t err = {0};
+    snprintf(path, sizeof path, "%s/%s_training_curves_%s.svg", j->dir, j->name, suffix);
+    snprintf(title, sizeof title, "%s: training curves (%s)", j->name, what);
+    int rc = nllmd_curves_write(j->d->loop, j->d->cat, j->name, path, title, curves_done, j, &err);
+    if (rc == 0)
+        nllmd_job_ref(j); /* curves_done drops it */
+    else if (rc < 0)
+        nllmd_job_event(j, "curves_failed", "%s_training_curves_%s.svg: %s", j->name, suffix,
+                        err.msg);
+}
+
+static void curves_on_epoch(nllm_job_t *j, int64_t epoch)
+{
+    if (j->cfg.save_every < 1 || epoch < 1 || epoch % j->cfg.save_every != 0)
+        return;
+    char suffix[48], what[48];
+    snprintf(suffix, sizeof suffix, "epoch_%lld", (long long)epoch);
+    snprintf(what, sizeof what, "epoch %lld", (long long)epoch);
+    write_curves(j, suffix, what);
+}
+
+static void curves_on_done(nllm_job_t *j)
+{
+    if (strcmp(j->state, "completed") != 0 && strcmp(j->state, "stopped") != 0)
+        return;
+    write_curves(j, "final", j->state);
+}
+
 static void retention(nllm_job_t *j)
 {
     if (j->cfg.keep <= 0)
@@ -926,7 +1004,7 @@ static int device_fault(nllm_job_t *j, int k, nllmd_ev_t *e)
                 /* nllmd run: nobody resets the device; a new run (a restart)
                  * finds it healthy and the job queued */
                 d->exit_code = 75;
-                nllmd_begin_shutdown(d, "device fault: run again with --resume");
+                d->begin_shutdown(d, "device fault: run again with --resume");
             }
             return 1;
         }
@@ -1027,7 +1105,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                             j->cfg.min_delta, j->cfg.patience, (long long)r->epoch);
         if (nllm_catalog_batch_end(d->cat, &err) < 0)
             nllmd_log(d, j->name, "catalog: epoch %lld: %s", (long long)r->epoch, err.msg);
-        nllmd_curves_on_epoch(j, r->epoch); /* curves.h: every save_every epochs */
+        curves_on_epoch(j, r->epoch); /* every save_every epochs */
         json_t *p = json_pack("{s:s,s:I,s:I,s:o,s:o,s:o,s:o,s:o,s:f,s:f,s:b}", "name", j->name,
                               "epoch", (json_int_t)r->epoch, "num_epochs",
                               (json_int_t)r->num_epochs, "train_loss",
@@ -1036,7 +1114,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                               nllm_json_num(r->train_ppl), "val_ppl", nllm_json_num(r->val_ppl),
                               "val_acc", nllm_json_num(r->val_acc), "seconds", r->seconds,
                               "tokens_per_s", r->tokens_per_s, "is_best", r->is_best);
-        nllmd_notify(d, j->name, "epoch", p);
+        nllmd_job_notify(j, "epoch", p);
         break;
     }
     case EV_CKPT: {
@@ -1069,7 +1147,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                               "kind", nllm_ckpt_kind_name(e->ckind), "epoch",
                               (json_int_t)e->ck_epoch, "step", (json_int_t)e->ck_step, "path",
                               e->path, "size", (json_int_t)e->size);
-        nllmd_notify(d, j->name, "checkpoint", p);
+        nllmd_job_notify(j, "checkpoint", p);
         if (e->ckind == NLLM_CKPT_EPOCH)
             retention(j);
         break;
@@ -1121,7 +1199,7 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                             (long long)j->best_epoch);
             job_set_state(j, "completed", NULL);
         }
-        nllmd_curves_on_done(j); /* curves.h: final curves when completed or stopped */
+        curves_on_done(j); /* final curves when completed or stopped */
         if (!rolled_back)
             j->origin.path[0] = '\0';
         job_unref(j);

@@ -5,7 +5,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "nllmd.h"
+#include "jsonpack.h"
+#include "rpc.h"
 
 json_t *nllm_json_num(double x)
 {

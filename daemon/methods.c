@@ -2,14 +2,19 @@
  * the job operations of jobs.c, and results as JSON (packed to msgpack by
  * server.c). Slow work (generate, verify) runs on libuv's thread pool and
  * answers from its after-work callback, so the loop never waits on it.
- * Called on the loop thread by server.c for every decoded request.
+ * Called on the loop thread by server.c for every decoded request, through
+ * the d->dispatch nllmd.c gave it; counts each request in d->metrics.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "nllmd.h"
+#include "ckpt.h"
+#include "jobs.h"
+#include "jsonpack.h"
+#include "methods.h"
+#include "server.h"
 
 typedef int (*method_fn)(nllm_conn_t *c, uint32_t msgid, const msgpack_object *p,
                          json_t **result, nllm_err_t *err);
@@ -765,7 +770,7 @@ void nllmd_dispatch(nllm_conn_t *c, nllm_rpc_msg_t *msg)
         if (rc == 0)
             rc = fn(c, msg->msgid, p, &res, &err);
     }
-    nllmd_http_count_request(c->d, fn ? msg->method : NULL, rc < 0 ? rc : 0);
+    nllmd_metrics_count_request(&c->d->metrics, fn ? msg->method : NULL, rc < 0 ? rc : 0);
     if (rc == 1)
         return; /* answered asynchronously */
     if (rc < 0 && !err.code)

@@ -2,7 +2,10 @@
  * directory and catalog, devices, the libuv loop with its signals, tick
  * timer (progress notifications, systemd watchdog) and event wake-up, the
  * orderly shutdown (pause every job at a step boundary, then exit 0), and
- * the one-shot mode `nllmd run NAME ...` for batch schedulers.
+ * the one-shot mode `nllmd run NAME ...` for batch schedulers. The top of
+ * the loop (the order is drawn in nllmd.h): it includes every module and
+ * hands the lower ones what they call back (nllmd_dispatch to server.c;
+ * the one-shot printer and the shutdown to jobs.c).
  */
 #include <errno.h>
 #include <ftw.h>
@@ -21,7 +24,13 @@
 #include "cpu/cpu_kernels.h"
 #include "cuda/cuda_backend.h"
 #include "fsutil.h"
+#include "http.h"
+#include "jobs.h"
+#include "jsonpack.h"
+#include "log.h"
+#include "methods.h"
 #include "nllmd.h"
+#include "server.h"
 
 /* ---- systemd notification (the documented datagram protocol) ----------- */
 
@@ -94,7 +103,7 @@ static void finish_if_idle(nllmd_t *d)
     signal(SIGHUP, SIG_IGN);
 }
 
-void nllmd_begin_shutdown(nllmd_t *d, const char *why)
+static void nllmd_begin_shutdown(nllmd_t *d, const char *why)
 {
     if (d->shutting_down)
         return;
@@ -161,7 +170,7 @@ static void on_tick(uv_timer_t *t)
                               (json_int_t)r.global_step, "loss", nllm_json_num(r.running_loss),
                               "tokens_per_s", r.tokens_per_s, "elapsed", r.epoch_seconds, "eta",
                               nllm_json_num(eta));
-        nllmd_notify(d, j->name, "progress", p);
+        nllmd_job_notify(j, "progress", p);
     }
 }
 
@@ -476,7 +485,7 @@ static void log_cpu_kernels(nllmd_t *d)
 
 /* ---- one-shot mode ----------------------------------------------------- */
 
-void nllmd_oneshot_notify(nllmd_t *d, const char *method, json_t *p)
+static void nllmd_oneshot_notify(nllmd_t *d, const char *method, json_t *p)
 {
     FILE *o = stdout;
     if (!strcmp(method, "progress")) {
@@ -746,6 +755,8 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
     default_paths(&d->opt);
     d->opt.socket_path[0] = '\0'; /* no control socket in one-shot mode */
     d->oneshot_tty = isatty(1) && !getenv("NO_COLOR");
+    d->oneshot_print = nllmd_oneshot_notify; /* what jobs.c asks of us for d->oneshot */
+    d->begin_shutdown = nllmd_begin_shutdown;
     loop_init(d);
     if (setup_devices(d, &err) < 0 || open_state(d, &err) < 0) {
         fprintf(stderr, "nllmd run: %s\n", err.msg);
@@ -925,7 +936,7 @@ int main(int argc, char **argv)
 
     loop_init(d);
     if (setup_devices(d, &err) < 0 || open_state(d, &err) < 0 ||
-        nllmd_server_start(d, &err) < 0 || nllmd_http_start(d, &err) < 0) {
+        nllmd_server_start(d, nllmd_dispatch, &err) < 0 || nllmd_http_start(d, &err) < 0) {
         fprintf(stderr, "nllmd: %s\n", err.msg);
         d->shutting_down = 1;
         finish_if_idle(d);

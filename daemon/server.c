@@ -8,7 +8,9 @@
  * with UV_ECANCELED before the close callback). EOF from a client is a
  * half-close: it still gets every reply, also async ones, before the close.
  * Before auth (TCP with a token) nothing but the auth result and the
- * "authenticate first" error is sent (nllmd_dispatch decides).
+ * "authenticate first" error is sent (d->dispatch decides). It knows no
+ * methods and no jobs: messages go out to d->dispatch (methods.c), job
+ * notifications come in through nllmd_notify (jobs.c).
  */
 #include <errno.h>
 #include <grp.h>
@@ -22,7 +24,19 @@
 #include <unistd.h>
 
 #include "fsutil.h"
-#include "nllmd.h"
+#include "jsonpack.h"
+#include "log.h"
+#include "server.h"
+
+/* One queued write: freed by on_write, which libuv also runs (with
+ * UV_ECANCELED) for writes still queued when the connection closes. */
+typedef struct nllm_wbuf {
+    uv_write_t req;
+    struct nllm_wbuf *next;
+    nllm_conn_t *conn;
+    size_t len;
+    char data[];
+} nllm_wbuf_t;
 
 static void conn_close(nllm_conn_t *c);
 
@@ -98,8 +112,6 @@ void nllmd_notify(nllmd_t *d, const char *job, const char *method, json_t *param
                 nllmd_conn_send_json(c, NLLM_RPC_NOTIFICATION, 0, method, NULL, params);
                 break;
             }
-    if (d->oneshot && strcmp(d->oneshot->name, job) == 0)
-        nllmd_oneshot_notify(d, method, params);
     json_decref(params);
 }
 
@@ -184,11 +196,11 @@ static void conn_close(nllm_conn_t *c)
 
 /* A request that breaks the decoder's limits gets one last error reply when
  * its msgid could be read -- but on a TCP connection that has not
- * authenticated, nllmd_dispatch answers it only "authenticate first". */
+ * authenticated, d->dispatch answers it only "authenticate first". */
 static void reply_fatal(nllm_conn_t *c, nllm_rpc_msg_t *msg, const nllm_err_t *err)
 {
     if (!c->authed) {
-        nllmd_dispatch(c, msg);
+        c->d->dispatch(c, msg);
         return;
     }
     nllm_err_t e;
@@ -260,9 +272,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             nllmd_conn_close_after_writes(c);
             return;
         }
-        c->d->requests++;
+        c->d->metrics.messages++;
         got = 1;
-        nllmd_dispatch(c, &msg);
+        c->d->dispatch(c, &msg);
         nllm_rpc_msg_free(&msg);
         if (c->closing)
             return;
@@ -541,9 +553,10 @@ static int listen_tcp(nllmd_t *d, nllm_err_t *err)
     return 0;
 }
 
-int nllmd_server_start(nllmd_t *d, nllm_err_t *err)
+int nllmd_server_start(nllmd_t *d, nllmd_dispatch_cb dispatch, nllm_err_t *err)
 {
     int rc = 0;
+    d->dispatch = dispatch;
     if (d->opt.socket_path[0])
         rc = listen_unix(d, err);
     if (rc == 0 && d->opt.listen[0])

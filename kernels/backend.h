@@ -282,7 +282,7 @@ int nllm_backend_create(const char *device, int threads, nllm_backend_t **out, n
  * the first K backends this process makes. Works on every backend (the
  * CPU too: CI tests the daemon's fault handling with it). Read once, at
  * the first nllm_backend_create; a malformed value is reported on stderr
- * and ignored. (See also NLLM_FS_FAULT in daemon/fsutil.h.)
+ * and ignored. (See also NLLM_FS_FAULT in daemon/store/fsutil.h.)
  * nllm_backend_fault_parse applies such a spec now (replacing the
  * environment's; "" clears it; NLLM_EINVAL for a bad spec, nothing set). */
 int nllm_backend_fault_parse(const char *spec, nllm_err_t *err);

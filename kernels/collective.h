@@ -5,7 +5,8 @@
  * allreduce_sum gives bit-identical results on every rank (reduce to rank
  * 0, then broadcast). Until nllm_coll_init succeeds under a launcher, the
  * process is rank 0 of 1 and every collective is a no-op. Callers:
- * daemon/nllmd.c (`nllmd run`), daemon/trainer.c, kernels/model.c's hook.
+ * daemon/nllmd.c (`nllmd run`), daemon/engine/trainer.c, kernels/model.c's
+ * hook.
  */
 #ifndef NLLM_COLLECTIVE_H
 #define NLLM_COLLECTIVE_H

@@ -5,7 +5,7 @@
  * Parameters, gradients and both Adam moments each live in one contiguous
  * device buffer (so the norm and Adam are one pass); nllm_model_param()
  * maps the model.md names to offsets in it. A model is used by one thread
- * at a time. Callers: daemon/trainer.c, the benchmark, the tests.
+ * at a time. Callers: daemon/engine/trainer.c, the benchmark, the tests.
  */
 #ifndef NLLM_MODEL_H
 #define NLLM_MODEL_H

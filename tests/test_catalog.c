@@ -1,6 +1,6 @@
-/* test_catalog.c -- tests of daemon/catalog.c against real SQLite files in a
- * fresh temporary folder: schema and pragmas, jobs, checkpoints, epoch
- * supersede-on-resume, bounded events, v1 -> current migration, errors
+/* test_catalog.c -- tests of daemon/store/catalog.c against real SQLite
+ * files in a fresh temporary folder: schema and pragmas, jobs, checkpoints,
+ * epoch supersede-on-resume, bounded events, v1 -> current migration, errors
  * (not a database, disk full, corruption) and cascade delete.
  * Exit 0 pass, 1 fail (one line per failed check), 77 skip.
  */
@@ -10,7 +10,7 @@
 #endif
 #endif
 
-#include "../daemon/catalog.h"
+#include "../daemon/store/catalog.h"
 #include "testutil.h"
 
 #include <dirent.h>

@@ -1,8 +1,9 @@
-/* test_curves.c -- daemon/curves.c: the training-curve SVG is well-formed
- * XML (a small tag checker here, plus `xmllint --noout` when installed),
- * has both panels, the legend, tick labels and the best epoch marked, and
- * copes with 1 epoch, no epochs, no validation values, unsorted input,
- * infinities, a perplexity range > 1e4 (log scale) and hostile titles.
+/* test_curves.c -- daemon/engine/curves.c: the training-curve SVG is
+ * well-formed XML (a small tag checker here, plus `xmllint --noout` when
+ * installed), has both panels, the legend, tick labels and the best epoch
+ * marked, and copes with 1 epoch, no epochs, no validation values,
+ * unsorted input, infinities, a perplexity range > 1e4 (log scale) and
+ * hostile titles.
  * Suite: daemon.
  */
 #include <math.h>

@@ -1,5 +1,5 @@
-/* test_data.c -- tests of daemon/data.c: tokenizers, windows, split, shuffle,
- * token cache, errors, encode/decode and vocabulary JSON.
+/* test_data.c -- tests of daemon/engine/data.c: tokenizers, windows, split,
+ * shuffle, token cache, errors, encode/decode and vocabulary JSON.
  *
  * Writes small texts to a private temp folder (removed at the end); the
  * real-corpus check reads $NLLM_SHARED_DATA/tinyshakespeare/input.txt and is
@@ -8,7 +8,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "../daemon/data.h"
+#include "../daemon/engine/data.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,7 +25,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
-#include "../daemon/fsutil.h"
+#include "../daemon/store/fsutil.h"
 #include "../kernels/nllm_math.h"
 #include "tmproot.h"
 

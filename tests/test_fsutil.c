@@ -18,7 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../daemon/fsutil.h"
+#include "../daemon/store/fsutil.h"
 
 #include "tmproot.h" /* CHECK, failures, root, pjoin */
 

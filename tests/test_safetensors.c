@@ -18,8 +18,8 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "../daemon/fsutil.h"
-#include "../daemon/safetensors.h"
+#include "../daemon/store/fsutil.h"
+#include "../daemon/store/safetensors.h"
 
 #include "tmproot.h" /* CHECK, failures, root, pjoin */
 

@@ -16,7 +16,11 @@
 #include <unistd.h>
 
 #include "fsutil.h"
+#include "http.h"
+#include "jobs.h"
+#include "methods.h"
 #include "nllmd.h"
+#include "server.h"
 
 #ifndef FUZZ_NAME
 #error "define FUZZ_NAME before including fuzz_daemon.h"

@@ -86,7 +86,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     uv_unref((uv_handle_t *)&d->async);
     if (nllmd_jobs_load(d, &err) < 0)
         die("jobs", &err);
-    if (nllmd_server_start(d, &err) < 0)
+    if (nllmd_server_start(d, nllmd_dispatch, &err) < 0)
         die("listen", &err);
     return 0;
 }

@@ -68,7 +68,7 @@ targets=${FUZZ_TARGETS:-$all_targets}
 mkdir -p "$out/obj" "$out/logs"
 cflags=(-std=gnu11 -D_GNU_SOURCE -fno-strict-aliasing -g -O1 -fno-omit-frame-pointer
         -fsanitize=fuzzer-no-link,$san -fno-sanitize-recover=undefined
-        -Ikernels -Ikernels/cpu -Idaemon -Iproto)
+        -Ikernels -Ikernels/cpu -Idaemon/store -Idaemon/engine -Idaemon -Iproto)
 pkgs="jansson libxxhash sqlite3 msgpack libuv openblas"
 # shellcheck disable=SC2207
 cflags+=($(pkg-config --cflags $pkgs))
@@ -83,10 +83,12 @@ srcs=(kernels/nllm_err.c kernels/backend.c kernels/model.c kernels/coll_single.c
       kernels/cpu/cpu_backend.c
       kernels/cpu/cpu_pool.c kernels/cpu/small_gemm.c
       kernels/cpu/gemm.c kernels/cpu/cpu_kernels.c
-      daemon/data.c daemon/config.c daemon/trainer.c daemon/ckpt.c daemon/safetensors.c
-      daemon/fsutil.c daemon/catalog.c proto/rpc.c
+      daemon/store/fsutil.c daemon/store/safetensors.c daemon/store/catalog.c
+      daemon/engine/data.c daemon/engine/config.c daemon/engine/trainer.c
+      daemon/engine/ckpt.c daemon/engine/curves.c proto/rpc.c
       daemon/nllmd.c daemon/server.c daemon/jobs.c daemon/methods.c daemon/jsonpack.c
-      daemon/curves.c daemon/curves_job.c daemon/http.c daemon/place.c "$out/dashboard_html.c")
+      daemon/curves_job.c daemon/http.c daemon/place.c daemon/metrics.c daemon/log.c
+      "$out/dashboard_html.c")
 objs=()
 pids=()
 for s in "${srcs[@]}"; do

@@ -83,8 +83,8 @@ else
   [ "$cycles" = 0 ] || link=$(awk '/^build tests\/test_crash: /{f=1} f&&/LINK_ARGS/{sub(/^ *LINK_ARGS = /,""); print; exit}' \
          "$build/build.ninja")
   if [ "$cycles" != 0 ] && ! (cd "$build" && cc -std=gnu11 -O2 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation \
-        -I"$src/daemon" -I"$src/kernels" -I"$src/kernels/cpu" "$src/$here/powerloss.c" \
-        -o "$out/powerloss" -rdynamic $link); then
+        -I"$src/daemon/store" -I"$src/daemon/engine" -I"$src/kernels" -I"$src/kernels/cpu" \
+        "$src/$here/powerloss.c" -o "$out/powerloss" -rdynamic $link); then
     echo "run.sh: cannot build $here/powerloss.c" >&2
     failed+=(powerloss-build)
   fi

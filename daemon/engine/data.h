@@ -15,7 +15,7 @@
 
 #include <jansson.h>
 
-#include "../kernels/nllm_err.h"
+#include "nllm_err.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -25,7 +25,7 @@
 
 #include <xxhash.h>
 
-#include "../kernels/nllm_math.h"
+#include "nllm_math.h"
 
 #define CACHE_MAGIC "NLLMTOK1"
 #define CACHE_VERSION 1u

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../kernels/nllm_err.h"
+#include "nllm_err.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../kernels/nllm_err.h"
+#include "nllm_err.h"
 
 #ifdef __cplusplus
 extern "C" {

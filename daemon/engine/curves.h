@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../kernels/nllm_err.h"
+#include "nllm_err.h"
 
 /* One finished epoch. NAN (or any non-finite value) = missing: skipped. */
 typedef struct {
@@ -35,24 +35,5 @@ int nllm_curves_svg(const nllm_curve_point_t *pts, size_t n, const char *title, 
  * file, fsync, rename, fsync the folder). */
 int nllm_curves_write(const char *path, const nllm_curve_point_t *pts, size_t n,
                       const char *title, int best_epoch, nllm_err_t *err);
-
-/* ---- nllmd only: daemon/curves_job.c (needs the catalog and jobs) ------ */
-
-struct nllm_catalog;
-struct nllm_job;
-
-/* The job's current history (nllm_catalog_epoch_list, superseded rows left
- * out), so curves continue across resumes. *pts: malloc'd, caller frees
- * (NULL when *n == 0). */
-int nllm_curves_from_catalog(struct nllm_catalog *cat, const char *job,
-                             nllm_curve_point_t **pts, size_t *n, nllm_err_t *err);
-
-/* Loop thread, after the epoch's catalog row is added: when epoch is a
- * multiple of save_every, write {dir}/{name}_training_curves_epoch_{epoch}.svg.
- * Failures are logged as a curves_failed event, never fatal. */
-void nllmd_curves_on_epoch(struct nllm_job *j, int64_t epoch);
-/* Loop thread, after EV_DONE set the job's state: when it is completed or
- * stopped, write {dir}/{name}_training_curves_final.svg. */
-void nllmd_curves_on_done(struct nllm_job *j);
 
 #endif /* NLLM_CURVES_H */

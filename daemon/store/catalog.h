@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../kernels/nllm_err.h"
+#include "nllm_err.h"
 
 /*
  * Threading: an nllm_catalog_t wraps one SQLite connection opened without
