@@ -615,7 +615,9 @@ static void share_decision(int *shared, int rc, const nllm_job_config_t *cfg)
     s.rc = rc;
     if (cfg)
         s.cfg = *cfg;
-    nllm_coll_bcast(&s, sizeof s, 0);
+    nllm_err_t err;
+    if (nllm_coll_bcast(&s, sizeof s, 0, &err) < 0)
+        fprintf(stderr, "nllmd run: %s\n", err.msg); /* the job's first collective fails too */
     *shared = 1;
 }
 
@@ -644,7 +646,9 @@ static int run_oneshot(nllmd_t *d, int argc, char **argv)
     int rc = run_oneshot_rank(d, argc, argv, tmpdir);
     if (tmpdir[0])
         nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    nllm_coll_finalize();
+    /* a failed rank, or broken collectives: MPI_Abort, so that no rank is
+     * left waiting for this one (collective.h) */
+    nllm_coll_finalize(rc);
     return rc;
 }
 
@@ -768,7 +772,10 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
     if (rank > 0) {
         /* rank 0's decision: its exit code, or the settings of the job */
         oneshot_share_t s;
-        nllm_coll_bcast(&s, sizeof s, 0);
+        if (nllm_coll_bcast(&s, sizeof s, 0, &err) < 0) {
+            fprintf(stderr, "nllmd run: %s\n", err.msg);
+            s.rc = 1;
+        }
         rc = s.rc;
         if (rc == 0) {
             nllm_job_origin_t o = {0};

@@ -10,11 +10,21 @@ at the same step (exit 75 from each, one paused checkpoint), and resuming
 that checkpoint on 1 rank completes and agrees with the uninterrupted run
 (identical before the pause, 1e-5 in the epoch it paused in, 1e-2 after:
 float summation order differs between 1 and 2 ranks and Adam magnifies it).
+SIGKILL of one rank mid-epoch: under plain mpirun (which ends the other
+ranks) and under `mpirun --enable-recovery` (which does not, as srun without
+--kill-on-bad-exit does not: the survivor's collective watchdog, here
+NLLM_COLL_TIMEOUT=5, must fail it, naming the silent rank), for rank 1 and
+for rank 0, every rank exits non-zero within 60 s; then the catalog passes
+SQLite's integrity check, a daemon on the state folder verifies every
+checkpoint and shows the job interrupted (or failed, naming the rank), and
+`--resume` continues from the newest committed checkpoint and completes.
 Skips (77) without mpirun or without an MPI build of nllmd.
 Usage: test_dp.py BUILD_DIR
 """
 import json
 import os
+import socket
+import sqlite3
 import random
 import re
 import shutil
@@ -44,6 +54,142 @@ def meta(path):
 
 def rel(a, b):
     return max(abs(x - y) / abs(y) for x, y in zip(a, b)) if len(a) == len(b) else 1.0
+
+
+def rank_pid(rank, state):
+    """The pid of the nllmd of MPI rank `rank` running on state folder `state`."""
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/environ" % d, "rb") as f:
+                e = f.read()
+            with open("/proc/%s/comm" % d) as f:
+                comm = f.read().strip()
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError):
+            continue
+        if (comm == "nllmd" and b"OMPI_COMM_WORLD_RANK=%d\0" % rank in e
+                and state.encode() in cmdline):
+            return int(d)
+    return None
+
+
+def killed_rank(nllmd, mpi, env, run, job, tmp):
+    """SIGKILL of one rank mid-epoch: the others end non-zero within 60 s, the
+    catalog and the last committed checkpoint verify, --resume completes."""
+    nllmctl = os.path.join(os.path.dirname(nllmd), "nllmctl")
+    ep = job.index("--epochs")
+    long_job = job[:ep + 1] + ["12"] + job[ep + 2:] + ["--save-every", "1"]
+    wrap = ['sh', '-c', '"$0" "$@"; rc=$?; echo "rank $OMPI_COMM_WORLD_RANK exit $rc" >&2; '
+            'exit $rc']
+    recovery_ok = subprocess.run(mpi[:1] + ["--enable-recovery", "--version"],
+                                 capture_output=True).returncode == 0
+    cases = [(1, False), (0, False)] + ([(1, True), (0, True)] if recovery_ok else [])
+    if not recovery_ok:
+        print("note: this mpirun has no --enable-recovery: the watchdog cases are skipped")
+    for victim, recovery in cases:
+        what = "SIGKILL of rank %d%s" % (victim, " (mpirun --enable-recovery: only the "
+                                          "watchdog ends the other)" if recovery else "")
+        state = os.path.join(tmp, "kill%d%s" % (victim, "r" if recovery else ""))
+        cmd = mpi[:1] + (["--enable-recovery"] if recovery else []) + mpi[1:] + wrap + \
+            [nllmd, "run", "--state-dir", state, "dp"] + long_job
+        kenv = dict(env, NLLM_COLL_TIMEOUT="5")
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=kenv)
+        lines = []
+
+        def reader():
+            for line in p.stderr:
+                lines.append(line)
+
+        th = threading.Thread(target=reader)
+        th.start()
+        t0 = time.time()
+        # rank 0 has committed epoch 2's checkpoint: kill in epoch 3
+        while (not any("checkpoint: saved epoch_2" in x for x in list(lines))
+               and p.poll() is None and time.time() - t0 < 120):
+            time.sleep(0.005)
+        time.sleep(0.02)
+        pid = rank_pid(victim, state)
+        check(pid is not None, "%s: found the rank's nllmd" % what)
+        if pid is None:
+            p.kill()
+            p.wait()
+            th.join()
+            continue
+        os.kill(pid, signal.SIGKILL)
+        tk = time.time()
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        took = time.time() - tk
+        th.join()
+        err = "".join(lines)
+        codes = dict(re.findall(r"rank (\d) exit (\d+)", err))
+        other = str(1 - victim)
+        # the victim's shell reports 137; the other rank either got ended by
+        # mpirun (no line: its shell was ended too) or exited non-zero
+        check(took < 60 and codes.get(str(victim)) == "137" and codes.get(other, "x") != "0",
+              "%s: every rank ends non-zero within 60 s (%.1f s, ranks %s)" % (what, took, codes))
+        if recovery:
+            # its MPI_Abort makes mpirun end every process, its own shell too:
+            # the shell's line may be missing
+            check(codes.get(other) != "0" and "no answer from rank %d" % victim in err,
+                  "%s: rank %s's watchdog ends it, naming rank %d (%s)" %
+                  (what, other, victim, [x for x in lines if "no answer" in x][:1]))
+        # the catalog and the committed checkpoints
+        db = os.path.join(state, "catalog.db")
+        con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
+        integ = con.execute("PRAGMA integrity_check").fetchone()[0]
+        con.close()
+        check(integ == "ok", "%s: the catalog passes SQLite's integrity check (%s)" %
+              (what, integ))
+        sock = os.path.join(tmp, "k.sock")
+        dlog = open(os.path.join(tmp, "kill-daemon.log"), "a")
+        dmn = subprocess.Popen([nllmd, "--state-dir", state, "--socket", sock, "--devices", "cpu",
+                                "--metrics", "none"], stdout=dlog, stderr=dlog, env=env)
+
+        def ctl(*a):
+            r = subprocess.run([nllmctl, "--socket", sock, "--json"] + list(a),
+                               capture_output=True, text=True, timeout=120, env=env)
+            try:
+                return r.returncode, json.loads(r.stdout)
+            except ValueError:
+                return r.returncode, None
+
+        for _ in range(400):
+            if os.path.exists(sock) and ctl("hello")[0] == 0:
+                break
+            time.sleep(0.05)
+        rc, v = ctl("verify", "dp")
+        check(rc == 0 and v and v["bad"] == 0 and v["checked"] >= 2,
+              "%s: every checkpoint verifies (%s)" % (what, v))
+        rc, st = ctl("status", "dp")
+        state_now = (st or {}).get("state")
+        if recovery and victim == 1:
+            check(state_now == "failed" and "no answer from rank 1" in (st.get("error") or ""),
+                  "%s: rank 0 recorded the job failed, naming rank 1 (%s: %s)" %
+                  (what, state_now, (st or {}).get("error")))
+        else:
+            check(state_now == "interrupted", "%s: the job shows interrupted (%s)" %
+                  (what, state_now))
+        rc, cks = ctl("checkpoints", "dp")
+        latest = max((c["epoch"] for c in (cks or {}).get("checkpoints", [])), default=0)
+        check(latest >= 2, "%s: the last committed checkpoint is of epoch %d" % (what, latest))
+        ctl("shutdown")
+        dmn.wait(timeout=60)
+        dlog.close()
+        # resume: the same command with --resume (2 ranks), from that checkpoint
+        r = run(mpi + [nllmd, "run", "--state-dir", state, "dp", "--resume"])
+        m = re.search(r"Resuming from checkpoint: (\S+)\nCompleted epochs: (\d+)", r.stdout)
+        check(r.returncode == 0 and m and int(m.group(2)) == latest and
+              "Epoch 12/12" in r.stdout,
+              "%s: --resume on 2 ranks continues from epoch %d and completes (%d, %s)" %
+              (what, latest, r.returncode, m and m.groups()))
+        if os.path.exists(sock):
+            os.unlink(sock)
 
 
 def main():
@@ -168,6 +314,8 @@ def main():
     codes = dict(re.findall(r"rank (\d) exit (\d+)", err))
     check(p.returncode == 75 and codes == {"0": "75", "1": "75"},
           "SIGTERM to rank 1: every rank exits 75 (mpirun %d, ranks %s)" % (p.returncode, codes))
+    if codes != {"0": "75", "1": "75"}:
+        print(err[-3000:])
     check(ckpts(s3) == ["dp_paused.safetensors"] or "dp_paused.safetensors" in ckpts(s3),
           "rank 0 wrote the paused checkpoint (%s)" % ckpts(s3))
     if "dp_paused.safetensors" not in ckpts(s3):
@@ -195,6 +343,7 @@ def main():
               (k + 1, v3[k], v4[k], rel(v3[k:k + 1], v4[k:k + 1])))
         check(rel(v3, v4) < 1e-2, "resumed on 1 rank: all 12 epochs within 1e-2 (%.1e)" %
               rel(v3, v4))
+    killed_rank(nllmd, mpi, env, run, job, tmp)
     print("%d failed" % len(FAILS))
     if not FAILS:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -50,6 +50,7 @@ struct nllm_trainer {
     int32_t *batch;    /* (B, S) host batch */
     int queue_depth;   /* steps queued before their figures are read */
     int rank, world;   /* data parallelism (collective.h); 0 of 1: none */
+    int num_epochs;    /* target epochs in force (agree_epochs) */
     /* the step that ended the last run with a divergence */
     int diverged;
     int64_t div_step;
@@ -191,11 +192,14 @@ int nllm_progress_copy(nllm_progress_t *dst, const nllm_progress_t *src)
 
 /* ---- lifecycle --------------------------------------------------------- */
 
-/* The model's hook: gradients (host memory on the CPU) summed over ranks. */
+/* The model's hook: gradients (host memory on the CPU) summed over ranks.
+ * A failure breaks the collectives, so the step's figures, summed next,
+ * report it. */
 static void grad_reduce(void *ud, float *g, int64_t n)
 {
     (void)ud;
-    nllm_coll_allreduce_sum_f(g, n);
+    nllm_err_t err;
+    (void)nllm_coll_allreduce_sum_f(g, n, &err);
 }
 
 int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
@@ -413,28 +417,34 @@ static int sync_from_rank0(nllm_trainer_t *tr, nllm_err_t *err)
     float *buf = malloc(sizeof(float) * (size_t)n * 3);
     if (!buf)
         return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
-    int rc = 0;
+    int rc = 0, same = 0, crc;
     if (tr->rank == 0)
         rc = nllm_model_get_state(tr->model, buf, buf + n, buf + 2 * n, err);
-    if (!nllm_coll_same_u64(rc < 0)) {
+    if ((crc = nllm_coll_same_u64(rc < 0, &same, err)) < 0 || !same) {
         free(buf);
-        return rc < 0 ? rc : nllm_err_set(err, NLLM_EIO, "rank 0 could not read its weights");
+        return crc < 0 || rc < 0 ? (crc < 0 ? crc : rc)
+                                 : nllm_err_set(err, NLLM_EIO, "rank 0 could not read its weights");
     }
-    nllm_coll_bcast(buf, sizeof(float) * (size_t)n * 3, 0);
+    if ((crc = nllm_coll_bcast(buf, sizeof(float) * (size_t)n * 3, 0, err)) < 0) {
+        free(buf);
+        return crc;
+    }
     if (tr->rank != 0)
         rc = nllm_model_set_state(tr->model, buf, buf + n, buf + 2 * n, err);
     free(buf);
-    if (!nllm_coll_same_u64(rc < 0))
-        return rc < 0 ? rc : nllm_err_set(err, NLLM_EIO, "a rank could not set its weights");
+    if ((crc = nllm_coll_same_u64(rc < 0, &same, err)) < 0 || !same)
+        return crc < 0 || rc < 0 ? (crc < 0 ? crc : rc)
+                                 : nllm_err_set(err, NLLM_EIO, "a rank could not set its weights");
     /* rank 0's settings (a resume may have changed training ones) */
     nllm_job_config_t cfg = tr->cfg;
     int ne = atomic_load(&tr->ctl->num_epochs);
-    nllm_coll_bcast(&cfg, sizeof cfg, 0);
-    nllm_coll_bcast(&ne, sizeof ne, 0);
+    nllm_progress_t tmp = tr->prog;
+    if ((crc = nllm_coll_bcast(&cfg, sizeof cfg, 0, err)) < 0 ||
+        (crc = nllm_coll_bcast(&ne, sizeof ne, 0, err)) < 0 ||
+        (crc = nllm_coll_bcast(&tmp, sizeof tmp, 0, err)) < 0)
+        return crc;
     tr->cfg = cfg;
     atomic_store(&tr->ctl->num_epochs, ne);
-    nllm_progress_t tmp = tr->prog;
-    nllm_coll_bcast(&tmp, sizeof tmp, 0);
     if (tr->rank != 0) {
         int64_t hn = tmp.hist.n;
         memset(&tmp.hist, 0, sizeof tmp.hist);
@@ -447,21 +457,42 @@ static int sync_from_rank0(nllm_trainer_t *tr, nllm_err_t *err)
     nllm_history_t *h = &tr->prog.hist;
     double *cols[5] = {h->train_loss, h->val_loss, h->train_ppl, h->val_ppl, h->val_acc};
     for (int i = 0; i < 5; i++)
-        nllm_coll_bcast(cols[i], sizeof(double) * (size_t)h->n, 0);
+        if ((crc = nllm_coll_bcast(cols[i], sizeof(double) * (size_t)h->n, 0, err)) < 0)
+            return crc;
     tr->perm_epoch = -1;
     return 0;
 }
 
-/* Data parallelism: the ranks agree on the requests at a step boundary
- * (a request seen by any rank holds for all). */
-static void agree_requests(nllm_trainer_t *tr)
+/* The stop and pause requests in force at a step boundary: this rank's
+ * own, or with data parallelism the ranks' agreement (a request seen by any
+ * rank holds for all). Ranks act on the agreed values only: a request that
+ * arrives after this rank voted counts at the next boundary, on every rank
+ * alike, so all stop at the same step. */
+static int agree_requests(nllm_trainer_t *tr, int *stop, int *pause, nllm_err_t *err)
 {
+    *stop = atomic_load(&tr->ctl->stop);
+    *pause = atomic_load(&tr->ctl->pause);
     if (tr->world <= 1)
-        return;
-    if (nllm_coll_any(atomic_load(&tr->ctl->stop)))
+        return 0;
+    int rc = nllm_coll_any(*stop, stop, err);
+    if (rc == 0)
+        rc = nllm_coll_any(*pause, pause, err);
+    if (rc < 0)
+        return rc;
+    if (*stop)
         atomic_store(&tr->ctl->stop, 1);
-    if (nllm_coll_any(atomic_load(&tr->ctl->pause)))
+    if (*pause)
         atomic_store(&tr->ctl->pause, 1);
+    return 0;
+}
+
+/* The target epochs in force: this rank's (extend raises it while the job
+ * runs), or with data parallelism rank 0's, sent to all at each epoch's
+ * start and end. */
+static int agree_epochs(nllm_trainer_t *tr, int *num_epochs, nllm_err_t *err)
+{
+    *num_epochs = atomic_load(&tr->ctl->num_epochs);
+    return tr->world > 1 ? nllm_coll_bcast(num_epochs, sizeof *num_epochs, 0, err) : 0;
 }
 
 /* Ends the running epoch: validation, history, best, early stopping. */
@@ -475,9 +506,11 @@ static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double s
         return rc;
     if (tr->world > 1) {
         uint64_t h = 0;
-        if ((rc = weights_hash(tr, &h, err)) < 0)
+        int same = 0;
+        if ((rc = weights_hash(tr, &h, err)) < 0 ||
+            (rc = nllm_coll_same_u64(h, &same, err)) < 0)
             return rc;
-        if (!nllm_coll_same_u64(h))
+        if (!same)
             return nllm_err_set(err, NLLM_EIO,
                                 "data-parallel ranks disagree: the weights of rank %d (hash "
                                 "%016llx) differ from rank 0's after epoch %lld; resume from the "
@@ -494,7 +527,7 @@ static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double s
     p->ep_tokens = p->ep_correct = 0;
     p->ep_seconds = 0;
 
-    nllm_epoch_report_t r = {p->epoch, atomic_load(&tr->ctl->num_epochs), tl, vl, exp(tl),
+    nllm_epoch_report_t r = {p->epoch, tr->num_epochs, tl, vl, exp(tl),
                              exp(vl), va, seconds, seconds > 0 ? tokens / seconds : 0, 0, 0};
     if (vl < p->best_val_loss) {
         p->best_val_loss = vl;
@@ -555,7 +588,9 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
             sums[3 * i + 1] = (double)st[i].batch.correct;
             sums[3 * i + 2] = (double)st[i].batch.tokens;
         }
-        nllm_coll_allreduce_sum_d(sums, 3 * n);
+        if ((rc = nllm_coll_allreduce_sum_d(sums, 3 * n, err)) < 0)
+            return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
+                                   (long long)p->step_in_epoch + 1);
         for (int i = 0; i < n; i++) {
             st[i].batch.loss_sum = sums[3 * i];
             st[i].batch.correct = (int64_t)sums[3 * i + 1];
@@ -643,13 +678,15 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
     const int64_t spe = nllm_trainer_steps_per_epoch(tr);
     nllm_optim_t opt = {tr->cfg.learning_rate, tr->cfg.beta1, tr->cfg.beta2, tr->cfg.eps,
                         tr->cfg.weight_decay, 0};
-    int rc;
+    int rc, stop, pause;
     for (;;) {
         if (p->stopped_early) {
             *res = NLLM_RUN_EARLY_STOPPED;
             return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
         }
-        if (p->epoch >= atomic_load(&tr->ctl->num_epochs)) {
+        if ((rc = agree_epochs(tr, &tr->num_epochs, err)) < 0)
+            return rc;
+        if (p->epoch >= tr->num_epochs) {
             *res = NLLM_RUN_COMPLETED;
             return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
         }
@@ -661,16 +698,17 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
         double t_epoch = now_s() - p->ep_seconds;
         queue_t q = {0, now_s()};
         while (p->step_in_epoch + q.pending < spe) {
-            agree_requests(tr);
-            if ((atomic_load(&tr->ctl->stop) || atomic_load(&tr->ctl->pause)) &&
-                (rc = drain(tr, cbs, &q, spe, t_epoch, err)) < 0)
+            if ((rc = agree_requests(tr, &stop, &pause, err)) < 0)
+                return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
+                                       (long long)p->step_in_epoch + 1);
+            if ((stop || pause) && (rc = drain(tr, cbs, &q, spe, t_epoch, err)) < 0)
                 return rc;
-            if (atomic_load(&tr->ctl->stop)) {
+            if (stop) {
                 *res = NLLM_RUN_STOPPED;
                 p->ep_seconds = now_s() - t_epoch;
                 return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
             }
-            if (atomic_load(&tr->ctl->pause)) {
+            if (pause) {
                 *res = NLLM_RUN_PAUSED;
                 p->ep_seconds = now_s() - t_epoch;
                 return checkpoint(tr, cbs, NLLM_CKPT_PAUSED, p->epoch, err);
@@ -708,13 +746,15 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
                     return rc;
             }
         }
-        rc = end_epoch(tr, cbs, now_s() - t_epoch, err);
-        if (rc < 0)
+        if ((rc = agree_epochs(tr, &tr->num_epochs, err)) < 0 ||
+            (rc = end_epoch(tr, cbs, now_s() - t_epoch, err)) < 0)
             return rc;
-        if (tr->world > 1 && nllm_coll_any(atomic_load(&tr->ctl->pause_epoch_end)))
+        int pe = atomic_load(&tr->ctl->pause_epoch_end);
+        if (tr->world > 1 && (rc = nllm_coll_any(pe, &pe, err)) < 0)
+            return rc;
+        if (pe)
             atomic_store(&tr->ctl->pause_epoch_end, 1);
-        if (atomic_load(&tr->ctl->pause_epoch_end) && !p->stopped_early &&
-            p->epoch < atomic_load(&tr->ctl->num_epochs)) {
+        if (pe && !p->stopped_early && p->epoch < tr->num_epochs) {
             *res = NLLM_RUN_PAUSED;
             return checkpoint(tr, cbs, NLLM_CKPT_PAUSED, p->epoch, err);
         }
@@ -727,8 +767,12 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
     if (tr->world <= 1)
         return run_loop(tr, cbs, res, err);
     int rc = sync_from_rank0(tr, err);
-    if (rc == 0)
+    if (rc == 0) {
+        /* in step from here: the short timeout (collective.h) */
+        nllm_coll_set_training(1);
         rc = run_loop(tr, cbs, res, err);
+        nllm_coll_set_training(0);
+    }
     uint64_t h = 0;
     nllm_err_t e2;
     if (weights_hash(tr, &h, &e2) == 0)
