@@ -766,8 +766,12 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
         fprintf(stderr, "nllmd run: %s\n", err.msg);
         return 1;
     }
+    /* every rank: the kernel choice's reference check runs now, before
+     * the job starts, not inside its first step */
     if (rank == 0)
         log_cpu_kernels(d);
+    else
+        (void)nllm_cpu_kernels();
     nllm_job_t *j = rank == 0 ? nllmd_job_find(d, name) : NULL;
     if (rank > 0) {
         /* rank 0's decision: its exit code, or the settings of the job */
