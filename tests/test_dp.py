@@ -279,7 +279,10 @@ def main():
             'exit $rc']
     p = subprocess.Popen(mpi + wrap + [nllmd, "run", "--state-dir", s3, "dp"] + long_job,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    # as soon as both ranks train (their "started: training" lines), signal rank 1
+    # once rank 0 has finished epoch 1 (its "epoch 1/12" line: both ranks
+    # step together), signal rank 1: the pause lands inside a later epoch.
+    # Not a fixed delay after "started": a loaded or sanitized machine can
+    # take longer than that to make its first step.
     lines = []
 
     def reader():
@@ -289,9 +292,9 @@ def main():
     th = threading.Thread(target=reader)
     th.start()
     t0 = time.time()
-    while sum("started: training" in x for x in list(lines)) < 2 and time.time() - t0 < 60:
+    while not any("epoch 1/12" in x for x in list(lines)) and time.time() - t0 < 120:
         time.sleep(0.005)
-    time.sleep(0.1)  # some steps into the job (12 epochs take about a second)
+    time.sleep(0.02)  # into epoch 2 (12 epochs take about a second)
     pid1 = None
     for d in os.listdir("/proc"):
         try:
