@@ -98,37 +98,56 @@ static void test_gemm(void)
 
 /* ---- embedding ----------------------------------------------------------- */
 
-static void test_embedding(void)
+/* Small (one thread runs it) and large enough that the pool splits it;
+ * few ids, so many rows add into the same table row. */
+static void embedding_case(int V, int D, int N, int ld)
 {
-    int V = 13, D = 6, N = 40, ld = 9;
     float *table = malloc(sizeof(float) * V * D), *out = calloc((size_t)N * ld, sizeof(float));
+    float *out2 = calloc((size_t)N * ld, sizeof(float));
     float *dtable = calloc((size_t)V * D, sizeof(float));
+    float *dtable2 = calloc((size_t)V * D, sizeof(float));
     double *ref = calloc((size_t)V * D, sizeof(double));
-    int32_t ids[40];
+    int32_t *ids = malloc(sizeof(int32_t) * N);
     for (int r = 0; r < N; r++)
         ids[r] = (int32_t)nllm_rng_below(5, 1, 0, (uint64_t)r, (uint64_t)V);
     fill(table, (size_t)V * D, 4, 1.0f);
     be1->embedding_forward(be1, out, ld, table, ids, N, D);
-    int bad = 0;
+    be2->embedding_forward(be2, out2, ld, table, ids, N, D);
+    int bad = 0, bad2 = 0;
     for (int r = 0; r < N; r++)
-        for (int j = 0; j < D; j++)
+        for (int j = 0; j < D; j++) {
             bad += out[r * ld + j] != table[ids[r] * D + j];
-    CHECK(bad == 0, "embedding_forward: %d wrong values", bad);
+            bad2 += out2[r * ld + j] != table[ids[r] * D + j];
+        }
+    CHECK(bad == 0 && bad2 == 0, "embedding_forward V=%d D=%d N=%d: %d wrong values (1 thread), "
+          "%d (2 threads)", V, D, N, bad, bad2);
     float *dout = malloc(sizeof(float) * N * ld);
     fill(dout, (size_t)N * ld, 5, 1.0f);
     be1->embedding_backward(be1, dtable, dout, ld, ids, N, D);
+    be2->embedding_backward(be2, dtable2, dout, ld, ids, N, D);
     for (int r = 0; r < N; r++)
         for (int j = 0; j < D; j++)
             ref[ids[r] * D + j] += dout[r * ld + j];
     double maxerr = 0;
     for (int i = 0; i < V * D; i++)
-        maxerr = fmax(maxerr, fabs(ref[i] - dtable[i]));
-    CHECK(maxerr < 1e-5, "embedding_backward: error %g", maxerr);
+        maxerr = fmax(maxerr, fabs(ref[i] - dtable[i]) / (1.0 + fabs(ref[i])));
+    CHECK(maxerr < 1e-5, "embedding_backward V=%d D=%d N=%d: error %g", V, D, N, maxerr);
+    CHECK(memcmp(dtable, dtable2, sizeof(float) * V * D) == 0,
+          "embedding_backward V=%d D=%d N=%d: 1 and 2 threads differ", V, D, N);
     free(table);
     free(out);
+    free(out2);
     free(dtable);
+    free(dtable2);
     free(ref);
     free(dout);
+    free(ids);
+}
+
+static void test_embedding(void)
+{
+    embedding_case(13, 6, 40, 9);
+    embedding_case(37, 256, 1024, 260);
 }
 
 /* ---- bias + ReLU + dropout ---------------------------------------------- */

@@ -147,24 +147,47 @@ static void cpu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, i
 
 /* ---- embedding ------------------------------------------------------- */
 
+typedef struct {
+    float *dst;
+    const float *src;
+    const int32_t *ids;
+    int ld, N, D;
+} emb_args_t;
+
+static void emb_fwd_rows(void *arg, int64_t r0, int64_t r1)
+{
+    emb_args_t *e = arg;
+    for (int64_t r = r0; r < r1; r++)
+        memcpy(e->dst + (size_t)r * e->ld, e->src + (size_t)e->ids[r] * e->D,
+               sizeof(float) * e->D);
+}
+
 static void cpu_embedding_forward(nllm_backend_t *be, float *out, int ldo, const float *table,
                                   const int32_t *ids, int N, int D)
 {
-    (void)be;
-    for (int r = 0; r < N; r++)
-        memcpy(out + (size_t)r * ldo, table + (size_t)ids[r] * D, sizeof(float) * D);
+    emb_args_t e = {out, table, ids, ldo, N, D};
+    nllm_pool_for(pool_of(be), emb_fwd_rows, &e, N, (int64_t)N * D);
+}
+
+/* Threads split the columns, not the rows: two rows with the same id add
+ * into the same table row, and each column still takes its rows in order
+ * 0..N-1, so the sums have the same bits for every thread count. */
+static void emb_bwd_cols(void *arg, int64_t j0, int64_t j1)
+{
+    emb_args_t *e = arg;
+    for (int r = 0; r < e->N; r++) {
+        float *dst = e->dst + (size_t)e->ids[r] * e->D;
+        const float *src = e->src + (size_t)r * e->ld;
+        for (int64_t j = j0; j < j1; j++)
+            dst[j] += src[j];
+    }
 }
 
 static void cpu_embedding_backward(nllm_backend_t *be, float *dtable, const float *dout, int ldd,
                                    const int32_t *ids, int N, int D)
 {
-    (void)be;
-    for (int r = 0; r < N; r++) {
-        float *dst = dtable + (size_t)ids[r] * D;
-        const float *src = dout + (size_t)r * ldd;
-        for (int j = 0; j < D; j++)
-            dst[j] += src[j];
-    }
+    emb_args_t e = {dtable, dout, ids, ldd, N, D};
+    nllm_pool_for(pool_of(be), emb_bwd_cols, &e, D, (int64_t)N * D);
 }
 
 /* ---- bias + ReLU + dropout -------------------------------------------- */
