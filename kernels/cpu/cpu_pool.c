@@ -3,18 +3,36 @@
 #include "cpu_pool.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define NLLM_POOL_MIN_WORK 65536
 
+/* How long a thread that waits (a worker for the next job, the caller for
+ * the workers) spins before it sleeps on the condition variable: a sleep
+ * and wake-up costs tens of microseconds, about what a whole per-time-step
+ * op takes at small batches, while the next job usually comes within a few
+ * microseconds. 50 us of pause instructions (a pause takes 10 to 150
+ * cycles depending on the CPU, so the bound is a time), then the sleep. */
+#define NLLM_POOL_SPIN_NS 50000
+
+/* Handoff: the caller writes fn, arg and n, then bumps gen (seq_cst); a
+ * worker that sees the new gen reads them. Who sleeps says so first
+ * (sleepers, caller_waits, seq_cst) and re-checks the condition under mu;
+ * who changes the condition checks that flag afterwards and, when set,
+ * signals under mu. By seq_cst one of the two sees the other's write, so
+ * no wake-up is lost. */
 struct nllm_pool {
     int threads; /* including the caller */
     pthread_t *tids;
     pthread_mutex_t mu;
     pthread_cond_t cv_job, cv_done;
-    uint64_t generation;
-    int pending;
-    int quit;
+    _Atomic uint64_t generation;
+    _Atomic int pending;
+    _Atomic int sleepers;     /* workers in (or about to enter) cv_job */
+    _Atomic int caller_waits; /* the caller in (or about to enter) cv_done */
+    _Atomic int quit;
     nllm_pool_fn fn;
     void *arg;
     int64_t n;
@@ -26,10 +44,61 @@ static void range_of(int64_t n, int parts, int k, int64_t *b, int64_t *e)
     *e = n * (k + 1) / parts;
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Spins until the condition done holds or the spin time is over (then the
+ * caller re-checks done and sleeps). */
+#define SPIN_UNTIL(done)                                                   \
+    do {                                                                   \
+        int64_t t_end_ = 0;                                                \
+        for (unsigned i_ = 0;; i_++) {                                     \
+            if (done)                                                      \
+                break;                                                     \
+            if ((i_ & 63) == 0) {                                          \
+                int64_t t_ = now_ns();                                     \
+                if (!t_end_)                                               \
+                    t_end_ = t_ + NLLM_POOL_SPIN_NS;                       \
+                else if (t_ > t_end_)                                      \
+                    break;                                                 \
+            }                                                              \
+            cpu_relax();                                                   \
+        }                                                                  \
+    } while (0)
+
 typedef struct {
     nllm_pool_t *pool;
     int index;
 } worker_arg_t;
+
+/* Waits until the generation differs from seen (or quit); returns it. */
+static uint64_t wait_job(nllm_pool_t *pool, uint64_t seen)
+{
+    uint64_t g;
+    SPIN_UNTIL((g = atomic_load(&pool->generation)) != seen || atomic_load(&pool->quit));
+    if (g != seen || atomic_load(&pool->quit))
+        return g;
+    pthread_mutex_lock(&pool->mu);
+    atomic_fetch_add(&pool->sleepers, 1);
+    while ((g = atomic_load(&pool->generation)) == seen && !atomic_load(&pool->quit))
+        pthread_cond_wait(&pool->cv_job, &pool->mu);
+    atomic_fetch_sub(&pool->sleepers, 1);
+    pthread_mutex_unlock(&pool->mu);
+    return g;
+}
 
 static void *worker_main(void *p)
 {
@@ -37,25 +106,20 @@ static void *worker_main(void *p)
     free(p);
     nllm_pool_t *pool = wa.pool;
     uint64_t seen = 0;
-    pthread_mutex_lock(&pool->mu);
     for (;;) {
-        while (!pool->quit && pool->generation == seen)
-            pthread_cond_wait(&pool->cv_job, &pool->mu);
-        if (pool->quit)
+        seen = wait_job(pool, seen);
+        if (atomic_load(&pool->quit))
             break;
-        seen = pool->generation;
-        nllm_pool_fn fn = pool->fn;
-        void *arg = pool->arg;
         int64_t b, e;
         range_of(pool->n, pool->threads, wa.index, &b, &e);
-        pthread_mutex_unlock(&pool->mu);
         if (b < e)
-            fn(arg, b, e);
-        pthread_mutex_lock(&pool->mu);
-        if (--pool->pending == 0)
+            pool->fn(pool->arg, b, e);
+        if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_waits)) {
+            pthread_mutex_lock(&pool->mu);
             pthread_cond_signal(&pool->cv_done);
+            pthread_mutex_unlock(&pool->mu);
+        }
     }
-    pthread_mutex_unlock(&pool->mu);
     return NULL;
 }
 
@@ -95,8 +159,8 @@ void nllm_pool_destroy(nllm_pool_t *pool)
 {
     if (!pool)
         return;
+    atomic_store(&pool->quit, 1);
     pthread_mutex_lock(&pool->mu);
-    pool->quit = 1;
     pthread_cond_broadcast(&pool->cv_job);
     pthread_mutex_unlock(&pool->mu);
     for (int i = 1; i < pool->threads && pool->tids; i++)
@@ -111,20 +175,28 @@ void nllm_pool_destroy(nllm_pool_t *pool)
 /* Hands [0, n) out over every thread and waits for them. */
 static void run_split(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n)
 {
-    pthread_mutex_lock(&pool->mu);
+    /* the workers are idle (pending was 0): nobody reads these now */
     pool->fn = fn;
     pool->arg = arg;
     pool->n = n;
-    pool->pending = pool->threads - 1;
-    pool->generation++;
-    pthread_cond_broadcast(&pool->cv_job);
-    pthread_mutex_unlock(&pool->mu);
+    atomic_store(&pool->pending, pool->threads - 1);
+    atomic_fetch_add(&pool->generation, 1);
+    if (atomic_load(&pool->sleepers) > 0) {
+        pthread_mutex_lock(&pool->mu);
+        pthread_cond_broadcast(&pool->cv_job);
+        pthread_mutex_unlock(&pool->mu);
+    }
     int64_t b, e;
     range_of(n, pool->threads, 0, &b, &e);
     fn(arg, b, e);
+    SPIN_UNTIL(atomic_load(&pool->pending) == 0);
+    if (atomic_load(&pool->pending) == 0)
+        return;
     pthread_mutex_lock(&pool->mu);
-    while (pool->pending > 0)
+    atomic_store(&pool->caller_waits, 1);
+    while (atomic_load(&pool->pending) > 0)
         pthread_cond_wait(&pool->cv_done, &pool->mu);
+    atomic_store(&pool->caller_waits, 0);
     pthread_mutex_unlock(&pool->mu);
 }
 

@@ -1,8 +1,10 @@
 /* cpu_pool.h -- a tiny fork-join thread pool for the CPU backend's
- * element-wise kernels. Workers sleep on a condition variable between jobs
- * (no spinning, so they do not compete with OpenBLAS's threads). A job
- * splits [0, n) into one contiguous range per thread; callers make every
- * element independent of the split, so results never depend on it.
+ * kernels. Between jobs a worker spins for 50 us (the next per-time-step op
+ * usually comes sooner than a sleep and wake-up would take), then sleeps on
+ * a condition variable, so an idle pool does not compete with other threads
+ * (OpenBLAS's, other jobs'). A job splits [0, n) into one contiguous range
+ * per thread; callers make every element independent of the split, so
+ * results never depend on it.
  */
 #ifndef NLLM_CPU_POOL_H
 #define NLLM_CPU_POOL_H
