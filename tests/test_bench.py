@@ -16,7 +16,10 @@ graph fields), and the CUDA code path (eager and --graph, fp32 and bf16) run
 on the CPU through a stand-in for torch.cuda: warm-up on a side stream,
 capture, replays, timings and the JSON line.
 
-Usage: test_bench.py. Prints "N passed, M failed"; exit 0 or 1.
+dp_bench.py: a tiny job as 1 rank x 1 thread and 2 MPI ranks x 1 thread
+through the real nllmd and mpirun (not run without them).
+
+Usage: test_bench.py [BUILD]. Prints "N passed, M failed"; exit 0 or 1.
 """
 import contextlib
 import io
@@ -322,9 +325,50 @@ def test_torch_bench():
           and not tb.tf32_enabled(), "set_tf32 on and off, read back")
 
 
+def test_dp_bench(tmp):
+    """dp_bench.py end to end on a tiny job: real nllmd run under real
+    mpirun, both layouts reported with a positive rate, ratio 1 for the
+    first, --json-out holding every run."""
+    import shutil
+    import subprocess
+    _, nllmd, _ = dl.programs()
+    if not shutil.which("mpirun") or not os.access(nllmd, os.X_OK):
+        print("note: dp_bench.py not run (no mpirun or no nllmd at %s)" % nllmd)
+        return
+    text = os.path.join(tmp, "dp.txt")
+    words = "the cat sat on a mat while dogs ran far away from home".split()
+    with open(text, "w") as f:
+        f.write(" ".join(words[(i * 7) % len(words)] for i in range(6000)) + "\n")
+    out = os.path.join(tmp, "dp.json")
+    env = dict(os.environ, TMPDIR=tmp)
+    if env.get("ASAN_OPTIONS") is not None or env.get("NLLM_TEST_SANITIZED"):
+        env["ASAN_OPTIONS"] = ":".join([o for o in env.get("ASAN_OPTIONS", "").split(":")
+                                        if o and not o.startswith("detect_leaks=")] +
+                                       ["detect_leaks=0"])  # Open MPI's own allocations
+    r = subprocess.run(["/usr/bin/python3", os.path.join(BENCH, "dp_bench.py"), "--nllmd", nllmd,
+                        "--data", text, "--layouts", "1x1,2x1", "--batch", "8", "--seq-len", "8",
+                        "--windows", "64", "--repeats", "1", "--json-out", out, "--",
+                        "--vocab", "20", "--embed-dim", "8", "--hidden-dim", "16",
+                        "--context-dim", "8", "--layers", "1"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    check(r.returncode == 0, "dp_bench.py: a 1x1 and a 2x1 run complete (exit %d: %s)" %
+          (r.returncode, (r.stdout + r.stderr)[-600:]))
+    if r.returncode != 0:
+        return
+    rows = [l.split() for l in r.stdout.splitlines() if l[:1].isdigit()]
+    check(len(rows) == 2 and rows[0][:3] == ["1", "x", "1"] and rows[1][:3] == ["2", "x", "1"]
+          and float(rows[0][4]) == 1.0 and float(rows[1][3]) > 0,
+          "dp_bench.py: one row per layout, the first the base (%s)" % r.stdout)
+    j = json.load(open(out))
+    check([(x["ranks"], x["threads"], len(x["tokens_per_s"])) for x in j["runs"]] ==
+          [(1, 1, 1), (2, 1, 1)] and j["batch"] == 8,
+          "dp_bench.py --json-out: every run (%s)" % j)
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="nllm-test-bench-") as tmp:
         test_compare(tmp)
+        test_dp_bench(tmp)
     test_torch_bench()
     return dl.report()
 
