@@ -12,6 +12,7 @@
 
 #include "backend.h"
 #include "nllm_math.h"
+#include "philox.h"
 #include "testutil.h"
 
 static nllm_backend_t *be1, *be2; /* 1 and 2 threads */
@@ -50,6 +51,39 @@ static void test_philox_kat(void)
         kept += nllm_dropout_keep(42, 3, 7, (uint64_t)i, 0.25f);
     double rate = 1.0 - (double)kept / (double)n;
     CHECK(fabs(rate - 0.25) < 0.003, "dropout rate %.4f, want 0.25", rate);
+}
+
+/* Every vector variant of philox.h against nllm_rng_block, block for
+ * block: counters whose low word carries into the high word, odd counts
+ * (partial vectors), a seed with both halves set. */
+static void test_philox_variants(void)
+{
+    const char *names[] = {"scalar", "avx2", "avx512"};
+    const uint64_t starts[] = {0, 12345, 0xFFFFFFF5ull, 0x1FFFFFFF9ull};
+    const int counts[] = {1, 7, 16, 17, 64};
+    uint32_t out[4 * 64];
+    int ran = 0;
+    for (int v = 0; v < 3; v++) {
+        nllm_philox_blocks_fn fn = nllm_philox_variant(names[v]);
+        if (!fn) {
+            printf("note: philox %s: not on this CPU\n", names[v]);
+            continue;
+        }
+        ran++;
+        int bad = 0;
+        for (size_t si = 0; si < sizeof starts / sizeof starts[0]; si++)
+            for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+                memset(out, 0xA5, sizeof out);
+                fn(0x0123456789ABCDEFull, 7, 3, starts[si], counts[ci], out);
+                for (int k = 0; k < counts[ci]; k++) {
+                    nllm_philox_ctr_t r =
+                        nllm_rng_block(0x0123456789ABCDEFull, 7, 3, starts[si] + (uint64_t)k);
+                    bad += memcmp(r.v, out + 4 * k, sizeof r.v) != 0;
+                }
+            }
+        CHECK(bad == 0, "philox %s: %d blocks differ from nllm_rng_block", names[v], bad);
+    }
+    CHECK(ran >= 1 && nllm_philox_best() != NULL, "philox: the scalar variant and a best one");
 }
 
 /* ---- GEMM -------------------------------------------------------------- */
@@ -535,6 +569,7 @@ int main(void)
         return 1;
     }
     RUN(test_philox_kat);
+    RUN(test_philox_variants);
     RUN(test_gemm);
     RUN(test_embedding);
     RUN(test_bias_relu_dropout);

@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
+#include "philox.h"
 #include "gemm.h"
 #include "nllm_math.h"
 #include "small_gemm.h"
@@ -210,15 +211,10 @@ static void dropout_words(uint32_t *words, uint64_t idx0, int n, uint64_t seed, 
     uint64_t blk0 = idx0 >> 2, blk1 = (idx0 + (uint64_t)n + 3) >> 2;
     int skip = (int)(idx0 & 3);
     uint32_t buf[4 * 64];
+    nllm_philox_blocks_fn rng = nllm_philox_best();
     for (uint64_t b = blk0; b < blk1; b += 64) {
         int nb = (int)(blk1 - b < 64 ? blk1 - b : 64);
-        for (int k = 0; k < nb; k++) {
-            nllm_philox_ctr_t r = nllm_rng_block(seed, stream, step, b + (uint64_t)k);
-            buf[4 * k + 0] = r.v[0];
-            buf[4 * k + 1] = r.v[1];
-            buf[4 * k + 2] = r.v[2];
-            buf[4 * k + 3] = r.v[3];
-        }
+        rng(seed, stream, step, b, nb, buf);
         /* element e = 4*(b - blk0) + i - skip of the output */
         int64_t base = (int64_t)4 * (int64_t)(b - blk0) - skip;
         for (int i = 0; i < 4 * nb; i++) {
@@ -244,17 +240,22 @@ static void brd_rows(void *arg, int64_t r0, int64_t r1)
         double t = ceil((double)a->p * 16777216.0);
         thr = (uint32_t)t;
     }
+    /* Branch-free bodies (products computed, then selected) so that the
+     * compiler vectorizes them: it keeps a product that might trap inside
+     * a branch otherwise, and ReLU and dropout branch at random. */
     for (int64_t b = r0; b < r1; b++) {
-        float *x = a->x + (size_t)b * H;
-        const float *bias = a->bias;
+        float *restrict x = a->x + (size_t)b * H;
+        const float *restrict bias = a->bias;
         if (a->p > 0.0f) {
             uint64_t idx0 =
                 ((uint64_t)(b + a->win0) * (uint64_t)a->T + (uint64_t)a->t) * (uint64_t)H;
             dropout_words(words, idx0, H, a->seed, a->stream, a->step);
+            const uint32_t *restrict w = words;
             for (int j = 0; j < H; j++) {
                 float v = x[j] + bias[j];
-                int keep = (words[j] >> 8) >= thr;
-                x[j] = (v > 0.0f && keep) ? v * scale : 0.0f;
+                float sv = v * scale;
+                int ok = (v > 0.0f) & ((w[j] >> 8) >= thr);
+                x[j] = ok ? sv : 0.0f;
             }
         } else {
             for (int j = 0; j < H; j++) {
@@ -287,11 +288,13 @@ typedef struct {
 static void rdb_range(void *arg, int64_t i0, int64_t i1)
 {
     rdb_args_t *r = arg;
-    float *dx = r->dx;
-    const float *a = r->a;
+    float *restrict dx = r->dx;
+    const float *restrict a = r->a;
     float scale = r->scale;
-    for (int64_t i = i0; i < i1; i++)
-        dx[i] = a[i] > 0.0f ? dx[i] * scale : 0.0f;
+    for (int64_t i = i0; i < i1; i++) { /* branch-free: see brd_rows */
+        float g = dx[i] * scale;
+        dx[i] = a[i] > 0.0f ? g : 0.0f;
+    }
 }
 
 static void cpu_relu_dropout_backward(nllm_backend_t *be, float *dx, const float *a, int64_t n,
@@ -496,12 +499,13 @@ typedef struct {
 static void colsum_cols(void *arg, int64_t j0, int64_t j1)
 {
     colsum_args_t *a = arg;
+    float *restrict out = a->out; /* never one of x's rows: it vectorizes */
     for (int64_t j = j0; j < j1; j++)
-        a->out[j] = 0.0f;
+        out[j] = 0.0f;
     for (int r = 0; r < a->N; r++) {
-        const float *row = a->x + (size_t)r * a->ld;
+        const float *restrict row = a->x + (size_t)r * a->ld;
         for (int64_t j = j0; j < j1; j++)
-            a->out[j] += row[j];
+            out[j] += row[j];
     }
 }
 
