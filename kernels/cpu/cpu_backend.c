@@ -570,8 +570,11 @@ static void adam_range(void *arg, int64_t i0, int64_t i1)
 {
     adam_args_t *a = arg;
     nllm_adam_consts_t c = *a->c;
+    /* restrict: the stores cannot change a's fields, so the loop vectorizes */
+    float *restrict p = a->p, *restrict m = a->m, *restrict v = a->v;
+    const float *restrict g = a->g;
     for (int64_t i = i0; i < i1; i++)
-        nllm_adam_update(&a->p[i], &a->m[i], &a->v[i], a->g[i], &c);
+        nllm_adam_update(&p[i], &m[i], &v[i], g[i], &c);
 }
 
 static void cpu_adam(nllm_backend_t *be, float *p, float *m, float *v, const float *g, int64_t n,
