@@ -189,9 +189,16 @@ def through_ssh(tmp, sock, port, user, key):
     rc, _, err = ctl("hello", via=("--host", url, "--socket", sock))
     check(rc == 2, "--host with --socket is a usage error (%d %s)" % (rc, err.strip()))
 
-    # every proxy (and its ssh session) ended with its client
-    time.sleep(0.5)
-    r = subprocess.run(["pgrep", "-f", NLLMCTL + " proxy"], capture_output=True, text=True)
+    # every proxy (and its ssh session) ends with its client: sshd tears a
+    # session down after its client has gone, which takes a moment more on
+    # a loaded machine, so wait for that (a proxy that never ends still
+    # fails after 10 s)
+    deadline = time.time() + 10
+    while True:
+        r = subprocess.run(["pgrep", "-f", NLLMCTL + " proxy"], capture_output=True, text=True)
+        if r.stdout.strip() == "" or time.time() > deadline:
+            break
+        time.sleep(0.1)
     check(r.stdout.strip() == "", "no remote proxy outlives its client (%s)"
           % r.stdout.strip())
 
