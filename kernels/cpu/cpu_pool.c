@@ -13,9 +13,15 @@
  * the workers) spins before it sleeps on the condition variable: a sleep
  * and wake-up costs tens of microseconds, about what a whole per-time-step
  * op takes at small batches, while the next job usually comes within a few
- * microseconds. 50 us of pause instructions (a pause takes 10 to 150
- * cycles depending on the CPU, so the bound is a time), then the sleep. */
-#define NLLM_POOL_SPIN_NS 50000
+ * microseconds. The spin is a time (a pause takes 10 to 150 cycles,
+ * depending on the CPU) that adapts per waiter: a wait that ends while
+ * spinning doubles it, up to NLLM_POOL_SPIN_MAX_NS; one that runs out
+ * quarters it, down to NLLM_POOL_SPIN_MIN_NS. On an oversubscribed machine
+ * (other jobs, other processes) the thread waited for is often off its core,
+ * spins run out, and the pool soon sleeps at once instead of taking the
+ * core from whoever would use it. */
+#define NLLM_POOL_SPIN_MAX_NS 50000
+#define NLLM_POOL_SPIN_MIN_NS 2000
 
 /* Handoff: the caller writes fn, arg and n, then bumps gen (seq_cst); a
  * worker that sees the new gen reads them. Who sleeps says so first
@@ -33,6 +39,7 @@ struct nllm_pool {
     _Atomic int sleepers;     /* workers in (or about to enter) cv_job */
     _Atomic int caller_waits; /* the caller in (or about to enter) cv_done */
     _Atomic int quit;
+    int64_t caller_spin_ns; /* the caller's spin (one caller at a time) */
     nllm_pool_fn fn;
     void *arg;
     int64_t n;
@@ -60,20 +67,28 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Spins until the condition done holds or the spin time is over (then the
- * caller re-checks done and sleeps). */
-#define SPIN_UNTIL(done)                                                   \
+/* Spins until the condition done holds or *budget ns are over (then the
+ * caller re-checks done and sleeps), and adapts *budget (see above). */
+#define SPIN_UNTIL(done, budget)                                           \
     do {                                                                   \
         int64_t t_end_ = 0;                                                \
         for (unsigned i_ = 0;; i_++) {                                     \
-            if (done)                                                      \
+            if (done) {                                                    \
+                *(budget) = *(budget) * 2 > NLLM_POOL_SPIN_MAX_NS          \
+                                ? NLLM_POOL_SPIN_MAX_NS                    \
+                                : *(budget) * 2;                           \
                 break;                                                     \
+            }                                                              \
             if ((i_ & 63) == 0) {                                          \
                 int64_t t_ = now_ns();                                     \
-                if (!t_end_)                                               \
-                    t_end_ = t_ + NLLM_POOL_SPIN_NS;                       \
-                else if (t_ > t_end_)                                      \
+                if (!t_end_) {                                             \
+                    t_end_ = t_ + *(budget);                               \
+                } else if (t_ > t_end_) {                                  \
+                    *(budget) = *(budget) / 4 < NLLM_POOL_SPIN_MIN_NS      \
+                                    ? NLLM_POOL_SPIN_MIN_NS                \
+                                    : *(budget) / 4;                       \
                     break;                                                 \
+                }                                                          \
             }                                                              \
             cpu_relax();                                                   \
         }                                                                  \
@@ -85,10 +100,11 @@ typedef struct {
 } worker_arg_t;
 
 /* Waits until the generation differs from seen (or quit); returns it. */
-static uint64_t wait_job(nllm_pool_t *pool, uint64_t seen)
+static uint64_t wait_job(nllm_pool_t *pool, uint64_t seen, int64_t *spin_ns)
 {
     uint64_t g;
-    SPIN_UNTIL((g = atomic_load(&pool->generation)) != seen || atomic_load(&pool->quit));
+    SPIN_UNTIL((g = atomic_load(&pool->generation)) != seen || atomic_load(&pool->quit),
+               spin_ns);
     if (g != seen || atomic_load(&pool->quit))
         return g;
     pthread_mutex_lock(&pool->mu);
@@ -106,8 +122,9 @@ static void *worker_main(void *p)
     free(p);
     nllm_pool_t *pool = wa.pool;
     uint64_t seen = 0;
+    int64_t spin_ns = NLLM_POOL_SPIN_MAX_NS;
     for (;;) {
-        seen = wait_job(pool, seen);
+        seen = wait_job(pool, seen, &spin_ns);
         if (atomic_load(&pool->quit))
             break;
         int64_t b, e;
@@ -130,6 +147,7 @@ int nllm_pool_create(int threads, nllm_pool_t **out, nllm_err_t *err)
     if (!pool)
         return nllm_err_set(err, NLLM_ENOMEM, "thread pool: out of memory");
     pool->threads = threads < 1 ? 1 : threads;
+    pool->caller_spin_ns = NLLM_POOL_SPIN_MAX_NS;
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->cv_job, NULL);
     pthread_cond_init(&pool->cv_done, NULL);
@@ -189,7 +207,7 @@ static void run_split(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n)
     int64_t b, e;
     range_of(n, pool->threads, 0, &b, &e);
     fn(arg, b, e);
-    SPIN_UNTIL(atomic_load(&pool->pending) == 0);
+    SPIN_UNTIL(atomic_load(&pool->pending) == 0, &pool->caller_spin_ns);
     if (atomic_load(&pool->pending) == 0)
         return;
     pthread_mutex_lock(&pool->mu);
