@@ -1,5 +1,5 @@
 /* cpu_pool.h -- a tiny fork-join thread pool for the CPU backend's
- * kernels. Between jobs a worker spins for 50 us (the next per-time-step op
+ * kernels. Between jobs a worker spins up to 50 us (the next per-time-step op
  * usually comes sooner than a sleep and wake-up would take), then sleeps on
  * a condition variable, so an idle pool does not compete with other threads
  * (OpenBLAS's, other jobs'). A job splits [0, n) into one contiguous range
