@@ -120,7 +120,8 @@ static int fail_broken(const nc_t *n, nllm_err_t *err)
 }
 
 /* Breaks this comm and its host comm (the others fail at once). */
-static int fail(nc_t *n, nllm_err_t *err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(nc_t *n, nllm_err_t *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int fail(nc_t *n, nllm_err_t *err, const char *fmt, ...)
 {
