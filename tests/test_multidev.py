@@ -6,7 +6,8 @@ through the real nllmd and nllmctl on the cpu device (ranks sharing it).
 - A 2-device job records the validation losses of a 1-device job with the
   same global batch within 1e-5 relative (in practice about 1e-8: only the
   order of float sums differs), both ranks end with the same weights hash,
-  and only one set of checkpoint files is written.
+  and only one set of checkpoint files is written; extended once completed,
+  it trains on from its final checkpoint on 2 devices.
 - While a 2-device job runs: `status` (JSON: num_devices, devices, ranks with
   each rank's tokens/s; text: the ranks), `list` (cpu x2), /api/jobs/NAME,
   /api/daemon and /metrics (nllm_job_num_devices,
@@ -90,6 +91,16 @@ def equivalence(d, data):
     check(names("two") == names("one"), "one set of checkpoints, as 1 device writes",
           "%s vs %s" % (names("two"), names("one")))
     check(d.final_hash("two") is not None, "the 2-device job's final checkpoint is recorded")
+    # extend a completed 2-device job: it trains on from its final checkpoint
+    r = d.ctl("extend", "two", "4")
+    st = d.wait_for("two", lambda s: s["state"] in ("completed", "failed") and s["epoch"] == 4)
+    v4 = val_losses(d, "two")
+    check(r.rc == 0 and st["state"] == "completed" and len(v4) == 4 and v4[:3] == v2,
+          "extend: the completed 2-device job trains a 4th epoch on 2 devices",
+          "%s %s %s" % (r.err, st["state"], v4))
+    ev = started_events(d, "two")
+    check(len(ev) == 2 and "2 data-parallel ranks" in ev[-1], "extend runs on 2 devices again",
+          str(ev))
 
 
 def while_running(d, port, job):
