@@ -145,3 +145,31 @@ double nllm_model_params_of(const json_t *c)
            + 3 * (Dc * H + Dc)       /* context_update, forget_gate, input_gate */
            + 2 * Dc;                 /* context_norm */
 }
+
+const char *nllm_fmt_devices(const json_t *st, char *buf, size_t n, const char *def)
+{
+    const json_t *a = json_object_get(st, "devices");
+    size_t k = json_is_array(a) ? json_array_size(a) : 0;
+    if (k == 0) {
+        const char *dev = nllm_j_str(st, "device", NULL);
+        snprintf(buf, n, "%s", dev && *dev ? dev : def);
+        return buf;
+    }
+    const char *first = json_string_value(json_array_get(a, 0));
+    int same = 1;
+    for (size_t i = 1; i < k; i++) {
+        const char *d = json_string_value(json_array_get(a, i));
+        same &= first && d && !strcmp(first, d);
+    }
+    if (k > 1 && same) {
+        snprintf(buf, n, "%s x%zu", first, k);
+        return buf;
+    }
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < k && used < n; i++) {
+        const char *d = json_string_value(json_array_get(a, i));
+        used += (size_t)snprintf(buf + used, n - used, "%s%s", i ? "," : "", d ? d : "?");
+    }
+    return buf;
+}

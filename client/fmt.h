@@ -33,6 +33,11 @@ void nllm_fmt_field(const json_t *obj, const char *key, int prec, char *buf, siz
  * field is absent/null. */
 void nllm_fmt_percent_field(const json_t *obj, const char *key, char *buf, size_t n);
 
+/* The devices of a job's status (its "devices" array while it runs):
+ * "cpu", "cpu x2" (ranks sharing one device), "cuda:0,cuda:1"; else its
+ * single "device", else def. */
+const char *nllm_fmt_devices(const json_t *st, char *buf, size_t n, const char *def);
+
 /* Parameter count of the model a config map (vocab_size, ...) describes;
  * 0 when a field is missing. Mirrors model.md's parameter table. */
 double nllm_model_params_of(const json_t *config);

@@ -122,7 +122,7 @@ enum {
     O_DATA, O_VAL, O_CONFIG, O_EPOCHS, O_BATCH, O_LR, O_SEQ, O_VOCAB, O_EMBED, O_HIDDEN,
     O_CONTEXT, O_LAYERS, O_DROPOUT, O_PATIENCE, O_RESET_PATIENCE, O_SAVE_EVERY, O_KEEP,
     O_CLIP, O_SEED, O_TOKENIZER, O_DEVICE, O_INIT_FROM, O_INIT_OPT, O_THREADS, O_WATCH,
-    O_SET, O_PRECISION, O_ON_DIV,
+    O_SET, O_PRECISION, O_ON_DIV, O_NUM_DEVICES, O_GPUS,
     /* others */
     O_AT_EPOCH_END, O_ALL, O_CSV, O_LIMIT, O_DELETE_FILES, O_CHECKPOINT, O_PROMPT,
     O_TOKENS, O_TEMPERATURE, O_OUTPUT,
@@ -724,6 +724,26 @@ static void print_status(const json_t *st)
         printf("device:          %s (shared with %s)\n", nllm_j_str(st, "device", "-"), others);
     else
         printf("device:          %s\n", nllm_j_str(st, "device", "-"));
+    long long ndev = (long long)nllm_j_int(st, "num_devices", 1);
+    if (ndev > 1) {
+        char devs[512];
+        nllm_fmt_devices(st, devs, sizeof devs, "-");
+        if (json_array_size(json_object_get(st, "ranks")) > 0)
+            printf("devices:         %lld data-parallel ranks on %s\n", ndev, devs);
+        else
+            printf("devices:         %lld data-parallel ranks (num_devices)\n", ndev);
+        const json_t *ranks = json_object_get(st, "ranks");
+        size_t i;
+        const json_t *rk;
+        json_array_foreach(ranks, i, rk)
+        {
+            double rt = 0;
+            nllm_j_num(rk, "tokens_per_s", &rt);
+            nllm_fmt_count(rt, a, sizeof a);
+            printf("  rank %lld:        %s, %s tokens/s\n", (long long)nllm_j_int(rk, "rank", 0),
+                   nllm_j_str(rk, "device", "?"), a);
+        }
+    }
     double peak;
     if (nllm_j_num(st, "device_memory_peak", &peak) && peak > 0) {
         nllm_fmt_size(peak, a, sizeof a);
@@ -792,9 +812,9 @@ static void one_line_status(const char *what, const json_t *st)
     printf("%s %s: %s, epoch %lld/%lld", what, nllm_j_str(st, "name", "?"),
            nllm_j_str(st, "state", "?"), (long long)nllm_j_int(st, "epoch", 0),
            (long long)nllm_j_int(st, "num_epochs", 0));
-    const char *dev = nllm_j_str(st, "device", NULL);
-    if (dev && *dev)
-        printf(" on %s", dev);
+    char devs[512];
+    if (*nllm_fmt_devices(st, devs, sizeof devs, ""))
+        printf(" on %s", devs);
     printf("\n");
 }
 
@@ -888,6 +908,8 @@ static const struct option start_long[] = {
     {"init-optimizer", no_argument, 0, O_INIT_OPT},
     {"threads", required_argument, 0, O_THREADS},
     {"precision", required_argument, 0, O_PRECISION},
+    {"num-devices", required_argument, 0, O_NUM_DEVICES},
+    {"gpus", required_argument, 0, O_GPUS},
     {"watch", no_argument, 0, O_WATCH},
     {"set", required_argument, 0, O_SET},
     {0, 0, 0, 0},
@@ -908,6 +930,7 @@ static const struct {
     {O_SEED, "seed", "--seed"},                   {O_TOKENIZER, "tokenizer", "--tokenizer"},
     {O_DEVICE, "device", "--device"},             {O_THREADS, "threads", "--threads"},
     {O_PRECISION, "precision", "--precision"},   {O_ON_DIV, "on_divergence", "--on-divergence"},
+    {O_NUM_DEVICES, "num_devices", "--num-devices"},
 };
 
 static int add_setting(settings_t *s, const cmd_t *c, const char *key, const char *value,
@@ -927,6 +950,10 @@ static int setting_opt(settings_t *s, const cmd_t *c, int opt, const char *arg, 
     for (size_t i = 0; i < sizeof flag_keys / sizeof flag_keys[0]; i++)
         if (flag_keys[i].opt == opt)
             return add_setting(s, c, flag_keys[i].key, arg, flag_keys[i].flag);
+    if (opt == O_GPUS) { /* any N GPUs: device cuda, num_devices N */
+        int rc = add_setting(s, c, "device", "cuda", "--gpus");
+        return rc == -1 ? add_setting(s, c, "num_devices", arg, "--gpus") : rc;
+    }
     if (opt != O_SET)
         return 0;
     const char *eq = strchr(arg, '=');
@@ -1169,6 +1196,9 @@ static const struct option resume_long[] = {
     {"clip", required_argument, 0, O_CLIP},
     {"on-divergence", required_argument, 0, O_ON_DIV},
     {"precision", required_argument, 0, O_PRECISION},
+    {"num-devices", required_argument, 0, O_NUM_DEVICES},
+    {"gpus", required_argument, 0, O_GPUS},
+    {"device", required_argument, 0, O_DEVICE},
     {"set", required_argument, 0, O_SET},
     {"watch", no_argument, 0, O_WATCH},
     {0, 0, 0, 0},
@@ -1191,7 +1221,8 @@ static int resume_opt(void *ctx, const cmd_t *c, int opt, const char *arg)
         o->watch = 1;
         return -1;
     }
-    /* --lr, --batch, --patience, --clip, --on-divergence, --precision, --set */
+    /* --lr, --batch, --patience, --clip, --on-divergence, --precision,
+     * --num-devices, --gpus, --device, --set */
     int rc = setting_opt(&o->s, c, opt, arg, 0);
     return rc ? rc : usage_error(c, "unexpected flag");
 }
@@ -1610,9 +1641,10 @@ static int cmd_list(global_t *g, const cmd_t *c, int argc, char **argv)
         double u = 0;
         nllm_j_num(j, "updated", &u);
         nllm_fmt_time(u, upd, sizeof upd);
-        const char *dev = nllm_j_str(j, "device", NULL);
+        char devs[512];
+        nllm_fmt_devices(j, devs, sizeof devs, "-");
         table_row(&t, nllm_j_str(j, "name", "?"), st, ep, prog, fnum(j, "val_loss", 4, vl, sizeof vl),
-                  best, dev && *dev ? dev : "-", upd);
+                  best, devs, upd);
     }
     table_print(&t);
     json_decref(res);
@@ -2063,8 +2095,9 @@ static const cmd_t commands[] = {
      "       [--layers N] [--dropout X] [--patience N] [--reset-patience] [--save-every N]\n"
      "       [--keep N] [--clip X|reference|none] [--on-divergence rollback|fail]\n"
      "       [--seed N] [--tokenizer word|byte]\n"
-     "       [--device D] [--precision fp32|tf32|bf16] [--init-from JOB:CKPT|FILE]\n"
-     "       [--init-optimizer] [--threads N] [--set KEY=VALUE] [--watch]",
+     "       [--device D] [--num-devices N | --gpus N] [--precision fp32|tf32|bf16]\n"
+     "       [--init-from JOB:CKPT|FILE] [--init-optimizer] [--threads N] [--set KEY=VALUE]\n"
+     "       [--watch]",
      "create a training job and queue it",
      "Creates job NAME ([A-Za-z0-9._-], 1-64 characters, not starting with '.') and\n"
      "queues it until a device has a free slot. Settings come from the defaults, then\n"
@@ -2109,10 +2142,19 @@ static const cmd_t commands[] = {
      "  --save-every N       epochs between NAME_epoch_N checkpoints (save_every, 5)\n"
      "  --keep N             periodic checkpoints kept, 0 = all (keep, 0)\n"
      "Placement:\n"
-     "  --device D           cpu or cuda:N (default: the least busy device)\n"
+     "  --device D           cpu, cuda:N, cuda (any GPU) or a list of GPUs\n"
+     "                       cuda:0,cuda:1 (one data-parallel rank on each; sets\n"
+     "                       num_devices); default: the least busy device\n"
+     "  --num-devices N      train on N devices at once, data-parallel (num_devices, 1):\n"
+     "                       N GPUs of their own, or N ranks sharing the cpu (its threads\n"
+     "                       split among them); --batch is the global batch and must\n"
+     "                       divide by N; the results match one device up to float\n"
+     "                       summation order, and a checkpoint resumes on any N\n"
+     "  --gpus N             any N free GPUs (device cuda, num_devices N)\n"
      "  --precision P        GEMM arithmetic: fp32 (default), tf32 or bf16 (precision);\n"
      "                       tf32 and bf16 need a CUDA device (cpu implements fp32 only)\n"
-     "  --threads N          CPU threads, 0 = all (threads, 0)\n"
+     "  --threads N          CPU threads, 0 = all (threads, 0); split among the ranks\n"
+     "                       of a job on the cpu with num_devices > 1\n"
      "Other:\n"
      "  --set KEY=VALUE      any configuration key, e.g. --set weight_decay=0.01\n"
      "                       (keys: vocab_size embed_dim hidden_dim context_dim num_layers\n"
@@ -2120,8 +2162,8 @@ static const cmd_t commands[] = {
      "                       num_epochs batch_size learning_rate beta1 beta2 eps\n"
      "                       weight_decay clip patience min_delta reset_patience seed\n"
      "                       save_every keep on_divergence divergence_lr_factor\n"
-     "                       divergence_retries on_device_fault device threads\n"
-     "                       precision; on_device_fault requeue|fail: after a device\n"
+     "                       divergence_retries on_device_fault device num_devices\n"
+     "                       threads precision; on_device_fault requeue|fail: after a device\n"
      "                       fault, queue the job again from its latest checkpoint for a\n"
      "                       healthy device, at most 3 times (default), or fail)\n"
      "  --watch              then follow the job like `nllmctl watch NAME`\n"
@@ -2132,7 +2174,8 @@ static const cmd_t commands[] = {
      "epoch) VAL_LOSS (last epoch) BEST_VAL (loss@epoch) DEVICE UPDATED.\n"},
     {"status", cmd_status, "status NAME", "show one job's state, metrics and configuration",
      "Prints `key: value` lines: state, epoch, step, losses, best validation loss,\n"
-     "device (and the jobs sharing it), precision, peak device memory, attempt,\n"
+     "device (and the jobs sharing it), a job on several devices its ranks with each\n"
+     "one's device and tokens/s, precision, peak device memory, attempt,\n"
      "divergences (non-finite gradient norms since the last start or resume, when\n"
      "any), device faults (likewise), error, times, and the full configuration.\n"},
     {"watch", cmd_watch, "watch NAME", "follow a job's training live",
@@ -2152,7 +2195,7 @@ static const cmd_t commands[] = {
     {"resume", cmd_resume,
      "resume NAME [CKPT] [--epochs N] [--reset-patience] [--lr X] [--batch N]\n"
      "       [--patience N] [--clip X] [--on-divergence rollback|fail] [--precision P]\n"
-     "       [--set KEY=VALUE] [--watch]",
+     "       [--num-devices N | --gpus N] [--device D] [--set KEY=VALUE] [--watch]",
      "continue a paused, interrupted, stopped, completed or failed job",
      "CKPT is paused, latest (default), best, final or epoch_N; history after it is kept\n"
      "but marked superseded. Training settings may change; the model shape, data,\n"
@@ -2166,6 +2209,11 @@ static const cmd_t commands[] = {
      "  --on-divergence M    rollback or fail from now on (on_divergence)\n"
      "  --precision P        GEMM precision from now on: fp32, tf32 or bf16 (an event\n"
      "                       records the change)\n"
+     "  --num-devices N      devices from now on (the global batch, the data order and\n"
+     "                       so the training stay the same: a checkpoint of N devices\n"
+     "                       resumes on M)\n"
+     "  --gpus N             any N GPUs from now on (device cuda, num_devices N)\n"
+     "  --device D           device from now on: cpu, cuda:N, cuda or cuda:0,cuda:1\n"
      "  --set KEY=VALUE      any other training setting (e.g. weight_decay=0.01)\n"
      "  --watch              then follow the job like `nllmctl watch NAME`\n"},
     {"extend", cmd_extend, "extend NAME NUM_EPOCHS", "raise a job's target number of epochs",

@@ -171,8 +171,9 @@ static void header(view_t *v, const json_t *st)
     double np = nllm_model_params_of(cfg);
     if (np > 0)
         nllm_fmt_count(np, params, sizeof params);
-    const char *dev = nllm_j_str(st, "device", NULL);
-    if (!dev || !*dev)
+    char devbuf[512];
+    const char *dev = nllm_fmt_devices(st, devbuf, sizeof devbuf, "");
+    if (!*dev)
         dev = nllm_j_str(cfg, "device", "");
     if (!*dev)
         dev = "any free device";

@@ -383,6 +383,7 @@ typedef struct {
     double last_ckpt_time; /* wall seconds, <= 0: none known */
     uint64_t ckpt_bytes, ckpt_failures;
     uint64_t mem_peak; /* 0: not known */
+    int num_devices;
     int error_code; /* with an error: its nllm_err code (0: not classified) */
     int has_error;
 } job_snap_t;
@@ -393,6 +394,7 @@ static void snap_job(nllmd_t *d, nllm_job_t *j, job_snap_t *o)
     o->name = j->name;
     o->state = j->state;
     o->precision = nllm_precision_name(j->cfg.precision);
+    o->num_devices = j->cfg.num_devices;
     o->active = !strcmp(j->state, "running") || !strcmp(j->state, "pausing");
     pthread_mutex_lock(&j->mu);
     nllm_step_report_t st = j->last_step;
@@ -451,9 +453,10 @@ static void family(buf_t *b, const char *name, const char *type, const char *hel
     buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* One sample; unknown values (NaN, infinities) are left out. */
-static void sample(buf_t *b, const char *name, const char *l1, const char *v1, const char *l2,
-                   const char *v2, double x)
+/* One sample with up to three labels; unknown values (NaN, infinities)
+ * are left out. */
+static void sample3(buf_t *b, const char *name, const char *l1, const char *v1, const char *l2,
+                    const char *v2, const char *l3, const char *v3, double x)
 {
     if (!isfinite(x))
         return;
@@ -465,12 +468,22 @@ static void sample(buf_t *b, const char *name, const char *l1, const char *v1, c
             buf_printf(b, "\",%s=\"", l2);
             label_value(b, v2);
         }
+        if (l2 && l3) {
+            buf_printf(b, "\",%s=\"", l3);
+            label_value(b, v3);
+        }
         buf_puts(b, "\"}");
     }
     if (x == floor(x) && fabs(x) < 9e15)
         buf_printf(b, " %.0f\n", x);
     else
         buf_printf(b, " %.12g\n", x);
+}
+
+static void sample(buf_t *b, const char *name, const char *l1, const char *v1, const char *l2,
+                   const char *v2, double x)
+{
+    sample3(b, name, l1, v1, l2, v2, NULL, NULL, x);
 }
 
 static void refresh_devices(nllmd_t *d, nllmd_http_t *s)
@@ -578,6 +591,9 @@ static void metrics_text(nllmd_http_t *s, buf_t *b)
     JOB_FAMILY("nllm_job_tokens_per_second", "gauge",
                "Training throughput in tokens per second (0 when not running).",
                J->tokens_per_s);
+    JOB_FAMILY("nllm_job_num_devices", "gauge",
+               "Devices the job trains on at once, data-parallel (job key num_devices).",
+               J->num_devices);
     JOB_FAMILY("nllm_job_seconds_since_checkpoint", "gauge",
                "Seconds since the job's newest checkpoint was written.",
                J->last_ckpt_time > 0 ? fmax(0.0, now - J->last_ckpt_time) : NAN);
@@ -610,11 +626,31 @@ static void metrics_text(nllmd_http_t *s, buf_t *b)
             sample(b, "nllm_job_device_memory_peak_bytes", "job_name", js[i].name, NULL, NULL,
                    (double)js[i].mem_peak);
     family(b, "nllm_job_device_info", "gauge",
-           "1 for each running job, labelled with the device it runs on.");
+           "1 for each running job and device it runs on (a job on several devices has a "
+           "sample for each).");
     for (nllm_job_t *j = d->jobs; j; j = j->next)
-        if (!j->removing && j->device >= 0)
-            sample(b, "nllm_job_device_info", "job_name", j->name, "device",
-                   d->devices[j->device].name, 1);
+        for (int k = 0; k < d->ndevices && !j->removing; k++)
+            if (nllmd_job_uses_device(j, k))
+                sample(b, "nllm_job_device_info", "job_name", j->name, "device",
+                       d->devices[k].name, 1);
+    family(b, "nllm_job_rank_tokens_per_second", "gauge",
+           "Training throughput of each rank (device) of a running job, in tokens per second "
+           "of its own share of the batch; a job on one device has rank 0 only.");
+    for (nllm_job_t *j = d->jobs; j; j = j->next) {
+        if (j->removing || j->ranks <= 0)
+            continue;
+        pthread_mutex_lock(&j->mu);
+        int have = j->have_step;
+        double tps[NLLM_MAX_JOB_DEVICES];
+        memcpy(tps, j->rank_tps, sizeof(double) * (size_t)j->ranks);
+        pthread_mutex_unlock(&j->mu);
+        for (int r = 0; r < j->ranks; r++) {
+            char rank[16];
+            snprintf(rank, sizeof rank, "%d", r);
+            sample3(b, "nllm_job_rank_tokens_per_second", "job_name", j->name, "rank", rank,
+                    "device", d->devices[j->rank_dev[r]].name, have ? tps[r] : 0.0);
+        }
+    }
 
     refresh_devices(d, s);
     family(b, "nllm_device_busy", "gauge", "1 when at least one job is training on the device.");

@@ -11,9 +11,19 @@
  * catalog row and only then applies retention. A paused or final
  * checkpoint is waited for before the job thread ends, so its row exists
  * before the job is marked paused/completed.
+ *
+ * A job on several devices (num_devices N): the job thread is rank 0; it
+ * makes the ranks' comm (comm.h: threads on the cpu, NCCL over them on
+ * GPUs), loads the data and the checkpoint, and starts a peer thread per
+ * other rank (peer_main) whose trainer shares rank 0's data; all run the
+ * trainer together, rank 0 alone with the callbacks that report and write
+ * checkpoints. A rank that fails aborts the comm, so the others fail at
+ * once; rank 0 joins the peers, and the run's error is that of the first
+ * rank that failed on its own (a device fault: its device).
  */
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -64,6 +74,9 @@ typedef struct nllmd_ev {
     int diverged;
     int64_t div_step;
     double div_norm, div_lr;
+    /* done: the device index of the rank whose failure ended the run (a
+     * device fault is that device's), -1 for rank 0's */
+    int fault_dev;
 } nllmd_ev_t;
 
 static double wall_now(void)
@@ -105,6 +118,7 @@ static nllmd_ev_t *ev_new(nllmd_ev_kind_t kind, nllm_job_t *j)
         abort(); /* a lost event would leave a job's state wrong */
     e->kind = kind;
     e->job = j;
+    e->fault_dev = -1;
     return e;
 }
 
@@ -163,7 +177,20 @@ json_t *nllmd_job_status_json(nllm_job_t *j)
     json_object_set_new(o, "checkpoint_bytes", json_integer((json_int_t)j->ckpt_bytes));
     json_object_set_new(o, "device_memory_peak",
                         j->mem_peak ? json_integer((json_int_t)j->mem_peak) : json_null());
+    /* each rank of the running job: its device and its own throughput */
+    json_t *devs = j->ranks > 0 ? json_array() : json_null();
+    json_t *ranks = json_array();
+    for (int r = 0; r < j->ranks; r++) {
+        const char *dn = j->d->devices[j->rank_dev[r]].name;
+        json_array_append_new(devs, json_string(dn));
+        json_array_append_new(ranks, json_pack("{s:i,s:s,s:f}", "rank", r, "device", dn,
+                                               "tokens_per_s",
+                                               have_step ? j->rank_tps[r] : 0.0));
+    }
     pthread_mutex_unlock(&j->mu);
+    json_object_set_new(o, "num_devices", json_integer(j->cfg.num_devices));
+    json_object_set_new(o, "devices", devs);
+    json_object_set_new(o, "ranks", ranks);
     json_object_set_new(o, "device",
                         j->device >= 0 ? json_string(j->d->devices[j->device].name)
                                        : json_null());
@@ -290,6 +317,11 @@ static void writer_wait(writer_t *w, int max)
 
 /* ---- the job thread ------------------------------------------------------ */
 
+static int is_gpu(const nllmd_device_t *v)
+{
+    return strcmp(v->kind, "cuda") == 0;
+}
+
 typedef struct {
     nllm_job_t *job;
     writer_t *w;
@@ -315,6 +347,7 @@ static void on_step(void *ud, nllm_trainer_t *tr, const nllm_step_report_t *r)
     j->last_step = *r;
     j->have_step = 1;
     j->global_step = r->global_step;
+    j->rank_tps[0] = r->rank_tokens_per_s;
     if (peak > j->mem_peak)
         j->mem_peak = peak;
     pthread_mutex_unlock(&j->mu);
@@ -401,6 +434,132 @@ static int on_checkpoint(void *ud, nllm_trainer_t *tr, nllm_ckpt_kind_t kind, in
     return 0;
 }
 
+/* ---- the other ranks of a job on several devices ---------------------------- */
+
+typedef struct {
+    nllm_job_t *job;
+    int rank;
+    nllm_comm_t *comm;            /* this rank's handle; the peer frees it */
+    const nllm_trainer_t *first;  /* rank 0's: the config and the data */
+    char device[32];
+    int threads;
+    nllm_precision_t precision;
+    pthread_t thread;
+    int started;
+    /* results */
+    int rc, own; /* own: it failed before the comm broke (not because of it) */
+    nllm_err_t err;
+    nllm_backend_t *be;
+    uint64_t model_bytes;
+} peer_t;
+
+static void on_peer_step(void *ud, nllm_trainer_t *tr, const nllm_step_report_t *r)
+{
+    (void)tr;
+    peer_t *p = ud;
+    nllm_job_t *j = p->job;
+    uint64_t peak = p->be->mem_peak > p->model_bytes ? p->be->mem_peak : p->model_bytes;
+    pthread_mutex_lock(&j->mu);
+    j->rank_tps[p->rank] = r->rank_tokens_per_s;
+    if (peak > j->mem_peak)
+        j->mem_peak = peak;
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* A rank whose run failed: whether it failed on its own (the comm was not
+ * broken yet), then the comm broken so that the others stop at once. */
+static int rank_failed(nllm_comm_t *comm, const nllm_err_t *err)
+{
+    int own = !nllm_comm_broken(comm);
+    nllm_comm_abort(comm, err->msg);
+    return own;
+}
+
+/* A peer rank's thread: its backend, a trainer beside rank 0's, the run
+ * (no callbacks but its throughput; rank 0 reports and writes). */
+static void *peer_main(void *arg)
+{
+    peer_t *p = arg;
+    nllm_job_t *j = p->job;
+    nllm_trainer_t *tr = NULL;
+    nllm_err_t *err = &p->err;
+    int rc = nllm_backend_create(p->device, p->threads, &p->be, err);
+    if (rc == 0)
+        rc = nllm_backend_set_precision(p->be, p->precision, err);
+    if (rc == 0)
+        rc = nllm_trainer_create_peer(p->first, p->be, p->comm, &tr, err);
+    if (rc == 0) {
+        p->model_bytes = nllm_model_device_bytes(nllm_trainer_model(tr));
+        nllm_trainer_use_ctl(tr, &j->ctl);
+        nllm_trainer_cbs_t cbs = {p, on_peer_step, NULL, NULL};
+        nllm_run_result_t res;
+        rc = nllm_trainer_run(tr, &cbs, &res, err);
+    }
+    if (rc < 0)
+        p->own = rank_failed(p->comm, err);
+    p->rc = rc;
+    nllm_trainer_destroy(tr);
+    if (p->be)
+        p->be->destroy(p->be);
+    p->be = NULL;
+    nllm_comm_free(p->comm);
+    return NULL;
+}
+
+/* CPU threads of each rank: the job's (or the daemon's default), split
+ * among ranks that share the cpu, at least one each. */
+static int rank_threads(nllmd_t *d, const nllm_job_t *j, int dev)
+{
+    int threads = j->cfg.threads > 0 ? j->cfg.threads : d->opt.threads;
+    if (j->ranks <= 1 || is_gpu(&d->devices[dev]))
+        return threads;
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    int sharing = 0;
+    for (int r = 0; r < j->ranks; r++)
+        sharing += j->rank_dev[r] == dev;
+    threads /= sharing > 0 ? sharing : 1;
+    return threads > 0 ? threads : 1;
+}
+
+/* The comm of the job's ranks (comms[r], rank r's handle): nllmd run under
+ * MPI: the world, wrapped in NCCL on a GPU; a job on several devices: the
+ * threads comm, wrapped in NCCL on GPUs; else none (NULL). */
+static int make_comms(nllm_job_t *j, nllm_comm_t **comms, nllm_err_t *err)
+{
+    nllmd_t *d = j->d;
+    const int n = j->ranks;
+    const int gpu = is_gpu(&d->devices[j->rank_dev[0]]);
+    comms[0] = NULL;
+    if (d->comm && nllm_comm_size(d->comm) > 1) {
+        if (n > 1)
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "job %s: num_devices %d cannot be combined with %d MPI ranks: "
+                                "under mpirun each rank trains on one device; start as many "
+                                "ranks as devices instead",
+                                j->name, n, nllm_comm_size(d->comm));
+        if (!gpu) {
+            comms[0] = d->comm;
+            return 0;
+        }
+        int rc = nllm_comm_nccl_create_rank(d->comm, atoi(d->devices[j->rank_dev[0]].name + 5),
+                                            &comms[0], err);
+        return rc < 0 ? nllm_err_prefix(err, "job %s: ", j->name) : 0;
+    }
+    if (n <= 1)
+        return 0;
+    int rc = nllm_comm_threads_create(n, comms, err);
+    if (rc == 0 && gpu) {
+        int ids[NLLM_MAX_JOB_DEVICES];
+        for (int r = 0; r < n; r++)
+            ids[r] = atoi(d->devices[j->rank_dev[r]].name + 5);
+        rc = nllm_comm_nccl_create_all(n, ids, comms, comms, err);
+    }
+    return rc < 0 ? nllm_err_prefix(err, "job %s: ", j->name) : 0;
+}
+
 static void job_main(void *arg)
 {
     nllm_job_t *j = arg;
@@ -419,9 +578,14 @@ static void job_main(void *arg)
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
     int writer_started = 0;
+    const int ranks = j->ranks; /* fixed while the thread runs */
+    nllm_comm_t *comms[NLLM_MAX_JOB_DEVICES] = {0};
+    peer_t *peers = NULL;
 
-    int threads = cfg.threads > 0 ? cfg.threads : d->opt.threads;
-    rc = nllm_backend_create(d->devices[j->device].name, threads, &be, err);
+    rc = make_comms(j, comms, err);
+    if (rc == 0)
+        rc = nllm_backend_create(d->devices[j->rank_dev[0]].name,
+                                 rank_threads(d, j, j->rank_dev[0]), &be, err);
     if (rc == 0 && (rc = nllm_backend_set_precision(be, cfg.precision, err)) < 0)
         nllm_err_prefix(err, "job %s: ", j->name);
     if (rc == 0 && o->path[0]) {
@@ -443,7 +607,7 @@ static void job_main(void *arg)
     if (rc == 0) {
         char cache[NLLM_PATH_MAX + 32];
         snprintf(cache, sizeof cache, "%s/tokens.cache", j->dir);
-        rc = nllm_trainer_create(&cfg, cache, have_vocab ? &vocab : NULL, be, &tr, err);
+        rc = nllm_trainer_create(&cfg, cache, have_vocab ? &vocab : NULL, be, comms[0], &tr, err);
         if (rc == 0 && nllm_trainer_data(tr)->cache_err.code)
             nllmd_log(d, j->name, "%s", nllm_trainer_data(tr)->cache_err.msg);
     }
@@ -478,6 +642,8 @@ static void job_main(void *arg)
         j->best_val_loss = p->best_val_loss;
         j->best_epoch = p->best_epoch;
         j->have_step = 0;
+        for (int r = 0; r < ranks; r++)
+            j->rank_tps[r] = 0;
         pthread_mutex_unlock(&j->mu);
         nllmd_ev_t *e = ev_new(EV_STARTED, j);
         e->ck_epoch = p->epoch;
@@ -491,6 +657,27 @@ static void job_main(void *arg)
     }
     nllm_ckpt_free(ck);
     ck = NULL;
+    if (rc == 0 && ranks > 1 && !(peers = calloc((size_t)ranks, sizeof *peers)))
+        rc = nllm_err_set(err, NLLM_ENOMEM, "job %s: out of memory", j->name);
+    for (int r = 1; rc == 0 && r < ranks; r++) {
+        /* the other ranks: each on its thread, beside rank 0's trainer */
+        peer_t *pr = &peers[r];
+        pr->job = j;
+        pr->rank = r;
+        pr->comm = comms[r];
+        pr->first = tr;
+        snprintf(pr->device, sizeof pr->device, "%s", d->devices[j->rank_dev[r]].name);
+        pr->threads = rank_threads(d, j, j->rank_dev[r]);
+        pr->precision = cfg.precision;
+        if (pthread_create(&pr->thread, NULL, peer_main, pr) != 0) {
+            rc = nllm_err_set(err, NLLM_ENOMEM, "job %s: cannot start the thread of rank %d",
+                              j->name, r);
+            break;
+        }
+        pr->started = 1;
+        comms[r] = NULL; /* the peer's now */
+    }
+    int own0 = 1; /* rank 0 failed on its own */
     if (rc == 0) {
         run_ctx_t ctx = {j, &w, be, nllm_model_device_bytes(nllm_trainer_model(tr))};
         uint64_t peak = mem_peak_of(&ctx);
@@ -505,6 +692,31 @@ static void job_main(void *arg)
             done->div_lr = cfg.learning_rate;
         }
     }
+    if (rc < 0 && comms[0])
+        own0 = rank_failed(comms[0], err);
+    /* the peers end with rank 0 (together, or at once once the comm broke);
+     * the run's error is the first one that failed on its own */
+    for (int r = 1; peers && r < ranks; r++) {
+        peer_t *pr = &peers[r];
+        if (!pr->started)
+            continue;
+        pthread_join(pr->thread, NULL);
+        if (pr->rc < 0 && pr->own && !(rc < 0 && own0) && !done->diverged) {
+            done->fault_dev = j->rank_dev[r];
+            char msg[NLLM_ERR_MSG_MAX];
+            snprintf(msg, sizeof msg, "rank %d of %d (%s): %s", r, ranks, pr->device,
+                     pr->err.msg);
+            rc = nllm_err_set(err, pr->rc, "%s", msg);
+            own0 = 1; /* this one stays */
+        } else if (pr->rc < 0 && rc == 0) {
+            rc = nllm_err_set(err, pr->rc, "rank %d of %d (%s): %s", r, ranks, pr->device,
+                              pr->err.msg);
+        }
+    }
+    free(peers);
+    for (int r = 0; r < ranks && r < NLLM_MAX_JOB_DEVICES; r++)
+        if (comms[r] != d->comm)
+            nllm_comm_free(comms[r]); /* rank 0's, and those of peers never started */
     if (writer_started) {
         writer_wait(&w, 0);
         pthread_mutex_lock(&w.mu);
@@ -538,18 +750,39 @@ int nllmd_jobs_running(nllmd_t *d)
     return n;
 }
 
+int nllmd_job_uses_device(const nllm_job_t *j, int k)
+{
+    for (int r = 0; r < j->ranks; r++)
+        if (j->rank_dev[r] == k)
+            return 1;
+    return 0;
+}
+
 json_t *nllmd_device_jobs_json(nllmd_t *d, int k)
 {
     json_t *a = json_array();
     for (nllm_job_t *j = d->jobs; j; j = j->next)
-        if (j->device == k)
+        if (nllmd_job_uses_device(j, k))
             json_array_append_new(a, json_string(j->name));
     return a;
 }
 
-static int is_gpu(const nllmd_device_t *v)
+/* Each device the running job j uses once (ranks may share the cpu):
+ * calls fn(d, k, ud) for it. */
+static void for_job_devices(nllm_job_t *j, void (*fn)(nllmd_t *d, int k, void *ud), void *ud)
 {
-    return strcmp(v->kind, "cuda") == 0;
+    for (int r = 0; r < j->ranks; r++) {
+        int seen = 0;
+        for (int q = 0; q < r; q++)
+            seen |= j->rank_dev[q] == j->rank_dev[r];
+        if (!seen)
+            fn(j->d, j->rank_dev[r], ud);
+    }
+}
+
+static void dev_take(nllmd_t *d, int k, void *ud)
+{
+    d->devices[k].njobs += *(int *)ud;
 }
 
 /* The devices as place.c sees them: jobs per device, and each GPU's free
@@ -569,18 +802,24 @@ static void place_snapshot(nllmd_t *d, nllmd_place_dev_t *pd)
                                     is_gpu(v) ? v->mem_free : 0, v->unhealthy};
     }
     for (nllm_job_t *j = d->jobs; j; j = j->next)
-        if (j->mem_pending && j->device >= 0) {
-            nllmd_place_dev_t *p = &pd[j->device];
-            p->mem_free = p->mem_free > j->mem_need ? p->mem_free - j->mem_need : 0;
+        for (int r = 0; j->mem_pending && r < j->ranks; r++) {
+            nllmd_place_dev_t *p = &pd[j->rank_dev[r]];
+            if (p->is_gpu)
+                p->mem_free = p->mem_free > j->mem_need ? p->mem_free - j->mem_need : 0;
         }
 }
 
-static void job_launch(nllm_job_t *j, int dev)
+/* Starts job j's thread, rank r on device devs[r] (ranks of them). */
+static void job_launch(nllm_job_t *j, const int *devs, int ranks)
 {
     nllmd_t *d = j->d;
+    const int dev = devs[0];
     j->device = dev;
+    j->ranks = ranks;
+    memcpy(j->rank_dev, devs, sizeof(int) * (size_t)ranks);
     j->mem_pending = is_gpu(&d->devices[dev]);
-    d->devices[dev].njobs++;
+    int one = 1, minus = -1;
+    for_job_devices(j, dev_take, &one);
     pthread_mutex_lock(&j->mu);
     j->mem_peak = 0; /* of this run */
     pthread_mutex_unlock(&j->mu);
@@ -595,20 +834,33 @@ static void job_launch(nllm_job_t *j, int dev)
     if (uv_thread_create(&j->thread, job_main, j) != 0) {
         j->thread_live = 0;
         j->refs--;
-        d->devices[dev].njobs--;
+        for_job_devices(j, dev_take, &minus);
         j->device = -1;
+        j->ranks = 0;
         j->mem_pending = 0;
         job_set_state(j, "failed", "could not start the job's thread");
         return;
     }
     int others = d->devices[dev].njobs - 1;
-    char with[64] = "";
+    char with[64] = "", on[NLLM_ERR_MSG_MAX / 2] = "";
     if (others > 0)
         snprintf(with, sizeof with, ", beside %d other job%s", others, others > 1 ? "s" : "");
-    nllmd_job_event(j, "started", "training on %s%s, precision %s (attempt %lld)%s%s",
-                    d->devices[dev].name, with, nllm_precision_name(j->cfg.precision),
-                    (long long)j->attempt, j->origin.path[0] ? " from " : "",
-                    j->origin.path[0] ? j->origin.label : "");
+    if (ranks == 1) {
+        snprintf(on, sizeof on, "%s", d->devices[dev].name);
+    } else if (!is_gpu(&d->devices[dev])) {
+        snprintf(on, sizeof on, "%s (%d data-parallel ranks sharing it)", d->devices[dev].name,
+                 ranks);
+    } else {
+        size_t used = 0;
+        for (int r = 0; r < ranks && used < sizeof on; r++)
+            used += (size_t)snprintf(on + used, sizeof on - used, "%s%s", r ? ", " : "",
+                                     d->devices[devs[r]].name);
+        if (used < sizeof on)
+            snprintf(on + used, sizeof on - used, " (%d data-parallel ranks)", ranks);
+    }
+    nllmd_job_event(j, "started", "training on %s%s, precision %s (attempt %lld)%s%s", on, with,
+                    nllm_precision_name(j->cfg.precision), (long long)j->attempt,
+                    j->origin.path[0] ? " from " : "", j->origin.path[0] ? j->origin.label : "");
 }
 
 /* Starts queued jobs, in creation order, while max_jobs allows: each on the
@@ -631,7 +883,9 @@ void nllmd_schedule(nllmd_t *d)
     for (nllm_job_t *j = d->jobs; j; j = j->next) {
         if (strcmp(j->state, "queued") != 0 || j->removing)
             continue;
-        uint64_t need = nllm_model_bytes_needed(&j->cfg.model, j->cfg.batch_size);
+        /* each rank holds the activations of its share of the batch */
+        const int ranks = j->cfg.num_devices >= 1 ? j->cfg.num_devices : 1;
+        uint64_t need = nllm_model_bytes_needed(&j->cfg.model, j->cfg.batch_size / ranks);
         char why[768];
         /* devices that lack the job's precision are not its devices */
         nllmd_place_dev_t pj[NLLMD_MAX_DEVICES];
@@ -640,8 +894,9 @@ void nllmd_schedule(nllmd_t *d)
             pj[v].excluded =
                 pd[v].excluded || !((d->devices[v].precisions >> j->cfg.precision) & 1u);
         }
-        int k = nllmd_place(pj, d->ndevices, j->cfg.device, d->opt.jobs_per_device, need, why,
-                            sizeof why);
+        int devs[NLLM_MAX_JOB_DEVICES];
+        int k = nllmd_place_ranks(pj, d->ndevices, j->cfg.device, ranks, d->opt.jobs_per_device,
+                                  need, devs, why, sizeof why);
         if (k == NLLMD_PLACE_NEVER) {
             char msg[NLLM_ERR_MSG_MAX];
             snprintf(msg, sizeof msg, "job %s cannot run: %s", j->name, why);
@@ -661,12 +916,20 @@ void nllmd_schedule(nllmd_t *d)
             continue;
         }
         j->mem_need = need;
-        job_launch(j, k);
+        job_launch(j, devs, ranks);
         if (!j->thread_live)
             continue;
         running++;
-        pd[k].jobs++;
-        pd[k].mem_free = pd[k].mem_free > need ? pd[k].mem_free - need : 0;
+        for (int r = 0; r < ranks; r++) {
+            int seen = 0;
+            for (int q = 0; q < r; q++)
+                seen |= devs[q] == devs[r];
+            if (!seen)
+                pd[devs[r]].jobs++;
+            if (pd[devs[r]].is_gpu)
+                pd[devs[r]].mem_free = pd[devs[r]].mem_free > need ? pd[devs[r]].mem_free - need
+                                                                   : 0;
+        }
     }
 }
 
@@ -1035,7 +1298,7 @@ int nllmd_device_reset(nllmd_t *d, const char *name, json_t **res, nllm_err_t *e
         char names[512] = "";
         size_t used = 0;
         for (nllm_job_t *j = d->jobs; j && used < sizeof names; j = j->next)
-            if (j->device == k)
+            if (nllmd_job_uses_device(j, k))
                 used += (size_t)snprintf(names + used, sizeof names - used, "%s%s",
                                          used ? ", " : "", j->name);
         return nllm_err_set(err, NLLM_ESTATE,
@@ -1158,10 +1421,10 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
     case EV_DONE: {
         uv_thread_join(&j->thread);
         j->thread_live = 0;
-        int dev = j->device;
-        if (j->device >= 0)
-            d->devices[j->device].njobs--;
+        int dev = e->fault_dev >= 0 ? e->fault_dev : j->device, minus = -1;
+        for_job_devices(j, dev_take, &minus);
         j->device = -1;
+        j->ranks = 0;
         j->mem_pending = 0;
         int ckpt_failed = (int)e->ck_step || j->error[0]; /* written, or not recorded */
         int rolled_back = 0;
@@ -1274,7 +1537,7 @@ static int check_precision(nllmd_t *d, const char *name, const nllm_job_config_t
     const nllmd_device_t *lacking = NULL;
     for (int k = 0; k < d->ndevices; k++) {
         const nllmd_device_t *v = &d->devices[k];
-        if (cfg->device[0] && strcmp(cfg->device, v->name) != 0)
+        if (!nllmd_place_wants(cfg->device, v->name, is_gpu(v)))
             continue;
         if ((v->precisions >> cfg->precision) & 1u)
             return 0;
@@ -1286,6 +1549,55 @@ static int check_precision(nllmd_t *d, const char *name, const nllm_job_config_t
     nllm_backend_t probe = {.name = lacking->name, .precisions = lacking->precisions};
     int rc = nllm_backend_set_precision(&probe, cfg->precision, err);
     return rc < 0 ? nllm_err_prefix(err, "job %s: ", name) : 0;
+}
+
+/* Refuses a job whose devices this daemon lacks, before anything changes:
+ * a device (or one of a list) it does not have, or more ranks than it has
+ * GPUs where the cpu may not take them (device cuda, or any device on a
+ * daemon without the cpu). */
+static int check_devices(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
+                         nllm_err_t *err)
+{
+    const char *want = cfg->device;
+    const int n = cfg->num_devices;
+    int gpus = 0, cpus = 0;
+    char have[512] = "";
+    size_t used = 0;
+    for (int k = 0; k < d->ndevices; k++) {
+        if (!is_gpu(&d->devices[k])) {
+            cpus++;
+            continue;
+        }
+        if (used < sizeof have)
+            used += (size_t)snprintf(have + used, sizeof have - used, "%s%s", gpus ? ", " : "",
+                                     d->devices[k].name);
+        gpus++;
+    }
+    if (want[0] && strcmp(want, "cuda") != 0) {
+        for (const char *p = want; *p;) {
+            size_t len = strcspn(p, ",");
+            int found = 0;
+            for (int k = 0; k < d->ndevices; k++)
+                found |= strlen(d->devices[k].name) == len &&
+                         strncmp(d->devices[k].name, p, len) == 0;
+            if (!found)
+                return nllm_err_set(err, NLLM_EINVAL,
+                                    "job %s: device %.*s is not one of this daemon's devices "
+                                    "(see `nllmctl hello`)",
+                                    name, (int)len, p);
+            p += len + (p[len] == ',');
+        }
+        return 0;
+    }
+    if ((!strcmp(want, "cuda") || (n > 1 && cpus == 0)) && gpus < n)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "job %s: it trains on %d GPU%s (num_devices %d%s), but this daemon "
+                            "has %d%s%s%s: lower num_devices%s",
+                            name, n, n > 1 ? "s" : "", n, !strcmp(want, "cuda") ? ", device cuda"
+                                                                               : "",
+                            gpus, gpus ? " (" : "", have, gpus ? ")" : "",
+                            cpus ? ", or let its ranks share the cpu (device cpu)" : "");
+    return 0;
 }
 
 int nllmd_job_create(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
@@ -1311,16 +1623,8 @@ int nllmd_job_create(nllmd_t *d, const char *name, const nllm_job_config_t *cfg,
     if (cfg->val[0] && access(cfg->val, R_OK) != 0)
         return nllm_err_set(err, NLLM_ENOENT, "job %s: validation text %s cannot be read: %s",
                             name, cfg->val, strerror(errno));
-    if (cfg->device[0]) {
-        int found = 0;
-        for (int k = 0; k < d->ndevices; k++)
-            found |= strcmp(d->devices[k].name, cfg->device) == 0;
-        if (!found)
-            return nllm_err_set(err, NLLM_EINVAL,
-                                "job %s: device %s is not one of this daemon's devices (see "
-                                "`nllmctl hello`)",
-                                name, cfg->device);
-    }
+    if ((rc = check_devices(d, name, cfg, err)) < 0)
+        return rc;
     if ((rc = check_precision(d, name, cfg, err)) < 0)
         return rc;
     json_t *cj = nllm_job_config_to_json(cfg);
@@ -1803,7 +2107,14 @@ int nllmd_job_resume(nllm_job_t *j, const char *ckpt, const nllm_job_config_t *n
                                 j->name, ckpt && *ckpt ? ckpt : "latest", (long long)e, target,
                                 j->name, j->name, (long long)e);
     }
-    int rc = check_precision(d, j->name, newcfg ? newcfg : &j->cfg, err);
+    /* new devices must exist; a job whose own device is gone waits queued,
+     * as it always has */
+    int rc = 0;
+    if (newcfg && (strcmp(newcfg->device, j->cfg.device) != 0 ||
+                   newcfg->num_devices != j->cfg.num_devices))
+        rc = check_devices(d, j->name, newcfg, err);
+    if (rc == 0)
+        rc = check_precision(d, j->name, newcfg ? newcfg : &j->cfg, err);
     if (rc < 0)
         return rc;
     nllm_job_origin_t o = {0};

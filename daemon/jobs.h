@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "catalog.h"
+#include "comm.h"
 #include "config.h"
 #include "nllmd.h"
 #include "trainer.h"
@@ -42,8 +43,12 @@
  *              device_fault in jobs.c, a resume from the latest checkpoint)──> queued
  *
  * A device runs up to opt.jobs_per_device jobs at once, each on its own
- * thread and backend; place.c picks the device. Transitions are made only
- * by job_set_state() on the loop thread.
+ * thread and backend; place.c picks the device. A job with num_devices N
+ * > 1 runs as N data-parallel ranks, one thread and backend each (rank 0 is
+ * the job thread; the others its peers), on N GPUs or sharing the cpu,
+ * placed all at once: it takes one slot on each device it uses, and it is
+ * one job in every state above (a rank that fails fails the run).
+ * Transitions are made only by job_set_state() on the loop thread.
  */
 
 /* What the job thread starts from. */
@@ -91,8 +96,12 @@ struct nllm_job {
     int removing;
 
     /* running */
-    int device;              /* index in d->devices, -1 none */
-    uint64_t mem_need;       /* loop only: device bytes it needs (nllm_model_bytes_needed) */
+    int device;              /* index in d->devices of rank 0's device, -1 none */
+    int ranks;               /* ranks of the run (num_devices), 0 none; set by */
+    int rank_dev[NLLM_MAX_JOB_DEVICES]; /* job_launch before the job thread starts and
+                              * cleared after it is joined, so the thread may read
+                              * them: each rank's device index */
+    uint64_t mem_need;       /* loop only: device bytes a rank needs (nllm_model_bytes_needed) */
     int mem_pending;         /* loop only: launched on a GPU, model not allocated yet
                               * (until EV_STARTED or EV_DONE): place.c counts mem_need
                               * as taken */
@@ -112,7 +121,9 @@ struct nllm_job {
     int64_t epoch_done, global_step, steps_per_epoch;
     double last_ckpt_time;
     uint64_t ckpt_bytes;
-    uint64_t mem_peak;       /* device memory of its latest run at most (0: not known) */
+    uint64_t mem_peak;       /* device memory of its latest run at most (0: not known; the
+                              * largest of its ranks') */
+    double rank_tps[NLLM_MAX_JOB_DEVICES]; /* each rank's own tokens/s, last step */
     char resumed_label[96];
     double progress_sent; /* loop only: last progress notification time */
     /* loop only: the `checkpoints` reply ([0] current, [1] all) and the
@@ -143,6 +154,8 @@ void nllmd_device_health_json(const nllmd_device_t *v, json_t *o);
 void nllmd_device_kernels_json(const nllmd_device_t *v, json_t *o);
 /* Names of the jobs running on device k (a JSON array), in job-list order. */
 json_t *nllmd_device_jobs_json(nllmd_t *d, int k);
+/* Whether a rank of job j runs on device k now. */
+int nllmd_job_uses_device(const nllm_job_t *j, int k);
 void nllmd_pause_all_for_shutdown(nllmd_t *d);
 int nllmd_jobs_running(nllmd_t *d);
 void nllmd_events_drain(nllmd_t *d);

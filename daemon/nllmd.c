@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "collective.h"
+#include "comm.h"
 #include "cpu/cpu_kernels.h"
 #include "cuda/cuda_backend.h"
 #include "fsutil.h"
@@ -687,6 +688,9 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
                    "[--resume [CKPT]] [--init-from JOB:CKPT|FILE]\n"
                    "Trains one job in the foreground; job keys as in `nllmctl start --help`\n"
                    "(e.g. --epochs 10 --precision bf16; tf32 and bf16 need a CUDA device).\n"
+                   "--num-devices N trains on N devices at once in this process (one thread\n"
+                   "each: N GPUs, or ranks sharing the cpu); --gpus N takes any N GPUs; under\n"
+                   "mpirun each rank trains on one device (docs/cluster.md).\n"
                    "Exit 0 when it completes, 1 when it fails, 75 when SIGTERM paused it\n"
                    "(rerun with --resume to continue).\n"
                    "With --resume, the job keys given change its settings as `nllmctl resume`\n"
@@ -728,6 +732,22 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
             init_from = v;
             continue;
         }
+        if (!strcmp(key, "gpus")) {
+            /* any N GPUs: device cuda, num_devices N */
+            if (oneshot_apply(&cfg, key, "device", "cuda", &err) < 0 ||
+                oneshot_apply(&cfg, key, "num_devices", v, &err) < 0) {
+                fprintf(stderr, "nllmd run: %s\n", err.msg);
+                rc = 2;
+                goto out;
+            }
+            snprintf(sets[nsets].key, sizeof sets[nsets].key, "device");
+            if (!(sets[nsets++].value = strdup("cuda"))) {
+                fprintf(stderr, "nllmd run: out of memory\n");
+                rc = 1;
+                goto out;
+            }
+            key = "num_devices";
+        }
         char k[64];
         snprintf(k, sizeof k, "%s", key);
         for (char *c = k; *c; c++)
@@ -754,8 +774,30 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
         rc = 2;
         goto out;
     }
+    if (nllm_coll_size() > 1 && cfg.num_devices > 1) {
+        fprintf(stderr, "nllmd run: num_devices %d cannot be combined with %d MPI ranks: under "
+                "mpirun each rank trains on one device; start one rank per device instead\n",
+                cfg.num_devices, nllm_coll_size());
+        rc = 2;
+        goto out;
+    }
     if (rank > 0) /* a private state folder (run_oneshot made it) */
         snprintf(d->opt.state_dir, sizeof d->opt.state_dir, "%s", tmpdir);
+    if (nllm_coll_size() > 1) {
+        /* the trainer's comm: the MPI world (wrapped in NCCL on a GPU) */
+        d->comm = nllm_comm_mpi();
+        if (!d->opt.devices[0] && nllm_cuda_available() && nllm_cuda_device_count() > 0) {
+            /* one GPU per rank: the node-local rank's */
+            const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+            if (!lr)
+                lr = getenv("SLURM_LOCALID");
+            if (!lr)
+                lr = getenv("MPI_LOCALRANKID");
+            int local = lr ? atoi(lr) : rank;
+            snprintf(d->opt.devices, sizeof d->opt.devices, "cuda:%d",
+                     local % nllm_cuda_device_count());
+        }
+    }
     default_paths(&d->opt);
     d->opt.socket_path[0] = '\0'; /* no control socket in one-shot mode */
     d->oneshot_tty = isatty(1) && !getenv("NO_COLOR");
@@ -839,12 +881,17 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
             rc = 2;
         } else {
             o.weights_only = init_from != NULL;
+            char ndev[32] = "";
+            if (cfg.num_devices > 1)
+                snprintf(ndev, sizeof ndev, " x%d", cfg.num_devices);
             printf("Job %s: V=%d De=%d H=%d Dc=%d L=%d S=%d dropout=%g, %d epochs, batch %d, "
-                   "lr %g, device %s, precision %s\n",
+                   "lr %g, device %s%s, precision %s\n",
                    name, cfg.model.vocab_size, cfg.model.embed_dim, cfg.model.hidden_dim,
                    cfg.model.context_dim, cfg.model.num_layers, cfg.model.max_seq_length,
                    (double)cfg.model.dropout, cfg.num_epochs, cfg.batch_size, cfg.learning_rate,
-                   d->devices[0].name, nllm_precision_name(cfg.precision));
+                   cfg.device[0] ? cfg.device : d->devices[0].name,
+                   ndev,
+                   nllm_precision_name(cfg.precision));
             /* the job must be known before it starts, to print its first events */
             d->oneshot = NULL;
             share_decision(&shared, 0, &cfg);

@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include "catalog.h"
+#include "comm.h"
 #include "config.h" /* NLLM_PATH_MAX */
 #include "metrics.h"
 #include "nllm_err.h"
@@ -115,6 +116,7 @@ struct nllmd {
      * print a notification about the job (nllmd_job_notify), begin the
      * orderly shutdown (after a device fault) */
     nllm_job_t *oneshot;
+    nllm_comm_t *comm; /* nllmd run under an MPI launcher: the world (comm.h), else NULL */
     int oneshot_tty;
     void (*oneshot_print)(nllmd_t *d, const char *method, json_t *params);
     void (*begin_shutdown)(nllmd_t *d, const char *why);

@@ -59,6 +59,12 @@ int nllm_cuda_graph_stats(struct nllm_backend *be, uint64_t *launches, uint64_t 
         why[0] = '\0';
     return NLLM_EDEVICE;
 }
+
+void *nllm_cuda_backend_stream(struct nllm_backend *be)
+{
+    (void)be;
+    return NULL;
+}
 #endif
 
 /* ---- test hook: NLLM_BACKEND_FAULT (backend.h) --------------------------- */

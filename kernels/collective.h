@@ -8,8 +8,9 @@
  * hangs) fails with NLLM_EIO and a message naming that rank; from then on
  * the collectives are broken: each fails at once. Until nllm_coll_init
  * succeeds under a launcher, the process is rank 0 of 1 and every
- * collective is a no-op. Callers: daemon/nllmd.c (`nllmd run`),
- * daemon/engine/trainer.c, kernels/model.c's hook.
+ * collective is a no-op. Callers: daemon/nllmd.c (`nllmd run`: init,
+ * finalize, its one broadcast of rank 0's decision) and kernels/comm_mpi.c,
+ * the MPI comm of comm.h through which the trainer uses the world.
  */
 #ifndef NLLM_COLLECTIVE_H
 #define NLLM_COLLECTIVE_H

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_bundle.sh -- builds the CUDA programs here and packs what a bare GPU
 # machine without Debian's libraries needs to run tests/gpu/check.sh:
-#   .dev/bin   nllmd, nllmctl, nllm-bench, test_cuda_ops (built with -Dcuda=enabled)
+#   .dev/bin   nllmd, nllmctl, nllm-bench, test_cuda_ops, test_comm_nccl (built with
+#              -Dcuda=enabled; NCCL's library is loaded from the GPU machine's CUDA)
 #   .dev/lib   the shared libraries they load from outside the CUDA Toolkit
 #   .dev/data  the corpora the GPU checks train on (from ../shared/data)
 # On the GPU machine:  LD_LIBRARY_PATH=$PWD/.dev/lib BIN=.dev/bin DATA=.dev/data tests/gpu/check.sh
@@ -17,10 +18,11 @@ if [ -f "$BUILD/build.ninja" ]; then
 else
     meson setup "$BUILD" -Dcuda=enabled -Dgpu_arch="$arch" -Dbuildtype=release >/dev/null
 fi
-ninja -C "$BUILD" nllmd nllmctl nllm-bench tests/test_cuda_ops
+ninja -C "$BUILD" nllmd nllmctl nllm-bench tests/test_cuda_ops tests/test_comm_nccl
 rm -rf .dev
 mkdir -p .dev/bin .dev/lib .dev/data
-cp "$BUILD/nllmd" "$BUILD/nllmctl" "$BUILD/nllm-bench" "$BUILD/tests/test_cuda_ops" .dev/bin/
+cp "$BUILD/nllmd" "$BUILD/nllmctl" "$BUILD/nllm-bench" "$BUILD/tests/test_cuda_ops" \
+    "$BUILD/tests/test_comm_nccl" .dev/bin/
 for f in .dev/bin/*; do
     ldd "$f" | awk '/=> \// { print $3 }'
 done | sort -u | while read -r lib; do

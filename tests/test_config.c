@@ -390,6 +390,59 @@ static void test_diff_and_clip(void)
     CHECK(nllm_job_config_clip_for_epoch(&c, 40) == 3, "fixed clip");
 }
 
+/* num_devices and device lists: defaults, ranges, lists setting the count,
+ * the batch dividing by it, a config without the key loading as 1. */
+static void test_num_devices(void)
+{
+    nllm_job_config_t c;
+    nllm_err_t err;
+    nllm_job_config_defaults(&c);
+    CHECK(c.num_devices == 1 && c.device[0] == '\0', "num_devices defaults to 1");
+    expect_bad("num_devices", "0", "num_devices = 0 is out of range: use 1..64");
+    expect_bad("num_devices", "65", "1..64");
+    expect_bad("num_devices", "3", "batch_size 512 does not divide by num_devices 3");
+    expect_bad("num_devices", "3", "multiple of 3 (such as 510 or 513)");
+    expect_bad("device", "cuda:0,cpu", "a list names GPUs only");
+    expect_bad("device", "cuda:1,cuda:01", "cuda:1 is listed twice");
+    expect_bad("device", "cuda:0,", "a list names GPUs only");
+    expect_bad("device", "cuda:0, cuda:1", "a list names GPUs only");
+    snprintf(c.data, sizeof c.data, "/tmp/x.txt");
+    CHECK(nllm_job_config_set(&c, "device", "cuda:03,cuda:1", &err) == 0 &&
+              !strcmp(c.device, "cuda:3,cuda:1") && c.num_devices == 2,
+          "a list is normalised and sets num_devices: %s %d", c.device, c.num_devices);
+    CHECK(nllm_job_config_check(&c, &err) == 0, "%s", err.msg);
+    c.num_devices = 4;
+    CHECK(nllm_job_config_check(&c, &err) == NLLM_EINVAL &&
+              strstr(err.msg, "device lists 2 GPUs (cuda:3,cuda:1) but num_devices is 4"),
+          "a list and another count: %s", err.msg);
+    CHECK(nllm_job_config_set(&c, "device", "cuda:2", &err) == 0 &&
+              nllm_job_config_check(&c, &err) == NLLM_EINVAL &&
+              strstr(err.msg, "device cuda:2 is one GPU but num_devices is 4"),
+          "one GPU named for 4 ranks: %s", err.msg);
+    CHECK(nllm_job_config_set(&c, "device", "cuda", &err) == 0 &&
+              nllm_job_config_check(&c, &err) == 0,
+          "device cuda (any GPU) with 4 ranks: %s", err.msg);
+    CHECK(nllm_job_config_set(&c, "device", "cpu", &err) == 0 &&
+              nllm_job_config_check(&c, &err) == 0,
+          "4 ranks sharing the cpu: %s", err.msg);
+    /* a job stored before num_devices existed */
+    nllm_job_config_t old;
+    nllm_job_config_defaults(&old);
+    json_t *j = nllm_job_config_to_json(&c);
+    json_object_del(j, "num_devices");
+    CHECK(nllm_job_config_from_json(j, &old, &err) == 0 && old.num_devices == 1,
+          "a config without num_devices loads as 1");
+    json_decref(j);
+    nllm_job_config_t a = c, b = c;
+    b.num_devices = 2;
+    char diff[512];
+    CHECK(nllm_job_config_train_diff(&a, &b, diff, sizeof diff) == 1 &&
+              strstr(diff, "num_devices: was 4, now 2") &&
+              nllm_job_config_model_diff(&a.model, "a", &b.model, "b", diff, sizeof diff) == 0 &&
+              nllm_job_config_data_diff(&a, "a", &b, "b", diff, sizeof diff) == 0,
+          "num_devices is a training setting (a resume may change it)");
+}
+
 int main(void)
 {
     RUN(test_defaults);
@@ -401,5 +454,6 @@ int main(void)
     RUN(test_diff_and_clip);
     RUN(test_divergence_keys);
     RUN(test_device_fault_key);
+    RUN(test_num_devices);
     return TEST_REPORT();
 }

@@ -3,7 +3,10 @@
  * least loaded device first, the GPU with the most free memory between
  * equals, a GPU without enough free memory skipped (the job waits), a job
  * no GPU could ever hold refused with a message, named devices and "cuda",
- * a device the daemon lacks (the job waits, as before).
+ * a device the daemon lacks (the job waits, as before). Jobs on several
+ * devices: all ranks or none, each rank a GPU of its own (the best ones, as
+ * one rank's pick), or all on the cpu in one slot; device lists in their
+ * order; too few GPUs free (wait) or large enough (never, with why).
  * Suite: daemon.
  */
 #include <stdio.h>
@@ -102,6 +105,115 @@ static void test_excluded(void)
     CHECK(!nllmd_place_allowed(&d[0], ""), "excluded device allowed");
 }
 
+static int place_n(const nllmd_place_dev_t *d, int n, const char *want, int ranks, int per,
+                   uint64_t need, int *out)
+{
+    char why[512] = "";
+    for (int r = 0; r < ranks; r++)
+        out[r] = -9;
+    return nllmd_place_ranks(d, n, want, ranks, per, need, out, why, sizeof why);
+}
+
+static void test_ranks_on_gpus(void)
+{
+    nllmd_place_dev_t g[4] = {{"cuda:0", 1, 1, 80 * GIB, 70 * GIB, 0},
+                              {"cuda:1", 1, 0, 80 * GIB, 10 * GIB, 0},
+                              {"cuda:2", 1, 0, 80 * GIB, 40 * GIB, 0},
+                              {"cuda:3", 1, 0, 80 * GIB, 60 * GIB, 0}};
+    int out[4];
+    CHECK(place_n(g, 4, "", 1, 4, 1 * GIB, out) == 1 && out[0] == 3,
+          "one rank: as nllmd_place (got %d)", out[0]);
+    CHECK(place_n(g, 4, "cuda", 2, 4, 1 * GIB, out) == 2 && out[0] == 3 && out[1] == 2,
+          "two ranks: the two idle GPUs with the most free memory, best first (%d %d)", out[0],
+          out[1]);
+    CHECK(place_n(g, 4, "", 4, 4, 1 * GIB, out) == 4 && out[0] == 3 && out[1] == 2 &&
+              out[2] == 1 && out[3] == 0,
+          "four ranks: every GPU, the busy one last (%d %d %d %d)", out[0], out[1], out[2],
+          out[3]);
+    CHECK(place_n(g, 4, "", 4, 1, 1 * GIB, out) == NLLMD_PLACE_WAIT,
+          "four ranks with one GPU full: all or none, so wait");
+    CHECK(place_n(g, 4, "", 3, 4, 45 * GIB, out) == NLLMD_PLACE_WAIT,
+          "three ranks that need 45 GiB each: two GPUs have it free now: wait");
+    CHECK(place_n(g, 4, "", 2, 4, 45 * GIB, out) == 2 && out[0] == 3 && out[1] == 0,
+          "two ranks that need 45 GiB: the two GPUs with that free, the idle one first (%d %d)",
+          out[0], out[1]);
+    char why[512] = "";
+    int r = nllmd_place_ranks(g, 4, "", 2, 4, 100 * GIB, out, why, sizeof why);
+    CHECK(r == NLLMD_PLACE_NEVER && strstr(why, "0 of the 4 GPUs") && strstr(why, "batch_size"),
+          "ranks bigger than every GPU: never, with why (%d: %s)", r, why);
+    nllmd_place_dev_t two[2] = {{"cuda:0", 1, 0, 80 * GIB, 80 * GIB, 0},
+                                {"cuda:1", 1, 0, 16 * GIB, 16 * GIB, 0}};
+    r = nllmd_place_ranks(two, 2, "cuda", 2, 4, 20 * GIB, out, why, sizeof why);
+    CHECK(r == NLLMD_PLACE_NEVER && strstr(why, "1 of the 2 GPUs") && strstr(why, "cuda:1"),
+          "one of two GPUs too small for a 2-rank job: never, naming it (%d: %s)", r, why);
+    CHECK(place_n(two, 2, "cuda", 3, 4, 1 * GIB, out) == NLLMD_PLACE_WAIT,
+          "more ranks than GPUs: wait (the start was refused)");
+    two[1].excluded = 1;
+    CHECK(place_n(two, 2, "cuda", 2, 4, 1 * GIB, out) == NLLMD_PLACE_WAIT,
+          "a GPU out of service: wait for it, do not fail");
+    r = nllmd_place_ranks(two, 2, "cuda:0", 2, 4, 1 * GIB, out, why, sizeof why);
+    CHECK(r == NLLMD_PLACE_NEVER && strstr(why, "one GPU"),
+          "two ranks on one named GPU: never (%s)", why);
+}
+
+static void test_ranks_on_cpu(void)
+{
+    nllmd_place_dev_t cpu[1] = {{"cpu", 0, 0, 0, 0, 0}};
+    int out[3];
+    CHECK(place_n(cpu, 1, "", 3, 1, 1 * GIB, out) == 3 && out[0] == 0 && out[1] == 0 &&
+              out[2] == 0,
+          "three ranks share the cpu in one slot");
+    CHECK(place_n(cpu, 1, "cpu", 2, 1, 1 * GIB, out) == 2 && out[1] == 0, "device cpu");
+    cpu[0].jobs = 1;
+    CHECK(place_n(cpu, 1, "", 2, 1, 1 * GIB, out) == NLLMD_PLACE_WAIT, "its slot taken: wait");
+    CHECK(place_n(cpu, 1, "", 2, 2, 1 * GIB, out) == 2, "a second slot free: runs");
+    CHECK(place_n(cpu, 1, "cuda", 2, 2, 1 * GIB, out) == NLLMD_PLACE_WAIT,
+          "any GPU, none here: wait");
+    nllmd_place_dev_t mix[3] = {{"cpu", 0, 0, 0, 0, 0},
+                                {"cuda:0", 1, 0, 80 * GIB, 70 * GIB, 0},
+                                {"cuda:1", 1, 1, 80 * GIB, 70 * GIB, 0}};
+    CHECK(place_n(mix, 3, "", 2, 2, 1 * GIB, out) == 2 && out[0] == 1 && out[1] == 2,
+          "GPUs first when enough are free (%d %d)", out[0], out[1]);
+    mix[2].jobs = 2;
+    CHECK(place_n(mix, 3, "", 2, 2, 1 * GIB, out) == 2 && out[0] == 0 && out[1] == 0,
+          "else the cpu (%d %d)", out[0], out[1]);
+    CHECK(place_n(mix, 3, "cuda", 2, 2, 1 * GIB, out) == NLLMD_PLACE_WAIT,
+          "any GPU: not the cpu, wait");
+    char why[256];
+    CHECK(nllmd_place_ranks(mix, 3, "", 2, 2, 200 * GIB, out, why, sizeof why) == 2 &&
+              out[0] == 0,
+          "GPUs too small, the cpu takes it");
+}
+
+static void test_ranks_listed(void)
+{
+    nllmd_place_dev_t g[3] = {{"cuda:0", 1, 0, 80 * GIB, 70 * GIB, 0},
+                              {"cuda:1", 1, 0, 80 * GIB, 10 * GIB, 0},
+                              {"cuda:2", 1, 1, 80 * GIB, 40 * GIB, 0}};
+    int out[3];
+    CHECK(place_n(g, 3, "cuda:2,cuda:0", 2, 2, 1 * GIB, out) == 2 && out[0] == 2 && out[1] == 0,
+          "a list: rank r on its r-th device (%d %d)", out[0], out[1]);
+    CHECK(place_n(g, 3, "cuda:1,cuda:0", 2, 2, 20 * GIB, out) == NLLMD_PLACE_WAIT,
+          "a listed GPU without the memory free now: wait");
+    CHECK(place_n(g, 3, "cuda:2,cuda:0", 2, 1, 1 * GIB, out) == NLLMD_PLACE_WAIT,
+          "a listed GPU without a free slot: wait");
+    CHECK(place_n(g, 3, "cuda:0,cuda:7", 2, 2, 1 * GIB, out) == NLLMD_PLACE_WAIT,
+          "a listed GPU this daemon lacks: wait");
+    g[1].mem_total = 4 * GIB;
+    char why[512] = "";
+    int r = nllmd_place_ranks(g, 3, "cuda:0,cuda:1", 2, 2, 8 * GIB, out, why, sizeof why);
+    CHECK(r == NLLMD_PLACE_NEVER && strstr(why, "cuda:1"), "a listed GPU too small: never "
+          "(%s)", why);
+    CHECK(nllmd_place_wants("cuda:0,cuda:1", "cuda:1", 1) &&
+              !nllmd_place_wants("cuda:0,cuda:1", "cuda:2", 1) &&
+              !nllmd_place_wants("cuda:10,cuda:1", "cuda:0", 1) &&
+              nllmd_place_wants("cuda", "cuda:5", 1) && !nllmd_place_wants("cuda", "cpu", 0) &&
+              nllmd_place_wants("", "cpu", 0),
+          "nllmd_place_wants");
+    CHECK(nllmd_place_list_len("cuda:0,cuda:1,cuda:3") == 3 && nllmd_place_list_len("") == 1,
+          "list length");
+}
+
 int main(void)
 {
     RUN(test_cpu_slots);
@@ -109,5 +221,8 @@ int main(void)
     RUN(test_memory);
     RUN(test_no_match);
     RUN(test_excluded);
+    RUN(test_ranks_on_gpus);
+    RUN(test_ranks_on_cpu);
+    RUN(test_ranks_listed);
     return TEST_REPORT();
 }

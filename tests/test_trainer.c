@@ -4,8 +4,13 @@
  * is bit-identical; damaged files and shape mismatches fail clearly; a
  * step made to diverge (NLLM_TRAINER_FAULT) ends the run with its step and
  * NaN norm and leaves weights and progress just before it, so running on
- * gives the straight run's state.
+ * gives the straight run's state. Data parallelism through a comm: one
+ * rank of a threads comm is bit-identical to no comm; two ranks (two
+ * threads, the second a peer sharing the first's data) end with the same
+ * weights bit for bit and the validation losses of one rank within 1e-5;
+ * a global batch that does not divide by the ranks is refused.
  */
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,7 +130,7 @@ static nllm_trainer_t *new_trainer(const nllm_job_config_t *c)
 {
     nllm_trainer_t *tr;
     nllm_err_t err;
-    if (nllm_trainer_create(c, NULL, NULL, be, &tr, &err) < 0) {
+    if (nllm_trainer_create(c, NULL, NULL, be, NULL, &tr, &err) < 0) {
         fprintf(stderr, "trainer: %s\n", err.msg);
         exit(1);
     }
@@ -378,6 +383,109 @@ static void test_sync_count(void)
     nllm_trainer_destroy(tr);
 }
 
+/* one rank of a threads comm takes the data-parallel path: same bits */
+static void test_comm_one_rank(void)
+{
+    nllm_job_config_t c;
+    small_config(&c, 10);
+    nllm_comm_t *comm;
+    nllm_err_t err;
+    CHECK(nllm_comm_threads_create(1, &comm, &err) == 0, "%s", err.msg);
+    nllm_trainer_t *tr;
+    CHECK(nllm_trainer_create(&c, NULL, NULL, be, comm, &tr, &err) == 0, "%s", err.msg);
+    run_ctx_t ctx = {"c1", 0, {0}};
+    nllm_run_result_t res;
+    nllm_ckpt_t *a = run(tr, &ctx, &res);
+    if (a && straight10)
+        same_state(a, straight10, "a threads comm of 1 rank vs no comm");
+    nllm_ckpt_free(a);
+    nllm_trainer_destroy(tr);
+    nllm_comm_free(comm);
+}
+
+typedef struct {
+    const nllm_trainer_t *first;
+    nllm_comm_t *comm;
+    nllm_ckpt_t *end;
+    int rc;
+    char msg[NLLM_ERR_MSG_MAX];
+} peer_ctx_t;
+
+static void *peer_main(void *arg)
+{
+    peer_ctx_t *p = arg;
+    nllm_backend_t *pb = NULL;
+    nllm_trainer_t *tr = NULL;
+    nllm_err_t err = {0};
+    p->rc = nllm_cpu_backend_create(1, &pb, &err);
+    if (p->rc == 0)
+        p->rc = nllm_trainer_create_peer(p->first, pb, p->comm, &tr, &err);
+    nllm_run_result_t res;
+    if (p->rc == 0)
+        p->rc = nllm_trainer_run(tr, NULL, &res, &err);
+    if (p->rc == 0)
+        p->rc = nllm_ckpt_snapshot(tr, "peer", NLLM_CKPT_FINAL, &p->end, &err);
+    if (p->rc < 0)
+        nllm_comm_abort(p->comm, err.msg);
+    snprintf(p->msg, sizeof p->msg, "%s", err.msg);
+    nllm_trainer_destroy(tr);
+    if (pb)
+        pb->destroy(pb);
+    nllm_comm_free(p->comm);
+    return NULL;
+}
+
+static void test_comm_two_ranks(void)
+{
+    nllm_job_config_t c;
+    small_config(&c, 4);
+    nllm_comm_t *comm[2];
+    nllm_err_t err;
+    CHECK(nllm_comm_threads_create(2, comm, &err) == 0, "%s", err.msg);
+    nllm_backend_t *b0;
+    CHECK(nllm_cpu_backend_create(1, &b0, &err) == 0, "%s", err.msg);
+    nllm_trainer_t *tr;
+    c.batch_size = 7;
+    CHECK(nllm_trainer_create(&c, NULL, NULL, b0, comm[0], &tr, &err) == NLLM_EINVAL &&
+              strstr(err.msg, "batch_size 7") && strstr(err.msg, "world size 2"),
+          "batch 7 over 2 ranks refused: %s", err.msg);
+    c.batch_size = 8;
+    CHECK(nllm_trainer_create(&c, NULL, NULL, b0, comm[0], &tr, &err) == 0, "%s", err.msg);
+    peer_ctx_t p = {tr, comm[1], NULL, 0, ""};
+    pthread_t th;
+    pthread_create(&th, NULL, peer_main, &p);
+    run_ctx_t ctx = {"c2", 0, {0}};
+    nllm_run_result_t res;
+    nllm_ckpt_t *a = run(tr, &ctx, &res);
+    pthread_join(th, NULL);
+    CHECK(p.rc == 0, "rank 1: %s", p.msg);
+    CHECK(ctx.saved[NLLM_CKPT_FINAL] == 1, "rank 0 was asked for the final checkpoint");
+    if (a && p.end) {
+        CHECK(memcmp(a->weights, p.end->weights, sizeof(float) * (size_t)a->nfloats) == 0 &&
+                  memcmp(a->exp_avg_sq, p.end->exp_avg_sq,
+                         sizeof(float) * (size_t)a->nfloats) == 0,
+              "both ranks end with the same weights and Adam state");
+        CHECK(p.end->progress.global_step == a->progress.global_step &&
+                  p.end->progress.hist.n == 4,
+              "rank 1's progress follows rank 0's");
+    }
+    if (a && straight10) {
+        double worst = 0;
+        for (int e = 0; e < 4; e++) {
+            double x = a->progress.hist.val_loss[e], y = straight10->progress.hist.val_loss[e];
+            worst = fmax(worst, fabs(x - y) / fabs(y));
+        }
+        CHECK(worst < 1e-5, "2 ranks' validation losses within 1e-5 of one rank's (%.1e)",
+              worst);
+        printf("     2 ranks vs 1: validation losses within %.1e\n", worst);
+    }
+    nllm_ckpt_free(a);
+    nllm_ckpt_free(p.end);
+    nllm_trainer_destroy(tr);
+    b0->destroy(b0);
+    nllm_comm_free(comm[0]);
+}
+
 int main(void)
 {
     nllm_err_t err;
@@ -403,6 +511,8 @@ int main(void)
     RUN(test_damaged);
     RUN(test_mismatch);
     RUN(test_sync_count);
+    RUN(test_comm_one_rank);
+    RUN(test_comm_two_ranks);
     nllm_ckpt_free(straight10);
     be->destroy(be);
     char cmd[600];

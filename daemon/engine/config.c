@@ -67,8 +67,14 @@ static const field_t fields[] = {
     {"on_device_fault", F_FAULT, OFF(on_device_fault), 0, 0, 0,
      "when the job's device faults: requeue (from the latest checkpoint, onto a healthy "
      "device; at most 3 times) or fail"},
-    {"device", F_DEV, OFF(device), 0, 0, 0, "cpu, cuda:N, or empty for any free device"},
-    {"threads", F_I32, OFF(threads), 0, 4096, 0, "CPU threads (0: all)"},
+    {"device", F_DEV, OFF(device), 0, 0, 0,
+     "cpu, cuda:N, cuda (any GPU), a list cuda:0,cuda:1 (one rank each), or empty for any "
+     "free device"},
+    {"num_devices", F_I32, OFF(num_devices), 1, NLLM_MAX_JOB_DEVICES, 0,
+     "devices the job trains on at once, data-parallel: GPUs of their own, or ranks sharing "
+     "the cpu; batch_size is the global batch and must divide by it"},
+    {"threads", F_I32, OFF(threads), 0, 4096, 0,
+     "CPU threads (0: all), split among the job's ranks on the cpu"},
     {"precision", F_PREC, OFF(precision), 0, 0, 0,
      "GEMM arithmetic: fp32, tf32 or bf16 (tf32 and bf16 need a CUDA device)"},
 };
@@ -119,7 +125,66 @@ void nllm_job_config_defaults(nllm_job_config_t *c)
     c->divergence_retries = 3;
     c->on_device_fault = NLLM_FAULT_REQUEUE;
     c->threads = 0;
+    c->num_devices = 1;
     c->precision = NLLM_PREC_FP32;
+}
+
+/* device: "", "cpu", "cuda" (any GPU), "cuda:N", or a list of two or more
+ * distinct cuda:N, which also sets num_devices to their count. Stored
+ * normalised ("cuda:007" -> cuda:7). */
+static int set_device(nllm_job_config_t *c, const char *v, nllm_err_t *err)
+{
+    if (!v[0] || !strcmp(v, "cpu") || !strcmp(v, "cuda")) {
+        snprintf(c->device, sizeof c->device, "%s", v);
+        return 0;
+    }
+    char out[sizeof c->device];
+    size_t used = 0;
+    int n = 0;
+    long ids[NLLM_MAX_JOB_DEVICES];
+    for (const char *p = v;; n++) {
+        size_t len = strcspn(p, ",");
+        char *end = NULL;
+        long id = -1;
+        /* digits only: strtol would skip white space (the fuzzer's
+         * "cuda:   ...0" was stored cut to 31 bytes, which no longer
+         * parsed) */
+        if (len > 5 && strncmp(p, "cuda:", 5) == 0 && isdigit((unsigned char)p[5]))
+            id = strtol(p + 5, &end, 10);
+        if (id < 0 || id > 1023 || end != p + len) {
+            if (strchr(v, ','))
+                return nllm_err_set(err, NLLM_EINVAL,
+                                    "device: a list names GPUs only, cuda:N,cuda:M,... (e.g. "
+                                    "cuda:0,cuda:1), not \"%.*s\" in \"%.64s\"",
+                                    (int)(len < 64 ? len : 64), p, v);
+            return nllm_err_set(err, NLLM_EINVAL,
+                                "device must be cpu, cuda:N (e.g. cuda:0), cuda (any GPU) or a "
+                                "list cuda:0,cuda:1, not \"%.64s\"",
+                                v);
+        }
+        if (n >= NLLM_MAX_JOB_DEVICES)
+            return nllm_err_set(err, NLLM_EINVAL, "device: more than %d GPUs listed",
+                                NLLM_MAX_JOB_DEVICES);
+        for (int k = 0; k < n; k++)
+            if (ids[k] == id)
+                return nllm_err_set(err, NLLM_EINVAL,
+                                    "device: cuda:%ld is listed twice in \"%.64s\": each rank "
+                                    "needs a GPU of its own",
+                                    id, v);
+        ids[n] = id;
+        used += (size_t)snprintf(out + used, sizeof out - used, "%scuda:%ld", n ? "," : "", id);
+        p += len;
+        if (!*p)
+            break;
+        p++; /* the comma: an item must follow */
+    }
+    n++;
+    if (used >= sizeof out)
+        return nllm_err_set(err, NLLM_EINVAL, "device: the list \"%.64s...\" is too long", v);
+    memcpy(c->device, out, used + 1);
+    if (n > 1)
+        c->num_devices = n;
+    return 0;
 }
 
 static const field_t *find_field(const char *key)
@@ -283,22 +348,7 @@ static int set_field(nllm_job_config_t *c, const field_t *f, const char *v, nllm
                                 v);
         return 0;
     case F_DEV:
-        if (v[0] && strcmp(v, "cpu") != 0) {
-            long id = -1;
-            /* digits only: strtol would skip white space (the fuzzer's
-             * "cuda:   ...0" was stored cut to 31 bytes, which no longer
-             * parsed) */
-            if (strncmp(v, "cuda:", 5) == 0 && isdigit((unsigned char)v[5]))
-                id = strtol(v + 5, &end, 10);
-            if (id < 0 || id > 1023 || *end)
-                return nllm_err_set(err, NLLM_EINVAL,
-                                    "device must be cpu or cuda:N (e.g. cuda:0), not \"%.64s\"",
-                                    v);
-            snprintf(c->device, sizeof c->device, "cuda:%ld", id); /* "cuda:007" -> cuda:7 */
-            return 0;
-        }
-        snprintf(c->device, sizeof c->device, "%s", v);
-        return 0;
+        return set_device(c, v, err);
     case F_DIV:
         if (strcmp(v, "rollback") == 0)
             c->on_divergence = NLLM_DIV_ROLLBACK;
@@ -378,6 +428,44 @@ int nllm_job_config_check(const nllm_job_config_t *c, nllm_err_t *err)
         char v[64];
         snprintf(v, sizeof v, "%g", c->clip_value);
         return range_err(clip, v, err);
+    }
+    return nllm_job_config_check_devices(c, err);
+}
+
+int nllm_job_config_check_devices(const nllm_job_config_t *c, nllm_err_t *err)
+{
+    const int nd = c->num_devices;
+    if (nd < 1 || nd > NLLM_MAX_JOB_DEVICES) {
+        char v[32];
+        snprintf(v, sizeof v, "%d", nd);
+        return range_err(find_field("num_devices"), v, err);
+    }
+    int listed = 1;
+    for (const char *p = c->device; *p; p++)
+        listed += *p == ',';
+    if (listed > 1 && listed != nd)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "device lists %d GPUs (%s) but num_devices is %d: one rank runs on "
+                            "each GPU listed, so give as many",
+                            listed, c->device, nd);
+    if (listed == 1 && nd > 1 && !strncmp(c->device, "cuda:", 5))
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "device %s is one GPU but num_devices is %d: each rank needs a GPU "
+                            "of its own; list %d GPUs (device cuda:0,cuda:1,...), or take any %d "
+                            "with device cuda (nllmctl start --gpus %d)",
+                            c->device, nd, nd, nd, nd);
+    if (c->batch_size % nd != 0) {
+        int lo = c->batch_size / nd * nd, hi = lo + nd;
+        char alts[64];
+        if (lo > 0)
+            snprintf(alts, sizeof alts, "%d or %d", lo, hi);
+        else
+            snprintf(alts, sizeof alts, "%d", hi);
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "batch_size %d does not divide by num_devices %d: batch_size is the "
+                            "global batch, split evenly over the job's devices; use a multiple "
+                            "of %d (such as %s), or a num_devices that divides %d",
+                            c->batch_size, nd, nd, alts, c->batch_size);
     }
     return 0;
 }

@@ -18,6 +18,8 @@
 #include "nllm_err.h"
 
 #define NLLM_PATH_MAX 4096
+/* Devices (data-parallel ranks) one job may train on at once. */
+#define NLLM_MAX_JOB_DEVICES 64
 
 typedef enum { NLLM_CLIP_REFERENCE = 0, NLLM_CLIP_FIXED = 1, NLLM_CLIP_NONE = 2 } nllm_clip_mode_t;
 
@@ -56,14 +58,22 @@ typedef struct {
      * for a healthy device (at most NLLMD_MAX_FAULT_REQUEUES times), or fail */
     nllm_fault_mode_t on_device_fault;
     /* placement */
-    char device[32];          /* "cpu", "cuda:0", or "" = any free device */
-    int32_t threads;          /* CPU threads; 0 = all */
+    char device[512];         /* "cpu", "cuda:0", "cuda" = any GPU, a list
+                               * "cuda:0,cuda:1" (rank r on the r-th), or "" =
+                               * any free device */
+    int32_t num_devices;      /* ranks, one per device (GPUs) or sharing the
+                               * cpu; batch_size divides by it. 1: as before */
+    int32_t threads;          /* CPU threads; 0 = all (split among cpu ranks) */
     nllm_precision_t precision; /* GEMM arithmetic (backend.h); may change on resume */
 } nllm_job_config_t;
 
 void nllm_job_config_defaults(nllm_job_config_t *c);
 /* Every field in range; data set. Names the field, its value, the range. */
 int nllm_job_config_check(const nllm_job_config_t *c, nllm_err_t *err);
+/* The devices part of nllm_job_config_check: num_devices in range, as many
+ * GPUs listed in device as ranks (or one device cpu/cuda/any), batch_size a
+ * multiple of num_devices; the message names the field and what to use. */
+int nllm_job_config_check_devices(const nllm_job_config_t *c, nllm_err_t *err);
 /* Sets one field from text, by its key (e.g. "hidden_dim", "clip"). */
 int nllm_job_config_set(nllm_job_config_t *c, const char *key, const char *value,
                         nllm_err_t *err);

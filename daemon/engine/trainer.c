@@ -15,15 +15,19 @@
  * nllm_progress_t, step by step in order, so the counters, sums and
  * callbacks are exactly those of waiting for every step.
  *
- * Data parallelism (collective.h, `mpirun -np N nllmd run`): batch_size is
- * the global batch; every rank builds the same global batch and trains on
- * its contiguous slice [r*B/N, (r+1)*B/N), scaled by the global batch's
- * token count, with the dropout masks of the global windows; the model's
- * hook sums the gradients over the ranks before the norm. Each step's
- * figures are read at once and summed over the ranks; at each read the
- * ranks agree on pause and stop, so all end at the same step. A run starts
- * from rank 0's weights and progress, and the weights' hashes are compared
- * at each epoch's end.
+ * Data parallelism (a comm from the caller, comm.h: the threads of a job on
+ * several devices in nllmd, or the MPI ranks of `mpirun -np N nllmd run`;
+ * NULL: none): batch_size is the global batch; every rank builds the same
+ * global batch and trains on its contiguous slice [r*B/N, (r+1)*B/N),
+ * scaled by the global batch's token count, with the dropout masks of the
+ * global windows; the model's hook sums the gradients over the ranks before
+ * the norm. Each step's figures are read at once and summed over the
+ * ranks; at each read the ranks agree on pause and stop, so all end at the
+ * same step. Validation is split over the ranks by whole batches and
+ * summed. A run starts from rank 0's weights and progress, and the
+ * weights' hashes are compared at each epoch's end. Nothing here depends on
+ * the number of ranks but the order of float sums, so a checkpoint of N
+ * ranks resumes on M.
  */
 #include "trainer.h"
 
@@ -36,11 +40,12 @@
 #include <time.h>
 #include <xxhash.h>
 
-#include "collective.h"
+#include "comm.h"
 
 struct nllm_trainer {
     nllm_job_config_t cfg;
-    nllm_dataset_t data;
+    const nllm_dataset_t *data; /* &own_data, or the first rank's (create_peer) */
+    nllm_dataset_t own_data;
     nllm_model_t *model;
     nllm_progress_t prog;
     nllm_trainer_ctl_t own_ctl;
@@ -49,7 +54,8 @@ struct nllm_trainer {
     int64_t perm_epoch; /* epoch perm was made for, -1 none */
     int32_t *batch;    /* (B, S) host batch */
     int queue_depth;   /* steps queued before their figures are read */
-    int rank, world;   /* data parallelism (collective.h); 0 of 1: none */
+    nllm_comm_t *comm; /* data parallelism (comm.h), the caller's; NULL: none */
+    int rank, world;   /* in comm; 0 of 1 without one */
     int num_epochs;    /* target epochs in force (agree_epochs) */
     /* the step that ended the last run with a divergence */
     int diverged;
@@ -62,7 +68,7 @@ struct nllm_trainer {
 static struct {
     int64_t step;  /* global step to diverge, -1 none */
     long times;    /* how many times in this process, < 0 every time */
-    atomic_long fired;
+    atomic_long fired; /* counted by rank 0; the other ranks follow it */
 } fault = {-1, -1, 0};
 static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
 
@@ -84,14 +90,19 @@ static void fault_parse(void)
     }
 }
 
-/* Whether the step at global step gs is to diverge (counts it). */
-static int fault_due(int64_t gs)
+/* *due: whether the step at global step gs is to diverge (rank 0 counts
+ * it and, with data parallelism, tells the others at that step). */
+static int fault_due(nllm_trainer_t *tr, int64_t gs, int *due, nllm_err_t *err)
 {
     pthread_once(&fault_once, fault_parse);
+    *due = 0;
     if (fault.step < 0 || gs != fault.step)
         return 0;
-    long k = atomic_fetch_add(&fault.fired, 1);
-    return fault.times < 0 || k < fault.times;
+    if (tr->rank == 0) {
+        long k = atomic_fetch_add(&fault.fired, 1);
+        *due = fault.times < 0 || k < fault.times;
+    }
+    return tr->comm ? nllm_comm_bcast(tr->comm, due, sizeof *due, 0, err) : 0;
 }
 
 const char *nllm_ckpt_kind_name(nllm_ckpt_kind_t k)
@@ -192,60 +203,95 @@ int nllm_progress_copy(nllm_progress_t *dst, const nllm_progress_t *src)
 
 /* ---- lifecycle --------------------------------------------------------- */
 
-/* The model's hook: gradients (host memory on the CPU) summed over ranks.
- * A failure breaks the collectives, so the step's figures, summed next,
- * report it. */
+/* The model's hook: gradients (the backend's memory) summed over ranks. A
+ * failure breaks the comm, so the step's figures, summed next, report it. */
 static void grad_reduce(void *ud, float *g, int64_t n)
 {
-    (void)ud;
+    nllm_trainer_t *tr = ud;
     nllm_err_t err;
-    (void)nllm_coll_allreduce_sum_f(g, n, &err);
+    (void)nllm_comm_allreduce_sum_f(tr->comm, g, n, &err);
 }
 
-int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
-                        const nllm_vocab_t *vocab, nllm_backend_t *be, nllm_trainer_t **out,
-                        nllm_err_t *err)
+/* The part of create shared with create_peer: a trainer without data or
+ * model, on be, in comm. */
+static int trainer_new(const nllm_job_config_t *cfg, nllm_backend_t *be, nllm_comm_t *comm,
+                       nllm_trainer_t **out, nllm_err_t *err)
 {
     *out = NULL;
     int rc = nllm_job_config_check(cfg, err);
     if (rc < 0)
         return rc;
+    const int rank = nllm_comm_rank(comm), world = nllm_comm_size(comm);
+    if (comm && (rc = nllm_comm_bind(comm, be, err)) < 0)
+        return rc;
+    if (cfg->batch_size % world != 0)
+        return nllm_err_set(err, NLLM_EINVAL,
+                            "batch_size %d does not divide by the world size %d (ranks): "
+                            "batch_size is the global batch; pick a multiple of %d",
+                            cfg->batch_size, world, world);
     nllm_trainer_t *tr = calloc(1, sizeof *tr);
     if (!tr)
         return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory");
     tr->cfg = *cfg;
     tr->perm_epoch = -1;
+    tr->data = &tr->own_data;
     /* a backend that records (CUDA) runs queued steps while the host
      * prepares the next; the CPU has finished each op when it returns, so
      * reading its figures at once costs nothing and keeps status and pause
      * exact to the step */
     tr->queue_depth = be->record ? NLLM_STATS_RING : 1;
-    tr->rank = nllm_coll_rank();
-    tr->world = nllm_coll_size();
-    if (tr->world > 1) {
-        if (strcmp(be->name, "cpu") != 0) {
-            free(tr);
-            return nllm_err_set(err, NLLM_EINVAL,
-                                "data parallelism over %d ranks runs on --device cpu only: the "
-                                "GPU (NCCL) path is not built yet; device %s was asked for",
-                                nllm_coll_size(), be->name);
-        }
-        if (cfg->batch_size % tr->world != 0) {
-            int w = tr->world;
-            free(tr);
-            return nllm_err_set(err, NLLM_EINVAL,
-                                "batch_size %d does not divide by the world size %d (ranks): "
-                                "batch_size is the global batch; pick a multiple of %d",
-                                cfg->batch_size, w, w);
-        }
+    tr->comm = comm;
+    tr->rank = rank;
+    tr->world = world;
+    if (comm)
         tr->queue_depth = 1; /* the ranks agree on pause and stop at every step */
-    }
     nllm_progress_init(&tr->prog);
     tr->ctl = &tr->own_ctl;
     atomic_init(&tr->own_ctl.pause, 0);
     atomic_init(&tr->own_ctl.pause_epoch_end, 0);
     atomic_init(&tr->own_ctl.stop, 0);
     atomic_init(&tr->own_ctl.num_epochs, cfg->num_epochs);
+    *out = tr;
+    return 0;
+}
+
+/* The rest of create and create_peer, with the data set in place: the
+ * model (each rank holds the activations of its slice only), its weights
+ * from the seed, the order and batch buffers. */
+static int trainer_finish(nllm_trainer_t *tr, nllm_backend_t *be, nllm_trainer_t **out,
+                          nllm_err_t *err)
+{
+    const nllm_job_config_t *cfg = &tr->cfg;
+    int maxb = cfg->batch_size / tr->world;
+    int rc = nllm_model_create(&cfg->model, be, maxb, &tr->model, err);
+    if (rc < 0) {
+        nllm_trainer_destroy(tr);
+        return rc;
+    }
+    nllm_model_init_weights(tr->model, cfg->seed);
+    if (tr->comm)
+        nllm_model_set_grad_reduce(tr->model, grad_reduce, tr);
+    tr->perm = malloc(sizeof(int64_t) * (size_t)(tr->data->train.n > 0 ? tr->data->train.n : 1));
+    tr->batch = malloc(sizeof(int32_t) * (size_t)cfg->batch_size *
+                       (size_t)cfg->model.max_seq_length);
+    if (!tr->perm || !tr->batch) {
+        int64_t n = tr->data->train.n;
+        nllm_trainer_destroy(tr);
+        return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory for %lld windows",
+                            (long long)n);
+    }
+    *out = tr;
+    return 0;
+}
+
+int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
+                        const nllm_vocab_t *vocab, nllm_backend_t *be, nllm_comm_t *comm,
+                        nllm_trainer_t **out, nllm_err_t *err)
+{
+    nllm_trainer_t *tr;
+    int rc = trainer_new(cfg, be, comm, &tr, err);
+    if (rc < 0)
+        return rc;
 
     nllm_data_opts_t o;
     nllm_data_opts_init(&o);
@@ -259,29 +305,23 @@ int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
     o.val_fraction = cfg->val_fraction;
     o.cache_path = cache_path;
     o.vocab = vocab;
-    rc = nllm_data_load(&o, &tr->data, err);
+    rc = nllm_data_load(&o, &tr->own_data, err);
     if (rc < 0) {
         free(tr);
         return rc;
     }
-    int maxb = cfg->batch_size;
-    rc = nllm_model_create(&cfg->model, be, maxb, &tr->model, err);
-    if (rc < 0) {
-        nllm_trainer_destroy(tr);
+    return trainer_finish(tr, be, out, err);
+}
+
+int nllm_trainer_create_peer(const nllm_trainer_t *first, nllm_backend_t *be, nllm_comm_t *comm,
+                             nllm_trainer_t **out, nllm_err_t *err)
+{
+    nllm_trainer_t *tr;
+    int rc = trainer_new(&first->cfg, be, comm, &tr, err);
+    if (rc < 0)
         return rc;
-    }
-    nllm_model_init_weights(tr->model, cfg->seed);
-    if (tr->world > 1)
-        nllm_model_set_grad_reduce(tr->model, grad_reduce, NULL);
-    tr->perm = malloc(sizeof(int64_t) * (size_t)tr->data.train.n);
-    tr->batch = malloc(sizeof(int32_t) * (size_t)maxb * (size_t)cfg->model.max_seq_length);
-    if (!tr->perm || !tr->batch) {
-        nllm_trainer_destroy(tr);
-        return nllm_err_set(err, NLLM_ENOMEM, "trainer: out of memory for %lld windows",
-                            (long long)tr->data.train.n);
-    }
-    *out = tr;
-    return 0;
+    tr->data = first->data; /* read only, from here on by every rank */
+    return trainer_finish(tr, be, out, err);
 }
 
 void nllm_trainer_destroy(nllm_trainer_t *tr)
@@ -289,7 +329,7 @@ void nllm_trainer_destroy(nllm_trainer_t *tr)
     if (!tr)
         return;
     nllm_model_destroy(tr->model);
-    nllm_data_free(&tr->data);
+    nllm_data_free(&tr->own_data);
     nllm_progress_free(&tr->prog);
     free(tr->perm);
     free(tr->batch);
@@ -297,7 +337,7 @@ void nllm_trainer_destroy(nllm_trainer_t *tr)
 }
 
 nllm_model_t *nllm_trainer_model(nllm_trainer_t *tr) { return tr->model; }
-const nllm_dataset_t *nllm_trainer_data(const nllm_trainer_t *tr) { return &tr->data; }
+const nllm_dataset_t *nllm_trainer_data(const nllm_trainer_t *tr) { return tr->data; }
 nllm_progress_t *nllm_trainer_progress(nllm_trainer_t *tr) { return &tr->prog; }
 const nllm_job_config_t *nllm_trainer_config(const nllm_trainer_t *tr) { return &tr->cfg; }
 nllm_trainer_ctl_t *nllm_trainer_ctl(nllm_trainer_t *tr) { return tr->ctl; }
@@ -306,13 +346,13 @@ void nllm_trainer_use_ctl(nllm_trainer_t *tr, nllm_trainer_ctl_t *ctl) { tr->ctl
 void nllm_trainer_set_queue_depth(nllm_trainer_t *tr, int depth)
 {
     tr->queue_depth = depth < 1 ? 1 : depth > NLLM_STATS_RING ? NLLM_STATS_RING : depth;
-    if (tr->world > 1)
+    if (tr->comm)
         tr->queue_depth = 1;
 }
 
 int64_t nllm_trainer_steps_per_epoch(const nllm_trainer_t *tr)
 {
-    return tr->data.train.n / tr->cfg.batch_size;
+    return tr->data->train.n / tr->cfg.batch_size;
 }
 
 int nllm_trainer_set_config(nllm_trainer_t *tr, const nllm_job_config_t *cfg, nllm_err_t *err)
@@ -321,19 +361,19 @@ int nllm_trainer_set_config(nllm_trainer_t *tr, const nllm_job_config_t *cfg, nl
     if (nllm_job_config_model_diff(&tr->cfg.model, "running", &cfg->model, "new", diff,
                                    sizeof diff) > 0)
         return nllm_err_set(err, NLLM_EMISMATCH, "model shape cannot change: %s", diff);
-    if (cfg->batch_size > nllm_model_max_batch(tr->model))
+    if (cfg->batch_size / tr->world > nllm_model_max_batch(tr->model))
         return nllm_err_set(err, NLLM_EINVAL,
                             "batch_size %d is larger than the %d this job was set up for",
-                            cfg->batch_size, nllm_model_max_batch(tr->model));
-    if (tr->world > 1 && cfg->batch_size % tr->world != 0)
+                            cfg->batch_size, nllm_model_max_batch(tr->model) * tr->world);
+    if (cfg->batch_size % tr->world != 0)
         return nllm_err_set(err, NLLM_EINVAL,
                             "batch_size %d does not divide by the world size %d (ranks): "
                             "batch_size is the global batch; pick a multiple of %d",
                             cfg->batch_size, tr->world, tr->world);
-    if (tr->data.train.n < cfg->batch_size)
+    if (tr->data->train.n < cfg->batch_size)
         return nllm_err_set(err, NLLM_EINVAL,
                             "batch_size %d: the training text has only %lld windows",
-                            cfg->batch_size, (long long)tr->data.train.n);
+                            cfg->batch_size, (long long)tr->data->train.n);
     tr->cfg = *cfg;
     atomic_store(&tr->ctl->num_epochs, cfg->num_epochs);
     return 0;
@@ -357,22 +397,41 @@ int nllm_trainer_restore(nllm_trainer_t *tr, const nllm_progress_t *p, nllm_err_
 
 int nllm_trainer_validate(nllm_trainer_t *tr, double *loss, double *acc, nllm_err_t *err)
 {
-    const nllm_windows_t *v = &tr->data.val;
+    const nllm_windows_t *v = &tr->data->val;
     const int S = tr->cfg.model.max_seq_length, Bm = nllm_model_max_batch(tr->model);
-    double sum = 0;
-    int64_t tokens = 0, correct = 0;
-    for (int64_t i = 0; i < v->n; i += Bm) {
+    /* with data parallelism this rank's share of the batches, summed below */
+    const int64_t nb = (v->n + Bm - 1) / Bm;
+    const int64_t b0 = nb * tr->rank / tr->world, b1 = nb * (tr->rank + 1) / tr->world;
+    double sums[3] = {0, 0, 0}; /* loss, tokens, hits */
+    int rc = 0;
+    for (int64_t k = b0; k < b1 && rc == 0; k++) {
+        int64_t i = k * Bm;
         int B = (int)(v->n - i < Bm ? v->n - i : Bm);
         nllm_batch_stats_t st;
-        int rc = nllm_model_forward(tr->model, v->ids + i * S, B, 0, 0, 0, 0, &st, err);
+        if ((rc = nllm_model_forward(tr->model, v->ids + i * S, B, 0, 0, 0, 0, &st, err)) < 0)
+            break;
+        sums[0] += st.loss_sum;
+        sums[1] += (double)st.tokens;
+        sums[2] += (double)st.correct;
+    }
+    if (tr->comm) {
+        /* every rank takes part, also one whose forward failed */
+        int bad = rc < 0, any = 0, crc;
+        nllm_err_t e2;
+        if ((crc = nllm_comm_any(tr->comm, bad, &any, rc < 0 ? &e2 : err)) < 0)
+            return rc < 0 ? rc : crc;
         if (rc < 0)
             return rc;
-        sum += st.loss_sum;
-        tokens += st.tokens;
-        correct += st.correct;
+        if (any)
+            return nllm_err_set(err, NLLM_EIO, "validation failed on another rank");
+        if ((rc = nllm_comm_allreduce_sum_d(tr->comm, sums, 3, err)) < 0)
+            return rc;
     }
-    *loss = tokens ? sum / (double)tokens : 0.0;
-    *acc = tokens ? (double)correct / (double)tokens : 0.0;
+    if (rc < 0)
+        return rc;
+    double tokens = sums[1];
+    *loss = tokens > 0 ? sums[0] / tokens : 0.0;
+    *acc = tokens > 0 ? sums[2] / tokens : 0.0;
     return 0;
 }
 
@@ -420,28 +479,28 @@ static int sync_from_rank0(nllm_trainer_t *tr, nllm_err_t *err)
     int rc = 0, same = 0, crc;
     if (tr->rank == 0)
         rc = nllm_model_get_state(tr->model, buf, buf + n, buf + 2 * n, err);
-    if ((crc = nllm_coll_same_u64(rc < 0, &same, err)) < 0 || !same) {
+    if ((crc = nllm_comm_same_u64(tr->comm, rc < 0, &same, err)) < 0 || !same) {
         free(buf);
         return crc < 0 || rc < 0 ? (crc < 0 ? crc : rc)
                                  : nllm_err_set(err, NLLM_EIO, "rank 0 could not read its weights");
     }
-    if ((crc = nllm_coll_bcast(buf, sizeof(float) * (size_t)n * 3, 0, err)) < 0) {
+    if ((crc = nllm_comm_bcast(tr->comm, buf, sizeof(float) * (size_t)n * 3, 0, err)) < 0) {
         free(buf);
         return crc;
     }
     if (tr->rank != 0)
         rc = nllm_model_set_state(tr->model, buf, buf + n, buf + 2 * n, err);
     free(buf);
-    if ((crc = nllm_coll_same_u64(rc < 0, &same, err)) < 0 || !same)
+    if ((crc = nllm_comm_same_u64(tr->comm, rc < 0, &same, err)) < 0 || !same)
         return crc < 0 || rc < 0 ? (crc < 0 ? crc : rc)
                                  : nllm_err_set(err, NLLM_EIO, "a rank could not set its weights");
     /* rank 0's settings (a resume may have changed training ones) */
     nllm_job_config_t cfg = tr->cfg;
     int ne = atomic_load(&tr->ctl->num_epochs);
     nllm_progress_t tmp = tr->prog;
-    if ((crc = nllm_coll_bcast(&cfg, sizeof cfg, 0, err)) < 0 ||
-        (crc = nllm_coll_bcast(&ne, sizeof ne, 0, err)) < 0 ||
-        (crc = nllm_coll_bcast(&tmp, sizeof tmp, 0, err)) < 0)
+    if ((crc = nllm_comm_bcast(tr->comm, &cfg, sizeof cfg, 0, err)) < 0 ||
+        (crc = nllm_comm_bcast(tr->comm, &ne, sizeof ne, 0, err)) < 0 ||
+        (crc = nllm_comm_bcast(tr->comm, &tmp, sizeof tmp, 0, err)) < 0)
         return crc;
     tr->cfg = cfg;
     atomic_store(&tr->ctl->num_epochs, ne);
@@ -457,7 +516,7 @@ static int sync_from_rank0(nllm_trainer_t *tr, nllm_err_t *err)
     nllm_history_t *h = &tr->prog.hist;
     double *cols[5] = {h->train_loss, h->val_loss, h->train_ppl, h->val_ppl, h->val_acc};
     for (int i = 0; i < 5; i++)
-        if ((crc = nllm_coll_bcast(cols[i], sizeof(double) * (size_t)h->n, 0, err)) < 0)
+        if ((crc = nllm_comm_bcast(tr->comm, cols[i], sizeof(double) * (size_t)h->n, 0, err)) < 0)
             return crc;
     tr->perm_epoch = -1;
     return 0;
@@ -472,11 +531,11 @@ static int agree_requests(nllm_trainer_t *tr, int *stop, int *pause, nllm_err_t 
 {
     *stop = atomic_load(&tr->ctl->stop);
     *pause = atomic_load(&tr->ctl->pause);
-    if (tr->world <= 1)
+    if (!tr->comm)
         return 0;
-    int rc = nllm_coll_any(*stop, stop, err);
+    int rc = nllm_comm_any(tr->comm, *stop, stop, err);
     if (rc == 0)
-        rc = nllm_coll_any(*pause, pause, err);
+        rc = nllm_comm_any(tr->comm, *pause, pause, err);
     if (rc < 0)
         return rc;
     if (*stop)
@@ -492,7 +551,7 @@ static int agree_requests(nllm_trainer_t *tr, int *stop, int *pause, nllm_err_t 
 static int agree_epochs(nllm_trainer_t *tr, int *num_epochs, nllm_err_t *err)
 {
     *num_epochs = atomic_load(&tr->ctl->num_epochs);
-    return tr->world > 1 ? nllm_coll_bcast(num_epochs, sizeof *num_epochs, 0, err) : 0;
+    return tr->comm ? nllm_comm_bcast(tr->comm, num_epochs, sizeof *num_epochs, 0, err) : 0;
 }
 
 /* Ends the running epoch: validation, history, best, early stopping. */
@@ -504,11 +563,11 @@ static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double s
     int rc = nllm_trainer_validate(tr, &vl, &va, err);
     if (rc < 0)
         return rc;
-    if (tr->world > 1) {
+    if (tr->comm) {
         uint64_t h = 0;
         int same = 0;
         if ((rc = weights_hash(tr, &h, err)) < 0 ||
-            (rc = nllm_coll_same_u64(h, &same, err)) < 0)
+            (rc = nllm_comm_same_u64(tr->comm, h, &same, err)) < 0)
             return rc;
         if (!same)
             return nllm_err_set(err, NLLM_EIO,
@@ -573,14 +632,20 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
     int n = q->pending;
     if (n == 0)
         return 0;
-    int rc = nllm_model_read_stats(tr->model, 0, n, st, err);
+    /* the device sums of the queued steps first: a bounded wait (NCCL) */
+    int rc = nllm_comm_wait(tr->comm, err);
+    if (rc == 0)
+        rc = nllm_model_read_stats(tr->model, 0, n, st, err);
     q->pending = 0;
     double now = now_s(), dt = now - q->t_read;
     q->t_read = now;
     if (rc < 0)
         return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
                                (long long)p->step_in_epoch + 1);
-    if (tr->world > 1) {
+    int64_t own = 0; /* this rank's tokens */
+    for (int i = 0; i < n; i++)
+        own += st[i].batch.tokens;
+    if (tr->comm) {
         /* each rank's share of the loss, hits and tokens, summed */
         double sums[3 * NLLM_STATS_RING];
         for (int i = 0; i < n; i++) {
@@ -588,7 +653,7 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
             sums[3 * i + 1] = (double)st[i].batch.correct;
             sums[3 * i + 2] = (double)st[i].batch.tokens;
         }
-        if ((rc = nllm_coll_allreduce_sum_d(sums, 3 * n, err)) < 0)
+        if ((rc = nllm_comm_allreduce_sum_d(tr->comm, sums, 3 * n, err)) < 0)
             return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
                                    (long long)p->step_in_epoch + 1);
         for (int i = 0; i < n; i++) {
@@ -600,7 +665,7 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
     int64_t tokens = 0;
     for (int i = 0; i < n; i++)
         tokens += st[i].batch.tokens;
-    double rate = dt > 0 ? (double)tokens / dt : 0;
+    double rate = dt > 0 ? (double)tokens / dt : 0, own_rate = dt > 0 ? (double)own / dt : 0;
     for (int i = 0; i < n; i++) {
         if (!isfinite(st[i].grad_norm) || st[i].halted) {
             tr->diverged = 1;
@@ -622,7 +687,8 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
                                     p->global_step,
                                     p->ep_tokens ? p->ep_loss_sum / (double)p->ep_tokens : 0,
                                     rate,
-                                    now - t_epoch};
+                                    now - t_epoch,
+                                    own_rate};
             cbs->on_step(cbs->ud, tr, &r);
         }
     }
@@ -634,7 +700,7 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
  * device halts as for any divergence (Adam skipped); then puts the gain
  * back. The queue is empty on entry; drain reports the divergence. */
 static int poisoned_step(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q,
-                         int64_t spe, double t_epoch, int B, int64_t gs,
+                         int64_t spe, double t_epoch, const int32_t *batch, int B, int64_t gs,
                          const nllm_optim_t *opt, nllm_err_t *err)
 {
     nllm_model_t *m = tr->model;
@@ -653,8 +719,8 @@ static int poisoned_step(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queu
     w[gain->offset] = NAN;
     rc = nllm_model_set_state(m, w, NULL, NULL, err);
     if (rc == 0)
-        rc = nllm_model_train_step_async(m, tr->batch, B, tr->cfg.seed, (uint32_t)gs, gs + 1,
-                                         opt, 0, err);
+        rc = nllm_model_train_step_async(m, batch, B, tr->cfg.seed, (uint32_t)gs, gs + 1, opt,
+                                         0, err);
     if (rc == 0) {
         q->pending = 1;
         rc = drain(tr, cbs, q, spe, t_epoch, err);
@@ -691,7 +757,7 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
             return checkpoint(tr, cbs, NLLM_CKPT_FINAL, p->epoch, err);
         }
         if (tr->perm_epoch != p->epoch) {
-            nllm_data_shuffle(tr->cfg.seed, (uint64_t)p->epoch, tr->data.train.n, tr->perm);
+            nllm_data_shuffle(tr->cfg.seed, (uint64_t)p->epoch, tr->data->train.n, tr->perm);
             tr->perm_epoch = p->epoch;
         }
         opt.max_norm = nllm_job_config_clip_for_epoch(&tr->cfg, p->epoch);
@@ -715,10 +781,10 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
             }
             const int64_t *order = tr->perm + (p->step_in_epoch + q.pending) * B;
             for (int b = 0; b < B; b++)
-                memcpy(tr->batch + (size_t)b * S, tr->data.train.ids + order[b] * S,
+                memcpy(tr->batch + (size_t)b * S, tr->data->train.ids + order[b] * S,
                        sizeof(int32_t) * (size_t)S);
             int64_t gs = p->global_step + q.pending;
-            if (tr->world > 1) {
+            if (tr->comm) {
                 /* the non-pad targets of the global batch scale every slice */
                 int64_t gtok = 0;
                 for (int b = 0; b < B; b++)
@@ -726,10 +792,15 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
                         gtok += tr->batch[(size_t)b * S + t] != 0;
                 nllm_model_set_shard(tr->model, tr->rank * Bl, gtok);
             }
-            if (fault_due(gs)) {
+            int due;
+            if ((rc = fault_due(tr, gs, &due, err)) < 0)
+                return rc;
+            if (due) {
                 /* the step alone in the queue, its figures read at once */
                 if ((rc = drain(tr, cbs, &q, spe, t_epoch, err)) < 0 ||
-                    (rc = poisoned_step(tr, cbs, &q, spe, t_epoch, B, gs, &opt, err)) < 0)
+                    (rc = poisoned_step(tr, cbs, &q, spe, t_epoch,
+                                        tr->batch + (size_t)tr->rank * Bl * S, Bl, gs, &opt,
+                                        err)) < 0)
                     return rc;
                 continue;
             }
@@ -750,7 +821,7 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
             (rc = end_epoch(tr, cbs, now_s() - t_epoch, err)) < 0)
             return rc;
         int pe = atomic_load(&tr->ctl->pause_epoch_end);
-        if (tr->world > 1 && (rc = nllm_coll_any(pe, &pe, err)) < 0)
+        if (tr->comm && (rc = nllm_comm_any(tr->comm, pe, &pe, err)) < 0)
             return rc;
         if (pe)
             atomic_store(&tr->ctl->pause_epoch_end, 1);
@@ -764,14 +835,14 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
 int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_result_t *res,
                      nllm_err_t *err)
 {
-    if (tr->world <= 1)
+    if (!tr->comm)
         return run_loop(tr, cbs, res, err);
     int rc = sync_from_rank0(tr, err);
     if (rc == 0) {
-        /* in step from here: the short timeout (collective.h) */
-        nllm_coll_set_training(1);
+        /* in step from here: the short timeout (comm.h) */
+        nllm_comm_set_training(tr->comm, 1);
         rc = run_loop(tr, cbs, res, err);
-        nllm_coll_set_training(0);
+        nllm_comm_set_training(tr->comm, 0);
     }
     uint64_t h = 0;
     nllm_err_t e2;

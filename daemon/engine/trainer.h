@@ -7,6 +7,11 @@
  * epoch counters, partial-epoch sums, histories, early-stopping state) is in
  * nllm_progress_t plus the model state, so a checkpoint of those resumes
  * bit-identically. Other threads talk to it only through nllm_trainer_ctl_t.
+ *
+ * Data parallelism: a trainer per rank, each on its own backend, with the
+ * rank's handle of a comm (comm.h) given by the caller; every rank calls
+ * nllm_trainer_run together, rank 0 with the callbacks that report and
+ * checkpoint (the others' results are the same).
  */
 #ifndef NLLM_TRAINER_H
 #define NLLM_TRAINER_H
@@ -15,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "config.h"
 #include "data.h"
 #include "model.h"
@@ -70,8 +76,9 @@ typedef struct {
     int64_t steps_per_epoch;
     int64_t global_step;
     double running_loss;   /* token-weighted mean of the epoch so far */
-    double tokens_per_s;   /* of the last step */
+    double tokens_per_s;   /* of the last step (all ranks)  */
     double epoch_seconds;
+    double rank_tokens_per_s; /* this rank's own share of it */
 } nllm_step_report_t;
 
 typedef struct {
@@ -106,10 +113,18 @@ typedef enum {
  * built from the training text, else that vocabulary -- resume and
  * fine-tuning keep the source's) and builds the model on be (the trainer
  * does not own be). Fresh weights from the seed; use nllm_trainer_restore
- * to continue from a checkpoint. */
+ * to continue from a checkpoint. comm: this rank's handle for data
+ * parallelism (not owned; NULL: none, one rank); batch_size must divide by
+ * its size, and be must be a backend it can sum on (nllm_comm_bind). */
 int nllm_trainer_create(const nllm_job_config_t *cfg, const char *cache_path,
-                        const nllm_vocab_t *vocab, nllm_backend_t *be, nllm_trainer_t **out,
-                        nllm_err_t *err);
+                        const nllm_vocab_t *vocab, nllm_backend_t *be, nllm_comm_t *comm,
+                        nllm_trainer_t **out, nllm_err_t *err);
+/* Another rank's trainer in this process, beside first (a trainer of the
+ * same comm, with its config): it reads first's data set instead of loading
+ * its own, so first must outlive it. Its weights and progress come from
+ * rank 0 when the run starts. */
+int nllm_trainer_create_peer(const nllm_trainer_t *first, nllm_backend_t *be, nllm_comm_t *comm,
+                             nllm_trainer_t **out, nllm_err_t *err);
 void nllm_trainer_destroy(nllm_trainer_t *tr);
 
 nllm_model_t *nllm_trainer_model(nllm_trainer_t *tr);
@@ -150,11 +165,14 @@ int nllm_trainer_run(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run
  * alone with the context norm's gain set to NaN, so its loss, gradients
  * and norm are really NaN and the device skips its update as for any
  * divergence; then the gain is put back. Read once per process; a
- * malformed value is reported on stderr and ignored. (See also
+ * malformed value is reported on stderr and ignored. With data
+ * parallelism rank 0 counts and tells the other ranks at that step, so
+ * every rank of a run poisons the same step. (See also
  * NLLM_FS_FAULT in fsutil.h.) */
 int nllm_trainer_diverged(const nllm_trainer_t *tr, int64_t *step, double *grad_norm);
 
-/* Mean loss and accuracy over the validation windows (no dropout). */
+/* Mean loss and accuracy over the validation windows (no dropout); with
+ * data parallelism a collective (each rank takes its share of the batches). */
 int nllm_trainer_validate(nllm_trainer_t *tr, double *loss, double *acc, nllm_err_t *err);
 
 #endif /* NLLM_TRAINER_H */

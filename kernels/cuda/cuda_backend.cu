@@ -527,6 +527,13 @@ extern "C" int nllm_cuda_graph_stats(nllm_backend_t *be, uint64_t *launches, uin
     return 0;
 }
 
+extern "C" void *nllm_cuda_backend_stream(nllm_backend_t *be)
+{
+    if (!be || !be->name || strncmp(be->name, "cuda:", 5) != 0)
+        return NULL;
+    return (void *)nllm__cuda_impl(be)->stream;
+}
+
 static void cu_destroy(nllm_backend_t *be)
 {
     if (!be)

@@ -42,6 +42,11 @@ struct nllm_backend;
 int nllm_cuda_graph_stats(struct nllm_backend *be, uint64_t *launches, uint64_t *eager,
                           char *why, size_t n);
 
+/* The CUDA stream the backend be queues its ops on now (a cudaStream_t),
+ * for work others queue in its order (the NCCL comm's gradient sums);
+ * NULL when be is not a CUDA backend (or this build has no CUDA). */
+void *nllm_cuda_backend_stream(struct nllm_backend *be);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,6 +14,9 @@
 # 5. exact resume through `nllmd run` (SIGTERM mid-epoch, --resume) in fp32
 #    and bf16 (tests/gpu/resume.sh)
 #    two jobs at once on one GPU through nllmd and nllmctl (tests/gpu/multi.sh)
+#    data parallelism through NCCL (tests/gpu/nccl.sh, on every GPU the
+#    caller lets it see): a world of 1 bit-identical to no comm; with 2+
+#    GPUs, a 2-GPU job against 1 GPU within 1e-5 and the scaling efficiency
 # 6. small-recipe quality per precision (tests/gpu/quality.sh)
 # 7. nllm-bench on the seed config in each precision at batch 16, 512 and
 #    4096 (and fp32 without graphs, with the fused small-batch products,
@@ -78,6 +81,7 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
     trap - EXIT
     exit 1
 fi
+CALLER_CVD=${CUDA_VISIBLE_DEVICES-unset} # nccl.sh sees these GPUs, not just $DEV
 GPU_NAME=$(timeout 30 nvidia-smi --query-gpu=name --format=csv,noheader -i "$DEV" | head -n 1)
 TOTAL_MIB=$(timeout 30 nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i "$DEV" |
     head -n 1 | tr -dc '0-9')
@@ -182,6 +186,19 @@ case $RC in
 0) row "two jobs on one GPU" ok "$(tail -n 1 "$LOGS/multi.log" | cut -c1-70), $((SECONDS - t0)) s" ;;
 77) row "two jobs on one GPU" skip "$(tail -n 1 "$LOGS/multi.log")" ;;
 *) row "two jobs on one GPU" FAIL "exit $RC: $(grep -m 1 '^multi:' "$LOGS/multi.log" || tail -n 1 "$LOGS/multi.log")" ;;
+esac
+
+# ---- 5c. data parallelism through NCCL -----------------------------------------
+t0=$SECONDS
+if [ "$CALLER_CVD" = unset ]; then
+    run_step nccl 600 env -u CUDA_VISIBLE_DEVICES tests/gpu/nccl.sh
+else
+    run_step nccl 600 env CUDA_VISIBLE_DEVICES="$CALLER_CVD" tests/gpu/nccl.sh
+fi
+case $RC in
+0) row "NCCL data parallelism" ok "$(tail -n 1 "$LOGS/nccl.log" | sed 's/^nccl: //' | cut -c1-110), $((SECONDS - t0)) s" ;;
+77) row "NCCL data parallelism" skip "$(tail -n 1 "$LOGS/nccl.log")" ;;
+*) row "NCCL data parallelism" FAIL "exit $RC: $(grep -m 1 '^nccl:' "$LOGS/nccl.log" || tail -n 1 "$LOGS/nccl.log")" ;;
 esac
 
 # ---- 6. small-recipe quality per precision -----------------------------------
