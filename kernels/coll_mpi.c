@@ -17,6 +17,7 @@
  * rank 0 of 1.
  */
 #include "collective.h"
+#include "comm.h"
 
 #include <mpi.h>
 #include <sched.h>
@@ -41,29 +42,9 @@ enum { TAG_SUM = 1, TAG_BCAST, TAG_ANY, TAG_BARRIER };
 
 int nllm_coll_built(void) { return 1; }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void read_timeout(void)
-{
-    const char *v = getenv("NLLM_COLL_TIMEOUT");
-    if (!v || !*v)
-        return;
-    char *end;
-    double t = strtod(v, &end);
-    if (end == v || *end || !(t > 0) || t > 1e7) {
-        fprintf(stderr, "nllm: NLLM_COLL_TIMEOUT=\"%s\" ignored: give seconds > 0; waiting "
-                "%.0f s\n", v, step_timeout);
-        return;
-    }
-    step_timeout = t;
-    if (solo_timeout < t)
-        solo_timeout = t;
-}
+/* The clock and NLLM_COLL_TIMEOUT are comm.c's, which every comm kind
+ * shares (read once per process). */
+#define now_s nllm__comm_now
 
 int nllm_coll_init(int *argc, char ***argv, nllm_err_t *err)
 {
@@ -82,7 +63,7 @@ int nllm_coll_init(int *argc, char ***argv, nllm_err_t *err)
     MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm, &my_rank);
     MPI_Comm_size(comm, &world);
-    read_timeout();
+    nllm__comm_timeouts(&step_timeout, &solo_timeout);
     inited = 1;
     return 0;
 }

@@ -6,9 +6,10 @@ nllm-bench (a small model whose per-step products are large enough for the
 large-product path) runs alternately as installed and with
 OPENBLAS_CORETYPE=Prescott (OpenBLAS's SSE3 kernels, as on a CPU it does not
 know): in both, the JSON's "kernels" shows the large products at the CPU's
-level (AVX, AVX2 or AVX-512 CPUs), and the Prescott runs' median rate is
-within 15% of the normal runs' (one thread, tokens per CPU-second: what
-else the machine runs does not count). NLLM_CPU_GEMM=blas shows the override.
+level (AVX, AVX2 or AVX-512 CPUs), and the best of the Prescott runs'
+rates is within 15% of the best normal run's (one thread, tokens per
+CPU-second, best of 3 alternating runs: a test beside this one on a
+hyperthread of the same core slows single runs). NLLM_CPU_GEMM=blas shows the override.
 Then nllmd logs the kernels at start, and `nllmctl hello` (text and JSON)
 and /api/daemon report them for the CPU device.
 
@@ -84,13 +85,20 @@ def main():
                  % (cpu, kp["large_gemm"]))
     else:
         print("     CPU level %s: no nllm variant above the BLAS's to check" % cpu)
-    rn = statistics.median(x["cpu_rate"] for x in normal)
-    rp = statistics.median(x["cpu_rate"] for x in prescott)
+    # best of 3 alternating runs: a test running beside this one (meson runs
+    # two at once on 2 cores, which may be hyperthreads of one core) slows
+    # single runs of either kind by up to a third; the best run of each is
+    # what the kernels can do. The medians are shown too.
+    rn = max(x["cpu_rate"] for x in normal)
+    rp = max(x["cpu_rate"] for x in prescott)
+    mn = statistics.median(x["cpu_rate"] for x in normal)
+    mp = statistics.median(x["cpu_rate"] for x in prescott)
     wn = statistics.median(x["tokens_per_s"] for x in normal)
     wp = statistics.median(x["tokens_per_s"] for x in prescott)
-    dl.check(rp >= 0.85 * rn, "Prescott's rate is within 15%% of the normal run's (medians of "
-             "3, tokens per CPU-second: %.0f vs %.0f, ratio %.3f; wall-clock tokens/s %.0f vs "
-             "%.0f, ratio %.3f)" % (rp, rn, rp / rn, wp, wn, wp / wn))
+    dl.check(rp >= 0.85 * rn, "Prescott's rate is within 15%% of the normal run's (best of 3, "
+             "tokens per CPU-second: %.0f vs %.0f, ratio %.3f; medians %.0f vs %.0f, ratio "
+             "%.3f; wall-clock medians %.0f vs %.0f, ratio %.3f)"
+             % (rp, rn, rp / rn, mp, mn, mp / mn, wp, wn, wp / wn))
 
     forced = bench(exe, NLLM_CPU_GEMM="blas")["kernels"]
     dl.check(forced["large_gemm"] in ("openblas", "blas") and "NLLM_CPU_GEMM=blas" in
