@@ -42,10 +42,6 @@ enum { TAG_SUM = 1, TAG_BCAST, TAG_ANY, TAG_BARRIER };
 
 int nllm_coll_built(void) { return 1; }
 
-/* The clock and NLLM_COLL_TIMEOUT are comm.c's, which every comm kind
- * shares (read once per process). */
-#define now_s nllm__comm_now
-
 int nllm_coll_init(int *argc, char ***argv, nllm_err_t *err)
 {
     if (inited)
@@ -63,6 +59,7 @@ int nllm_coll_init(int *argc, char ***argv, nllm_err_t *err)
     MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm, &my_rank);
     MPI_Comm_size(comm, &world);
+    /* NLLM_COLL_TIMEOUT as comm.c reads it for every comm kind */
     nllm__comm_timeouts(&step_timeout, &solo_timeout);
     inited = 1;
     return 0;
@@ -123,7 +120,7 @@ static int check_broken(nllm_err_t *err)
 static int wait_peer(MPI_Request *rq, int peer, int sending, const char *what, nllm_err_t *err)
 {
     double limit = training ? step_timeout : solo_timeout;
-    double waited = 0, last = now_s();
+    double waited = 0, last = nllm__comm_now();
     long polls = 0;
     for (;;) {
         int done = 0;
@@ -138,7 +135,7 @@ static int wait_peer(MPI_Request *rq, int peer, int sending, const char *what, n
         }
         if (done)
             return 0;
-        double t = now_s(), dt = t - last;
+        double t = nllm__comm_now(), dt = t - last;
         last = t;
         if (dt < 2.0)
             waited += dt;

@@ -20,9 +20,9 @@
 #include "backend.h"
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
-#include "philox.h"
 #include "gemm.h"
 #include "nllm_math.h"
+#include "philox.h"
 #include "small_gemm.h"
 
 /* OpenBLAS's own thread controls (declared in its cblas.h on Debian, but

@@ -51,15 +51,6 @@ static void range_of(int64_t n, int parts, int k, int64_t *b, int64_t *e)
     *e = n * (k + 1) / parts;
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static int64_t now_ns(void)
 {
     struct timespec ts;
@@ -67,31 +58,34 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* A spin that ended: doubled when the wait ended while spinning, else
+ * quartered, within [NLLM_POOL_SPIN_MIN_NS, NLLM_POOL_SPIN_MAX_NS]. */
+static void adapt_spin(int64_t *budget, int done)
+{
+    int64_t b = done ? *budget * 2 : *budget / 4;
+    *budget = b > NLLM_POOL_SPIN_MAX_NS ? NLLM_POOL_SPIN_MAX_NS
+              : b < NLLM_POOL_SPIN_MIN_NS ? NLLM_POOL_SPIN_MIN_NS
+                                          : b;
+}
+
 /* Spins until the condition done holds or *budget ns are over (then the
- * caller re-checks done and sleeps), and adapts *budget (see above). */
+ * caller re-checks done and sleeps), and adapts *budget. */
 #define SPIN_UNTIL(done, budget)                                           \
     do {                                                                   \
         int64_t t_end_ = 0;                                                \
-        for (unsigned i_ = 0;; i_++) {                                     \
-            if (done) {                                                    \
-                *(budget) = *(budget) * 2 > NLLM_POOL_SPIN_MAX_NS          \
-                                ? NLLM_POOL_SPIN_MAX_NS                    \
-                                : *(budget) * 2;                           \
-                break;                                                     \
-            }                                                              \
-            if ((i_ & 63) == 0) {                                          \
+        unsigned i_ = 0;                                                   \
+        int d_;                                                            \
+        while (!(d_ = (done) != 0)) {                                      \
+            if ((i_++ & 63) == 0) {                                        \
                 int64_t t_ = now_ns();                                     \
-                if (!t_end_) {                                             \
+                if (!t_end_)                                               \
                     t_end_ = t_ + *(budget);                               \
-                } else if (t_ > t_end_) {                                  \
-                    *(budget) = *(budget) / 4 < NLLM_POOL_SPIN_MIN_NS      \
-                                    ? NLLM_POOL_SPIN_MIN_NS                \
-                                    : *(budget) / 4;                       \
+                else if (t_ > t_end_)                                      \
                     break;                                                 \
-                }                                                          \
             }                                                              \
-            cpu_relax();                                                   \
+            nllm_cpu_relax();                                              \
         }                                                                  \
+        adapt_spin(budget, d_);                                            \
     } while (0)
 
 typedef struct {

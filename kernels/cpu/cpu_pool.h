@@ -22,6 +22,17 @@ void nllm_pool_destroy(nllm_pool_t *pool);
 void nllm_pool_for(nllm_pool_t *pool, nllm_pool_fn fn, void *arg, int64_t n, int64_t work);
 /* The pool's threads, the caller included (1 for NULL). */
 int nllm_pool_threads(const nllm_pool_t *pool);
+/* One turn of a spin-wait: tells the core (and its hyperthread sibling)
+ * that this thread only polls. */
+static inline void nllm_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* Runs fn(arg, k, k + 1) once on each of the pool's threads at the same
  * time, k = 0 .. nllm_pool_threads() - 1 (the caller is k = 0), whatever
  * the work: fn may wait for the others (a barrier). */

@@ -266,9 +266,7 @@ static void gm_barrier_wait(gm_barrier_t *b)
     }
     for (int spins = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == gen; spins++) {
         if (spins < 4000) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
+            nllm_cpu_relax();
         } else {
             sched_yield();
         }
