@@ -20,27 +20,13 @@
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "corpus.h"
 #include "comm.h"
 #include "cuda/cuda_backend.h"
 #include "testutil.h"
 #include "trainer.h"
 
 static char dir[256];
-
-static void write_corpus(const char *path)
-{
-    FILE *f = fopen(path, "w");
-    const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away",
-                           "and", "then", "slept", "under", "tree"};
-    for (int line = 0; line < 600; line++) {
-        int n = 5 + (int)nllm_rng_below(1, 2, 0, (uint64_t)line, 9);
-        for (int k = 0; k < n; k++)
-            fprintf(f, "%s%s", k ? " " : "",
-                    words[nllm_rng_below(1, 3, (uint32_t)line, (uint64_t)k, 15)]);
-        fputc('\n', f);
-    }
-    fclose(f);
-}
 
 static void config(nllm_job_config_t *c)
 {
@@ -176,16 +162,29 @@ static void *sum_main(void *arg)
     return NULL;
 }
 
-static void test_device_sum(void)
+/* NCCL comms over GPUs 0 and 1 of this process, over a threads comm:
+ * 0, or -1 after a failed check. */
+static int nccl_pair(nllm_comm_t *nc[2])
 {
     nllm_err_t err;
-    nllm_comm_t *host[2], *nc[2];
+    nllm_comm_t *host[2];
     int devs[2] = {0, 1};
-    CHECK(nllm_comm_threads_create(2, host, &err) == 0, "%s", err.msg);
+    if (nllm_comm_threads_create(2, host, &err) < 0) {
+        CHECK(0, "threads comm of 2: %s", err.msg);
+        return -1;
+    }
     if (nllm_comm_nccl_create_all(2, devs, host, nc, &err) < 0) {
         CHECK(0, "NCCL over 2 GPUs: %s", err.msg);
-        return;
+        return -1;
     }
+    return 0;
+}
+
+static void test_device_sum(void)
+{
+    nllm_comm_t *nc[2];
+    if (nccl_pair(nc) < 0)
+        return;
     sum_t s[2];
     pthread_t th[2];
     for (int r = 0; r < 2; r++) {
@@ -217,13 +216,9 @@ static void test_device_sum(void)
 static void test_two_gpus(void)
 {
     nllm_err_t err;
-    nllm_comm_t *host[2], *nc[2];
-    int devs[2] = {0, 1};
-    CHECK(nllm_comm_threads_create(2, host, &err) == 0, "%s", err.msg);
-    if (nllm_comm_nccl_create_all(2, devs, host, nc, &err) < 0) {
-        CHECK(0, "NCCL over 2 GPUs: %s", err.msg);
+    nllm_comm_t *nc[2];
+    if (nccl_pair(nc) < 0)
         return;
-    }
     /* rank 0 builds its trainer (the data) before rank 1 starts beside it */
     nllm_job_config_t c;
     config(&c);
@@ -291,7 +286,7 @@ int main(void)
     }
     char path[512];
     snprintf(path, sizeof path, "%s/train.txt", dir);
-    write_corpus(path);
+    nllm_test_write_corpus(path, 600);
     int gpus = nllm_cuda_device_count();
     printf("%d GPU(s)\n", gpus);
     RUN(test_world_of_one);

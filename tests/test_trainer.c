@@ -18,27 +18,13 @@
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "corpus.h"
 #include "safetensors.h"
 #include "testutil.h"
 #include "trainer.h"
 
 static nllm_backend_t *be;
 static char dir[256];
-
-static void write_corpus(const char *path)
-{
-    FILE *f = fopen(path, "w");
-    const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away",
-                           "and", "then", "slept", "under", "tree"};
-    for (int line = 0; line < 120; line++) {
-        int n = 5 + (int)nllm_rng_below(1, 2, 0, (uint64_t)line, 9);
-        for (int k = 0; k < n; k++)
-            fprintf(f, "%s%s", k ? " " : "",
-                    words[nllm_rng_below(1, 3, (uint32_t)line, (uint64_t)k, 15)]);
-        fputc('\n', f);
-    }
-    fclose(f);
-}
 
 static void small_config(nllm_job_config_t *c, int epochs)
 {
@@ -496,7 +482,7 @@ int main(void)
     }
     char path[512];
     snprintf(path, sizeof path, "%s/train.txt", dir);
-    write_corpus(path);
+    nllm_test_write_corpus(path, 120);
     if (nllm_cpu_backend_create(2, &be, &err) < 0) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
