@@ -81,17 +81,6 @@ static void self_abort(nllm_comm_t *c, const char *why)
     (void)c, (void)why;
 }
 
-static int self_bind(nllm_comm_t *c, nllm_backend_t *be, nllm_err_t *err)
-{
-    (void)c, (void)be, (void)err;
-    return 0; /* one rank: nothing crosses the backend's memory */
-}
-
-static void self_free(nllm_comm_t *c)
-{
-    (void)c;
-}
-
 static const nllm_comm_ops_t self_ops = {
     .kind = "self",
     .rank = self_rank,
@@ -105,8 +94,6 @@ static const nllm_comm_ops_t self_ops = {
     .broken = self_broken,
     .set_training = self_set_training,
     .abort = self_abort,
-    .bind = self_bind,
-    .free = self_free,
 };
 
 static nllm_comm_t self_comm = {&self_ops, NULL};
@@ -195,7 +182,7 @@ int nllm_comm_wait(nllm_comm_t *c, nllm_err_t *err)
 
 void nllm_comm_free(nllm_comm_t *c)
 {
-    if (c)
+    if (c && c->ops->free)
         c->ops->free(c);
 }
 

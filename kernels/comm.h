@@ -31,7 +31,8 @@
 typedef struct nllm_comm nllm_comm_t;
 
 /* What each kind implements; NULL entries fall back to the wrappers'
- * defaults (bind: host memory only; wait: nothing to wait for). */
+ * defaults (bind: host memory only, any backend for a world of 1; wait:
+ * nothing to wait for; free: a static handle, nothing to free). */
 typedef struct {
     const char *kind; /* "self", "threads", "mpi", "nccl" */
     int (*rank)(const nllm_comm_t *c);

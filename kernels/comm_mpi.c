@@ -80,11 +80,6 @@ static void mpi_abort(nllm_comm_t *c, const char *why)
     aborted = 1;
 }
 
-static void mpi_free(nllm_comm_t *c)
-{
-    (void)c;
-}
-
 static const nllm_comm_ops_t mpi_ops = {
     .kind = "mpi",
     .rank = mpi_rank,
@@ -98,7 +93,6 @@ static const nllm_comm_ops_t mpi_ops = {
     .broken = mpi_broken,
     .set_training = mpi_set_training,
     .abort = mpi_abort,
-    .free = mpi_free,
 };
 
 static nllm_comm_t mpi_comm = {&mpi_ops, NULL};
