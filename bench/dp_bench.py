@@ -7,6 +7,9 @@ Each run trains one epoch of the seed model (or the shape given) on the
 first --windows windows of a text file at the global --batch; the figure is
 the epoch's tokens/s from rank 0's epoch line (tokens of every rank: the
 trainer sums them over ranks), so checkpoints and validation are outside it.
+With several ranks the same line gives the gradient sums' size, the time a
+step waits for them ("exposed") and the share of the epoch spent in
+collectives of any kind; the table shows their medians.
 The default layouts answer issue #12's CPU question: 2 ranks x 1 thread
 against 1 rank x 2 threads at batch 512.
 
@@ -28,6 +31,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EPOCH_RE = re.compile(r"epoch 1/1: .* ([0-9.]+) tokens/s")
+COMM_RE = re.compile(r"epoch 1/1: .*gradient sums ([0-9.e+]+) MB/step, ([0-9.]+) ms/step "
+                     r"exposed; collectives ([0-9.]+)% of the time")
 
 
 def one_run(a, ranks, threads, data, val, tmp):
@@ -44,7 +49,13 @@ def one_run(a, ranks, threads, data, val, tmp):
     if r.returncode != 0 or not m:
         sys.exit("dp_bench.py: %d x %d failed (exit %d):\n%s" %
                  (ranks, threads, r.returncode, (r.stdout + r.stderr)[-2000:]))
-    return float(m.group(1))
+    c = COMM_RE.search(r.stdout + r.stderr)
+    if ranks > 1 and not c:
+        sys.exit("dp_bench.py: %d x %d: no gradient sums in the epoch line:\n%s" %
+                 (ranks, threads, (r.stdout + r.stderr)[-2000:]))
+    comm = {"grad_mb": float(c.group(1)), "exposed_ms": float(c.group(2)),
+            "comm_pct": float(c.group(3))} if c else None
+    return float(m.group(1)), comm
 
 
 def main():
@@ -85,25 +96,34 @@ def main():
     with open(val, "w") as f:
         f.write(" ".join(words[need:need + 2000]) + "\n")
     res = {l: [] for l in layouts}
+    comm = {l: [] for l in layouts}
     try:
         for _ in range(a.repeats):
             for l in layouts:
-                v = one_run(a, l[0], l[1], data, val, tmp)
+                v, c = one_run(a, l[0], l[1], data, val, tmp)
                 res[l].append(v)
+                if c:
+                    comm[l].append(c)
                 print("%dx%d: %.0f tokens/s" % (l[0], l[1], v), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(res[layouts[0]])
     print("batch %d, %d windows, job keys %s" % (a.batch, a.windows, " ".join(a.job)))
-    print("%-14s %12s %8s  %s" % ("ranks x thr", "tokens/s", "ratio", "runs"))
+    print("%-14s %12s %8s %9s %11s %7s  %s" % ("ranks x thr", "tokens/s", "ratio", "grad MB",
+                                                "exposed ms", "comm %", "runs"))
+
+    def med(l, k, fmt):
+        return fmt % statistics.median(c[k] for c in comm[l]) if comm[l] else "-"
     for l in layouts:
-        med = statistics.median(res[l])
-        print("%-14s %12.0f %8.3f  %s" % ("%d x %d" % l, med, med / base,
-                                          " ".join("%.0f" % v for v in res[l])))
+        m = statistics.median(res[l])
+        print("%-14s %12.0f %8.3f %9s %11s %7s  %s" % (
+            "%d x %d" % l, m, m / base, med(l, "grad_mb", "%.3g"), med(l, "exposed_ms", "%.2f"),
+            med(l, "comm_pct", "%.2f"), " ".join("%.0f" % v for v in res[l])))
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump({"batch": a.batch, "windows": a.windows, "job": a.job,
-                       "runs": [{"ranks": l[0], "threads": l[1], "tokens_per_s": res[l]}
+                       "runs": [{"ranks": l[0], "threads": l[1], "tokens_per_s": res[l],
+                                 "comm": comm[l]}
                                 for l in layouts]}, f, indent=1)
 
 

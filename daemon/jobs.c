@@ -1355,13 +1355,22 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         double best = j->best_val_loss;
         pthread_mutex_unlock(&j->mu);
         nllm_catalog_job_set_progress(d->cat, j->name, r->epoch, best, &err);
+        char comm[128] = "";
+        if (r->grad_sum_bytes > 0 && isnan(r->comm_share))
+            snprintf(comm, sizeof comm, "; gradient sums %.3g MB/step on the devices",
+                     r->grad_sum_bytes / 1e6);
+        else if (r->grad_sum_bytes > 0)
+            snprintf(comm, sizeof comm,
+                     "; gradient sums %.3g MB/step, %.2f ms/step exposed; collectives %.1f%% "
+                     "of the time",
+                     r->grad_sum_bytes / 1e6, 1e3 * r->grad_sum_seconds, 100 * r->comm_share);
         nllmd_job_event(j, "epoch",
                         "epoch %lld/%lld: train loss %.4f, val loss %.4f, val ppl %.2f, "
-                        "val acc %.1f%%, %.0f tokens/s, %.2f steps/s%s",
+                        "val acc %.1f%%, %.0f tokens/s, %.2f steps/s%s%s",
                         (long long)r->epoch, (long long)r->num_epochs, r->train_loss,
                         r->val_loss, r->val_ppl, 100 * r->val_acc, r->tokens_per_s,
                         r->seconds > 0 ? (double)j->steps_per_epoch / r->seconds : 0.0,
-                        r->is_best ? " (best)" : "");
+                        r->is_best ? " (best)" : "", comm);
         if (r->early_stop)
             nllmd_job_event(j, "early_stopped",
                             "no improvement of %g in %d epochs: stopping after epoch %lld",
@@ -1377,6 +1386,11 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
                               nllm_json_num(r->train_ppl), "val_ppl", nllm_json_num(r->val_ppl),
                               "val_acc", nllm_json_num(r->val_acc), "seconds", r->seconds,
                               "tokens_per_s", r->tokens_per_s, "is_best", r->is_best);
+        if (p && r->grad_sum_bytes > 0)
+            json_object_update_new(
+                p, json_pack("{s:f,s:o,s:o}", "grad_sum_bytes", r->grad_sum_bytes,
+                             "grad_sum_seconds", nllm_json_num(r->grad_sum_seconds),
+                             "comm_share", nllm_json_num(r->comm_share)));
         nllmd_job_notify(j, "epoch", p);
         break;
     }
@@ -1943,10 +1957,15 @@ int nllmd_jobs_load(nllmd_t *d, nllm_err_t *err)
                     j->best_epoch = eps[k].epoch;
             if (ne) {
                 const nllm_catalog_epoch_t *l = &eps[ne - 1];
-                j->last_epoch = (nllm_epoch_report_t){l->epoch, j->cfg.num_epochs,
-                                                      l->train_loss, l->val_loss, l->train_ppl,
-                                                      l->val_ppl, l->val_acc, l->seconds,
-                                                      l->tokens_per_s, 0, 0};
+                j->last_epoch = (nllm_epoch_report_t){.epoch = l->epoch,
+                                                      .num_epochs = j->cfg.num_epochs,
+                                                      .train_loss = l->train_loss,
+                                                      .val_loss = l->val_loss,
+                                                      .train_ppl = l->train_ppl,
+                                                      .val_ppl = l->val_ppl,
+                                                      .val_acc = l->val_acc,
+                                                      .seconds = l->seconds,
+                                                      .tokens_per_s = l->tokens_per_s};
                 j->have_epoch = 1;
             }
             nllm_catalog_epochs_free(eps, ne);

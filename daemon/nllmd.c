@@ -528,6 +528,16 @@ static void nllmd_oneshot_notify(nllmd_t *d, const char *method, json_t *p)
                 json_number_value(json_object_get(p, "val_ppl")),
                 100 * json_number_value(json_object_get(p, "val_acc")),
                 json_is_true(json_object_get(p, "is_best")) ? " \u2713" : "");
+        json_t *gb = json_object_get(p, "grad_sum_bytes"), *gs, *cs;
+        if (gb && json_is_real(gs = json_object_get(p, "grad_sum_seconds")) &&
+            json_is_real(cs = json_object_get(p, "comm_share")))
+            fprintf(o, "Ranks: gradient sums %.3g MB/step, %.2f ms/step exposed; collectives "
+                    "%.1f%% of the time\n",
+                    json_number_value(gb) / 1e6, 1e3 * json_real_value(gs),
+                    100 * json_real_value(cs));
+        else if (gb)
+            fprintf(o, "Ranks: gradient sums %.3g MB/step on the devices\n",
+                    json_number_value(gb) / 1e6);
     } else if (!strcmp(method, "checkpoint")) {
         fprintf(o, "Saved checkpoint %s (%s)\n",
                 json_string_value(json_object_get(p, "checkpoint")),

@@ -359,9 +359,17 @@ def test_dp_bench(tmp):
     check(len(rows) == 2 and rows[0][:3] == ["1", "x", "1"] and rows[1][:3] == ["2", "x", "1"]
           and float(rows[0][4]) == 1.0 and float(rows[1][3]) > 0,
           "dp_bench.py: one row per layout, the first the base (%s)" % r.stdout)
+    # the model above: 1196 floats (E 160, W1 272, Wo 340, 3 heads 408, norm 16), so
+    # at least 4784 bytes are summed per step; 1 rank sums nothing
+    check(len(rows) == 2 and rows[0][5:8] == ["-", "-", "-"]
+          and 0.0047 < float(rows[1][5]) < 0.006 and float(rows[1][6]) >= 0
+          and 0 <= float(rows[1][7]) <= 100,
+          "dp_bench.py: the 2-rank row has the gradient sums' MB/step, exposed ms/step and "
+          "collectives' share, the 1-rank row none (%s)" % r.stdout)
     j = json.load(open(out))
     check([(x["ranks"], x["threads"], len(x["tokens_per_s"])) for x in j["runs"]] ==
-          [(1, 1, 1), (2, 1, 1)] and j["batch"] == 8,
+          [(1, 1, 1), (2, 1, 1)] and j["batch"] == 8 and j["runs"][0]["comm"] == []
+          and len(j["runs"][1]["comm"]) == 1,
           "dp_bench.py --json-out: every run (%s)" % j)
 
 

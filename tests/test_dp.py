@@ -259,6 +259,15 @@ def main():
     check(ckpts(s2) == ckpts(s1), "2 ranks write one set of checkpoint files, as 1 rank does "
           "(%s vs %s)" % (ckpts(s2), ckpts(s1)))
     check(r2.stdout.count("Epoch 3/3") == 1, "only rank 0 reports progress")
+    # the model has 8284 floats (E 160, W1 1088, W2 4160, Wo 1300, heads 1560,
+    # norm 16): at least 33136 bytes summed per step
+    comm = re.findall(r"Ranks: gradient sums ([0-9.e+-]+) MB/step, ([0-9.]+) ms/step exposed; "
+                      r"collectives ([0-9.]+)% of the time", r2.stdout)
+    check(len(comm) == 3 and all(0.0331 <= float(b) < 0.04 and float(ms) >= 0
+                                 and 0 <= float(pc) <= 100 for b, ms, pc in comm)
+          and "Ranks:" not in r1.stdout,
+          "2 ranks: each epoch gives the gradient sums' size, their exposed time per step and "
+          "the collectives' share of the time; 1 rank sums nothing (%s)" % comm)
     check(not [f for f in os.listdir(tmp) if f.startswith("nllmd-rank")],
           "rank 1 removed its private folder")
 

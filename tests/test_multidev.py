@@ -83,6 +83,13 @@ def equivalence(d, data):
     ev = started_events(d, "two")
     check(ev and "2 data-parallel ranks sharing it" in ev[-1], "event started names the ranks",
           str(ev))
+    ep = d.events("two", "epoch")
+    comm = [re.search(r"gradient sums ([0-9.e+-]+) MB/step, ([0-9.]+) ms/step exposed; "
+                      r"collectives ([0-9.]+)% of the time", e) for e in ep]
+    check(len(ep) == 3 and all(comm) and not any("gradient sums" in e
+                                                 for e in d.events("one", "epoch")),
+          "epoch events of the 2-device job give the gradient sums and the collectives' "
+          "share (1 device: none)", str(ep))
     hashes = re.findall(r"rank (\d) of 2: weights hash ([0-9a-f]{16})", d.log_text())
     check(len(hashes) == 2 and hashes[0][1] == hashes[1][1] and
           {r for r, _ in hashes} == {"0", "1"},

@@ -57,11 +57,30 @@ struct nllm_trainer {
     nllm_comm_t *comm; /* data parallelism (comm.h), the caller's; NULL: none */
     int rank, world;   /* in comm; 0 of 1 without one */
     int num_epochs;    /* target epochs in force (agree_epochs) */
+    /* time in collectives since this run entered the running epoch (host
+     * clock: the exposed time where the comm is the host's) */
+    double coll_t0;    /* when this run entered the epoch */
+    double coll_s;     /* seconds in collectives, the gradient sums included */
+    double grad_s;     /* seconds in the gradient sums */
+    int64_t grad_n;    /* gradient sums */
     /* the step that ended the last run with a divergence */
     int diverged;
     int64_t div_step;
     double div_norm;
 };
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Adds the time since t0 to the collectives' clock. */
+static void coll_time(nllm_trainer_t *tr, double t0)
+{
+    tr->coll_s += now_s() - t0;
+}
 
 /* ---- test hook: NLLM_TRAINER_FAULT (trainer.h) ------------------------- */
 
@@ -123,13 +142,6 @@ const char *nllm_ckpt_kind_name(nllm_ckpt_kind_t k)
 /* Longest wait between reads of the queued steps' figures (progress in
  * status and watch stays this fresh). */
 #define DRAIN_SECONDS 0.5
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- progress ---------------------------------------------------------- */
 
@@ -209,7 +221,12 @@ static void grad_reduce(void *ud, float *g, int64_t n)
 {
     nllm_trainer_t *tr = ud;
     nllm_err_t err;
+    double t0 = now_s();
     (void)nllm_comm_allreduce_sum_f(tr->comm, g, n, &err);
+    double dt = now_s() - t0;
+    tr->grad_s += dt;
+    tr->coll_s += dt;
+    tr->grad_n++;
 }
 
 /* The part of create shared with create_peer: a trainer without data or
@@ -418,14 +435,17 @@ int nllm_trainer_validate(nllm_trainer_t *tr, double *loss, double *acc, nllm_er
         /* every rank takes part, also one whose forward failed */
         int bad = rc < 0, any = 0, crc;
         nllm_err_t e2;
-        if ((crc = nllm_comm_any(tr->comm, bad, &any, rc < 0 ? &e2 : err)) < 0)
-            return rc < 0 ? rc : crc;
+        double t0 = now_s();
+        crc = nllm_comm_any(tr->comm, bad, &any, rc < 0 ? &e2 : err);
+        if (crc == 0 && rc == 0 && !any)
+            crc = nllm_comm_allreduce_sum_d(tr->comm, sums, 3, err);
+        coll_time(tr, t0);
         if (rc < 0)
             return rc;
+        if (crc < 0)
+            return crc;
         if (any)
             return nllm_err_set(err, NLLM_EIO, "validation failed on another rank");
-        if ((rc = nllm_comm_allreduce_sum_d(tr->comm, sums, 3, err)) < 0)
-            return rc;
     }
     if (rc < 0)
         return rc;
@@ -533,9 +553,11 @@ static int agree_requests(nllm_trainer_t *tr, int *stop, int *pause, nllm_err_t 
     *pause = atomic_load(&tr->ctl->pause);
     if (!tr->comm)
         return 0;
+    double t0 = now_s();
     int rc = nllm_comm_any(tr->comm, *stop, stop, err);
     if (rc == 0)
         rc = nllm_comm_any(tr->comm, *pause, pause, err);
+    coll_time(tr, t0);
     if (rc < 0)
         return rc;
     if (*stop)
@@ -566,8 +588,12 @@ static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double s
     if (tr->comm) {
         uint64_t h = 0;
         int same = 0;
-        if ((rc = weights_hash(tr, &h, err)) < 0 ||
-            (rc = nllm_comm_same_u64(tr->comm, h, &same, err)) < 0)
+        if ((rc = weights_hash(tr, &h, err)) < 0)
+            return rc;
+        double t0 = now_s();
+        rc = nllm_comm_same_u64(tr->comm, h, &same, err);
+        coll_time(tr, t0);
+        if (rc < 0)
             return rc;
         if (!same)
             return nllm_err_set(err, NLLM_EIO,
@@ -587,7 +613,16 @@ static int end_epoch(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, double s
     p->ep_seconds = 0;
 
     nllm_epoch_report_t r = {p->epoch, tr->num_epochs, tl, vl, exp(tl),
-                             exp(vl), va, seconds, seconds > 0 ? tokens / seconds : 0, 0, 0};
+                             exp(vl), va, seconds, seconds > 0 ? tokens / seconds : 0, 0, 0,
+                             0, 0, 0};
+    if (tr->comm) {
+        /* NCCL queues the gradient sums on the device, inside the step */
+        int host = strcmp(nllm_comm_kind(tr->comm), "nccl") != 0;
+        double ran = now_s() - tr->coll_t0;
+        r.grad_sum_bytes = (double)sizeof(float) * (double)nllm_model_num_floats(tr->model);
+        r.grad_sum_seconds = !host ? NAN : tr->grad_n ? tr->grad_s / (double)tr->grad_n : 0;
+        r.comm_share = !host ? NAN : ran > 0 ? tr->coll_s / ran : 0;
+    }
     if (vl < p->best_val_loss) {
         p->best_val_loss = vl;
         p->best_epoch = p->epoch;
@@ -653,7 +688,10 @@ static int drain(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, queue_t *q, 
             sums[3 * i + 1] = (double)st[i].batch.correct;
             sums[3 * i + 2] = (double)st[i].batch.tokens;
         }
-        if ((rc = nllm_comm_allreduce_sum_d(tr->comm, sums, 3 * n, err)) < 0)
+        double t0 = now_s();
+        rc = nllm_comm_allreduce_sum_d(tr->comm, sums, 3 * n, err);
+        coll_time(tr, t0);
+        if (rc < 0)
             return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,
                                    (long long)p->step_in_epoch + 1);
         for (int i = 0; i < n; i++) {
@@ -763,6 +801,9 @@ static int run_loop(nllm_trainer_t *tr, const nllm_trainer_cbs_t *cbs, nllm_run_
         opt.max_norm = nllm_job_config_clip_for_epoch(&tr->cfg, p->epoch);
         double t_epoch = now_s() - p->ep_seconds;
         queue_t q = {0, now_s()};
+        tr->coll_t0 = q.t_read;
+        tr->coll_s = tr->grad_s = 0;
+        tr->grad_n = 0;
         while (p->step_in_epoch + q.pending < spe) {
             if ((rc = agree_requests(tr, &stop, &pause, err)) < 0)
                 return nllm_err_prefix(err, "epoch %lld step %lld: ", (long long)p->epoch + 1,

@@ -88,6 +88,12 @@ typedef struct {
     double seconds, tokens_per_s;
     int is_best;
     int early_stop; /* patience ran out */
+    /* Data parallelism (0 with one rank): the gradients each rank sums per
+     * step (bytes); the time a step waited for that sum (seconds, mean over
+     * the epoch's steps in this run); the share of this run's part of the
+     * epoch spent in collectives of any kind (sums, agreement, checks).
+     * NaN where the sums run on the device (NCCL), as part of the step. */
+    double grad_sum_bytes, grad_sum_seconds, comm_share;
 } nllm_epoch_report_t;
 
 typedef struct nllm_trainer nllm_trainer_t;
