@@ -499,8 +499,16 @@ def main():
         opts = {o["name"]: o["value"] for o in json.loads(info.stdout)}
         if opts.get("mpi") == "disabled":
             dl.skip("nllmd built with -Dmpi=disabled")
-    # meson's timeout (SIGTERM) still stops the cluster
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit("SIGTERM"))
+    # meson's timeout (SIGTERM) or Ctrl-C still stops the cluster; a second
+    # signal must not cut the stopping short
+    def interrupted(sig, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("%s: stopping the cluster" % signal.Signals(sig).name, flush=True)
+        sys.exit(1)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     t = time.time()
     with dl.tmpdir("nllm-slurm-") as tmp:
         body(tmp)
