@@ -601,6 +601,45 @@ static int under_launcher(void)
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
 }
 
+/* How many tasks the launcher says it started (1 when none says): Open MPI's,
+ * PMI's or srun's count, the largest. srun sets SLURM_STEP_NUM_TASKS even
+ * where no MPI plugin runs (--mpi=none, Slurm's default MpiDefault). */
+static int launched_tasks(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
+                                       "SLURM_STEP_NUM_TASKS"};
+    int n = 1;
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && atoi(v) > n)
+            n = atoi(v);
+    }
+    return n;
+}
+
+/* Several tasks that would not form one MPI world would each train the job
+ * alone in the same state folder: refused (exit 2) before any of them
+ * touches it. */
+static int refuse_lone_tasks(void)
+{
+    const int n = launched_tasks();
+    if (n <= 1)
+        return 0;
+    if (!nllm_coll_built())
+        fprintf(stderr, "nllmd run: started as one of %d tasks, but this nllmd was built "
+                        "without MPI (-Dmpi=disabled, or no libopenmpi-dev when the build was "
+                        "set up): each task would train the job alone in the same state "
+                        "folder; rebuild with Open MPI (docs/cluster.md)\n", n);
+    else if (!under_launcher())
+        fprintf(stderr, "nllmd run: srun started %d tasks (SLURM_STEP_NUM_TASKS) without an "
+                        "MPI plugin (no PMIX_RANK, PMI_SIZE or OMPI_COMM_WORLD_SIZE in the "
+                        "environment): each task would train the job alone in the same state "
+                        "folder; launch with `srun --mpi=pmix` (docs/cluster.md)\n", n);
+    else
+        return 0;
+    return 1;
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -637,6 +676,8 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
 static int run_oneshot(nllmd_t *d, int argc, char **argv)
 {
     nllm_err_t err;
+    if (refuse_lone_tasks())
+        return 2;
     if (nllm_coll_built() && under_launcher() && nllm_coll_init(&argc, &argv, &err) < 0) {
         fprintf(stderr, "nllmd run: %s\n", err.msg);
         return 1;
