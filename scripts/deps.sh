@@ -5,7 +5,9 @@
 #   scripts/deps.sh --demo     also a text corpus for the demo (fortunes)
 #   scripts/deps.sh --test     also what the test suites drive: promtool (prometheus), zsh,
 #                              headless chromium, systemd-analyze, scdoc, xmllint,
-#                              sshd and ssh (nllmctl --host ssh://)
+#                              sshd and ssh (nllmctl --host ssh://), Slurm's
+#                              slurmctld, slurmd and srun (tests/test_slurm.py starts a
+#                              cluster of its own in a temporary folder)
 #   scripts/deps.sh --torch    also python3-torch (benchmarks, parity test)
 set -euo pipefail
 
@@ -18,7 +20,7 @@ for arg in "$@"; do
     --demo) pkgs+=(fortunes-min) ;;
     --torch) pkgs+=(python3-torch python3-numpy) ;;
     --test) pkgs+=(prometheus zsh chromium fonts-dejavu-core systemd scdoc libxml2-utils clang libclang-rt-14-dev
-                   openssh-server openssh-client) ;;
+                   openssh-server openssh-client slurmctld slurmd slurm-client) ;;
     --extra) pkgs+=(clang llvm libclang-rt-14-dev) ;;
     *) echo "deps.sh: unknown option $arg" >&2; exit 2 ;;
   esac
