@@ -51,10 +51,13 @@ typedef struct {
 #ifndef SG_PAR_MIN_WORK
 #define SG_PAR_MIN_WORK ((int64_t)1 << 21)
 #endif
-/* A split call is cut into at most this many chunks: enough that a
- * participant that starts late costs little, few enough that claiming them
- * is free. */
-#define SG_CHUNKS 16
+/* A split call gives each thread a home part of the column blocks, cut
+ * into this many chunks: enough that a participant that starts late costs
+ * little (the others take its chunks), few enough that claiming them is
+ * free. */
+#define SG_CHUNKS 8
+/* At most this many home parts (more threads share them). */
+#define SG_MAX_PARTS 64
 
 /* Software prefetch of the next block of B: into L2 (locality 2 is
  * prefetcht1; it measured 10-15% faster per time step than prefetching into
@@ -193,16 +196,25 @@ int nllm_small_gemm_force_isa(const char *name)
     return NLLM_EINVAL;
 }
 
-/* A call split over the pool. Each participant claims chunks of column
- * blocks from `next` until none are left, so a participant that starts late
- * (its core busy with something else) just gets less; which thread computes
- * a block never changes its result. */
+/* A call split over the pool. The column blocks form one home part per
+ * thread, the same part for the same thread at every call, so a thread
+ * reads the same rows (NT) or columns (NN) of each weight matrix at every
+ * time step: its share of the weights stays in its own core's cache
+ * instead of moving between cores from call to call. A participant claims
+ * chunks of its home part, then of the others' parts, so one that starts
+ * late (its core busy with something else) just gets less. Which thread
+ * computes a block never changes its result. */
+typedef struct {
+    _Alignas(64) _Atomic int64_t next; /* next unclaimed block of the part */
+} sg_part_t;
+
 typedef struct {
     const sg_isa_t *isa;
     int transB;
     sg_args_t g;
-    int64_t blocks, chunk;
-    _Atomic int64_t next;
+    int64_t blocks;
+    int parts;
+    sg_part_t part[SG_MAX_PARTS];
 } sg_job_t;
 
 static void sg_blocks(const sg_job_t *job, int64_t b0, int64_t b1)
@@ -213,18 +225,38 @@ static void sg_blocks(const sg_job_t *job, int64_t b0, int64_t b1)
         job->isa->nn(&job->g, b0, b1);
 }
 
+/* Part p's blocks: [*b0, *b1). */
+static void sg_part_range(const sg_job_t *job, int p, int64_t *b0, int64_t *b1)
+{
+    *b0 = job->blocks * p / job->parts;
+    *b1 = job->blocks * (p + 1) / job->parts;
+}
+
+/* Runs the unclaimed chunks of part p. */
+static void sg_drain_part(sg_job_t *job, int p)
+{
+    int64_t lo, hi;
+    sg_part_range(job, p, &lo, &hi);
+    int64_t chunk = (hi - lo + SG_CHUNKS - 1) / SG_CHUNKS;
+    if (chunk < 1)
+        chunk = 1;
+    for (;;) {
+        int64_t b0 = atomic_fetch_add_explicit(&job->part[p].next, chunk, memory_order_relaxed);
+        if (b0 >= hi)
+            return;
+        sg_blocks(job, b0, b0 + chunk < hi ? b0 + chunk : hi);
+    }
+}
+
+/* The pool calls this once per thread with [k, k + 1), k the thread's index
+ * (inline: once with [0, threads)): its home part k first, then the rest. */
 static void sg_participant(void *arg, int64_t begin, int64_t end)
 {
-    (void)begin;
     (void)end;
     sg_job_t *job = arg;
-    for (;;) {
-        int64_t b0 = atomic_fetch_add_explicit(&job->next, job->chunk, memory_order_relaxed);
-        if (b0 >= job->blocks)
-            return;
-        int64_t b1 = b0 + job->chunk < job->blocks ? b0 + job->chunk : job->blocks;
-        sg_blocks(job, b0, b1);
-    }
+    int home = (int)(begin % job->parts);
+    for (int i = 0; i < job->parts; i++)
+        sg_drain_part(job, (home + i) % job->parts);
 }
 
 void nllm_small_gemm(nllm_pool_t *pool, int transB, int M, int N, int K, float alpha,
@@ -251,10 +283,17 @@ void nllm_small_gemm(nllm_pool_t *pool, int transB, int M, int N, int K, float a
         sg_blocks(&job, 0, job.blocks);
         return;
     }
-    job.chunk = job.blocks / SG_CHUNKS > 1 ? job.blocks / SG_CHUNKS : 1;
-    atomic_init(&job.next, 0);
-    /* the pool calls sg_participant once per thread (each gets a range) */
-    nllm_pool_for(pool, sg_participant, &job, job.blocks, work);
+    int threads = nllm_pool_threads(pool);
+    job.parts = threads < SG_MAX_PARTS ? threads : SG_MAX_PARTS;
+    if (job.parts > job.blocks)
+        job.parts = (int)job.blocks;
+    for (int p = 0; p < job.parts; p++) {
+        int64_t b0, b1;
+        sg_part_range(&job, p, &b0, &b1);
+        atomic_init(&job.part[p].next, b0);
+    }
+    /* one index per thread: the pool hands thread k the range [k, k + 1) */
+    nllm_pool_for(pool, sg_participant, &job, threads, work);
 }
 
 #else /* SG_TEMPLATE ------------------------------------------------------- */
