@@ -185,7 +185,9 @@ static const char usage_text[] =
     "model, saves and resumes their checkpoints, and serves nllmctl over a socket.\n"
     "\n"
     "  --state-dir DIR     catalog and job folders (default $STATE_DIRECTORY, else\n"
-    "                      /var/lib/nllm as root, else $XDG_STATE_HOME/nllm)\n"
+    "                      /var/lib/nllm as root, else $XDG_STATE_HOME/nllm); one\n"
+    "                      process owns it (nllmd.lock): a second nllmd or nllmd run\n"
+    "                      on a folder in use is refused\n"
     "  --socket PATH       control socket (default $RUNTIME_DIRECTORY/nllmd.sock, else\n"
     "                      /run/nllm/nllmd.sock as root, else $XDG_RUNTIME_DIR/nllm/nllmd.sock)\n"
     "  --listen HOST:PORT  also accept TCP clients (needs --token-file unless loopback)\n"
@@ -421,11 +423,20 @@ static int setup_devices(nllmd_t *d, nllm_err_t *err)
     return 0;
 }
 
-static int open_state(nllmd_t *d, nllm_err_t *err)
+/* owner: what a second process on the same folder is told holds it */
+static int open_state(nllmd_t *d, const char *owner, nllm_err_t *err)
 {
     int rc = nllm_fs_mkdir_p(d->opt.state_dir, 0750, err);
     if (rc < 0)
         return nllm_err_prefix(err, "state directory: ");
+    /* before the catalog: the folder's one owner (released when we exit) */
+    if ((rc = nllm_fs_lock_dir(d->opt.state_dir, owner, &d->state_lock, err)) < 0)
+        return rc;
+    if (d->state_lock < 0)
+        nllmd_log(d, NULL,
+                  "state folder %s: its file system has no locks; make sure no other nllm "
+                  "process uses it",
+                  d->opt.state_dir);
     char p[NLLM_PATH_MAX + 16];
     snprintf(p, sizeof p, "%s/jobs", d->opt.state_dir);
     if ((rc = nllm_fs_mkdir_p(p, 0750, err)) < 0)
@@ -464,6 +475,9 @@ static int loop_finish(nllmd_t *d)
     if (rc != 0)
         nllmd_log(d, NULL, "loop closed with handles still open (%s)", uv_strerror(rc));
     nllm_catalog_close(d->cat);
+    if (d->state_lock >= 0)
+        close(d->state_lock);
+    d->state_lock = -1;
     while (d->jobs) {
         nllm_job_t *j = d->jobs;
         d->jobs = j->next;
@@ -855,7 +869,9 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
     d->oneshot_print = nllmd_oneshot_notify; /* what jobs.c asks of us for d->oneshot */
     d->begin_shutdown = nllmd_begin_shutdown;
     loop_init(d);
-    if (setup_devices(d, &err) < 0 || open_state(d, &err) < 0) {
+    char owner[NLLM_PATH_MAX];
+    snprintf(owner, sizeof owner, "nllmd run %s", name);
+    if (setup_devices(d, &err) < 0 || open_state(d, owner, &err) < 0) {
         fprintf(stderr, "nllmd run: %s\n", err.msg);
         return 1;
     }
@@ -979,6 +995,7 @@ int main(int argc, char **argv)
     static nllmd_t daemon;
     nllmd_t *d = &daemon;
     nllm_err_t err;
+    d->state_lock = -1;
     if (argc > 1 && !strcmp(argv[1], "run"))
         return run_oneshot(d, argc - 1, argv + 1);
 
@@ -1044,7 +1061,9 @@ int main(int argc, char **argv)
     default_paths(&d->opt);
 
     loop_init(d);
-    if (setup_devices(d, &err) < 0 || open_state(d, &err) < 0 ||
+    char owner[NLLM_PATH_MAX + 32];
+    snprintf(owner, sizeof owner, "nllmd, socket %s", d->opt.socket_path);
+    if (setup_devices(d, &err) < 0 || open_state(d, owner, &err) < 0 ||
         nllmd_server_start(d, nllmd_dispatch, &err) < 0 || nllmd_http_start(d, &err) < 0) {
         fprintf(stderr, "nllmd: %s\n", err.msg);
         d->shutting_down = 1;

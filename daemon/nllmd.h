@@ -82,6 +82,7 @@ struct nllmd {
     uv_loop_t *loop;
     nllmd_opts_t opt;
     nllm_catalog_t *cat;
+    int state_lock;         /* descriptor holding <state>/nllmd.lock; -1 = none */
     nllmd_device_t devices[NLLMD_MAX_DEVICES];
     int ndevices;
     nllm_job_t *jobs;

@@ -267,6 +267,48 @@ def message_timeouts(tmp, main_sock):
         d.stop()
 
 
+def state_folder_lock(tmp, d, data):
+    """One process owns a state folder: a second daemon or `nllmd run` on it
+    is refused, naming the folder and the holder, and changes nothing."""
+    def listing():
+        return sorted(os.listdir(d.state)), sorted(os.listdir(os.path.join(d.state, "jobs")))
+    before, jobs = listing(), d.ctl("list")[1]["jobs"]
+    other_sock = os.path.join(tmp, "second.sock")
+    r = subprocess.run([NLLMD, "--state-dir", d.state, "--socket", other_sock, "--devices", "cpu",
+                        "--metrics", "none"], capture_output=True, text=True, timeout=60)
+    holder = "pid %d: nllmd, socket %s" % (d.p.pid, d.sock)
+    check(r.returncode == 1 and d.state in r.stderr and holder in r.stderr and
+          "--state-dir" in r.stderr and not os.path.exists(other_sock),
+          "a second daemon on the same state folder is refused, naming it and its holder: %s"
+          % r.stderr.strip())
+    r = subprocess.run([NLLMD, "run", "--state-dir", d.state, "intruder", "--data", data,
+                        "--devices", "cpu"] + SMALL, capture_output=True, text=True, timeout=60)
+    check(r.returncode == 1 and d.state in r.stderr and holder in r.stderr,
+          "nllmd run on a daemon's state folder is refused: %s" % r.stderr.strip())
+    check(listing() == before and d.ctl("list")[1]["jobs"] == jobs and
+          d.ctl("hello")[0] == 0, "the refused processes changed nothing; the daemon serves on")
+    # the lock goes with the process: a SIGKILLed holder leaves none behind
+    run_state = os.path.join(tmp, "lock-state")
+    p = subprocess.Popen([NLLMD, "run", "--state-dir", run_state, "holder", "--data", data,
+                          "--devices", "cpu", "--epochs", "1000"] + SMALL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = os.path.join(run_state, "nllmd.lock")
+    dl.poll(lambda: os.path.exists(lock) and open(lock).read(), timeout=60)
+    r = subprocess.run([NLLMD, "run", "--state-dir", run_state, "holder", "--resume"],
+                       capture_output=True, text=True, timeout=60)
+    check(r.returncode == 1 and "pid %d: nllmd run holder" % p.pid in r.stderr,
+          "a second `nllmd run` of the same job is refused while the first trains: %s"
+          % r.stderr.strip())
+    p.kill()
+    p.wait()
+    r = subprocess.run([NLLMD, "run", "--state-dir", run_state, "next", "--data", data,
+                        "--devices", "cpu", "--epochs", "1"] + SMALL,
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0,
+          "after the holder was killed the folder is free again (exit %d: %s)"
+          % (r.returncode, r.stderr.strip()[-300:]))
+
+
 def run(tmp):
     data = os.path.join(tmp, "train.txt")
     corpus(data, 1500, 1)
@@ -475,6 +517,7 @@ def run(tmp):
           "nllmd run --precision bf16 on the cpu refused, exit 1: %s" % r.stderr.strip())
     oneshot_resume(tmp, data)
     message_timeouts(tmp, d.sock)
+    state_folder_lock(tmp, d, data)
 
     # --- fine-tune from another job's checkpoint; retention keeps the newest K ---
     other = os.path.join(tmp, "other.txt")

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -628,6 +629,55 @@ int nllm_fs_remove_temp_files(const char *dir, int *removed, nllm_err_t *err)
     if (removed)
         *removed = count;
     return rc;
+}
+
+int nllm_fs_lock_dir(const char *dir, const char *owner, int *fd, nllm_err_t *err)
+{
+    char path[PATH_MAX];
+    *fd = -1;
+    if (snprintf(path, sizeof path, "%s/nllmd.lock", dir) >= (int)sizeof path)
+        return nllm_err_set(err, NLLM_EINVAL, "state folder path too long: %s", dir);
+    int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+    if (f < 0) {
+        int e = errno;
+        return nllm_err_set(err, code_of(e), "cannot open the state folder's lock %s: %s; %s", path,
+                            strerror(e), hint_of(e));
+    }
+    int r;
+    while ((r = flock(f, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR)
+        ;
+    if (r != 0) {
+        int e = errno;
+        if (e == EWOULDBLOCK) {
+            char who[256];
+            ssize_t n = pread(f, who, sizeof who - 1, 0);
+            who[n > 0 ? n : 0] = '\0';
+            who[strcspn(who, "\n")] = '\0';
+            close(f);
+            return nllm_err_set(err, NLLM_EBUSY,
+                                "state folder %s is in use by another nllm process (%s): stop that "
+                                "process first, or give this one another --state-dir",
+                                dir, who[0] ? who : "pid unknown");
+        }
+        close(f);
+        if (e == ENOLCK || e == EOPNOTSUPP || e == ENOSYS)
+            return 0; /* a file system without locks: *fd stays -1, the caller warns */
+        return nllm_err_set(err, code_of(e), "cannot lock the state folder %s: %s; %s", dir,
+                            strerror(e), hint_of(e));
+    }
+    char line[512];
+    int len = snprintf(line, sizeof line, "pid %ld: %s\n", (long)getpid(), owner);
+    if (len >= (int)sizeof line)
+        len = (int)sizeof line - 1;
+    /* the content only informs a second process's message: not fsynced */
+    if (ftruncate(f, 0) != 0 || pwrite(f, line, (size_t)len, 0) != len) {
+        int e = errno;
+        close(f);
+        return nllm_err_set(err, code_of(e), "writing the state folder's lock %s: %s; %s", path,
+                            strerror(e), hint_of(e));
+    }
+    *fd = f;
+    return 0;
 }
 
 int nllm_fs_free_bytes(const char *path, uint64_t *out, nllm_err_t *err)

@@ -62,6 +62,15 @@ int nllm_fs_remove_temp_files(const char *dir, int *removed, nllm_err_t *err);
 /* Bytes available to an unprivileged user on the file system holding path. */
 int nllm_fs_free_bytes(const char *path, uint64_t *out, nllm_err_t *err);
 
+/* Take the state folder's lock: flock(2) on "<dir>/nllmd.lock", exclusive and
+ * non-blocking, held by the returned descriptor (*fd, close-on-exec) until it is
+ * closed or the process ends, so a crash never leaves a stale lock. The file
+ * then holds "pid <pid>: <owner>" for the message a second process gets. A
+ * folder another process holds -> NLLM_EBUSY naming it, that holder and what to
+ * do. One process owns a state folder: two would write the same checkpoint
+ * and catalog rows. */
+int nllm_fs_lock_dir(const char *dir, const char *owner, int *fd, nllm_err_t *err);
+
 /* ---- fault injection (process-global, thread-safe) ---- */
 
 enum {
