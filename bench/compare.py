@@ -4,6 +4,8 @@
 CPU (default, --device cpu): runs both on one config, alternating (nllm,
 pytorch, nllm, ...) --repeats times so drift in machine load hits both alike,
 then prints a table and the ratio of the median tokens/s (nllm / pytorch).
+--precision bf16 runs both in bf16 (nllm on AMX tiles, PyTorch under
+autocast) on CPUs with AMX-BF16.
 
 GPU (--device cuda:N): for each batch of --batches (16,512,4096) and each
 precision of --precisions (fp32,tf32,bf16) runs nllm-bench, PyTorch eager and
@@ -82,6 +84,8 @@ def parse_args(argv=None):
         ap.add_argument("--" + name, type=type(dflt), default=None,
                         help="default %s%s" % (dflt, " (%s on CUDA)" % CUDA_DEFAULTS[name]
                                                if name in CUDA_DEFAULTS else ""))
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="CPU: the precision of both sides (default fp32)")
     g = ap.add_argument_group("GPU table (--device cuda:N)")
     g.add_argument("--device", default="cpu", help="cpu (default) or cuda:N")
     g.add_argument("--batches", type=_csv(int), help="default %s (or --batch N)" % CUDA_BATCHES)
@@ -112,6 +116,8 @@ def parse_args(argv=None):
         ap.error("--repeats must be >= 1")
     if not cuda and a.batches is not None:
         ap.error("--batches is for --device cuda:N (on the CPU: --batch N)")
+    if cuda and a.precision != "fp32":
+        ap.error("--precision is for the CPU (on a GPU: --precisions LIST)")
     batch_given = a.batch is not None
     for name, dflt in CONFIG:
         attr = name.replace("-", "_")
@@ -173,7 +179,7 @@ def run_one(cmd):
 
 
 def cpu_main(a):
-    flags = bench_flags(a)
+    flags = bench_flags(a) + (["--precision", a.precision] if a.precision != "fp32" else [])
     sides = []
     if a.only != "pytorch":
         if not (os.path.isfile(a.nllm_bench) and os.access(a.nllm_bench, os.X_OK)):

@@ -66,7 +66,7 @@ static void usage(FILE *f)
             "  --threads N      CPU threads (default: all)\n"
             "  --device D       cpu or cuda:N (default cpu)\n"
             "  --precision P    GEMM precision: fp32, tf32 or bf16 (default fp32; the CPU\n"
-            "                   implements fp32 only)\n"
+            "                   implements fp32, and bf16 where it has AMX-BF16)\n"
             "  --data FILE      train on FILE's windows (word tokenizer, --vocab, --seq-len;\n"
             "                   in file order, cycling) instead of random tokens: real text\n"
             "                   has padding and a skewed id distribution, random ids neither\n"
@@ -313,7 +313,13 @@ int main(int argc, char **argv)
                nllm_isa_name(k->blas_isa), k->blas_ok ? "true" : "false", k->large_gemm,
                nllm_isa_name(k->large_isa), k->small_gemm);
         put_json_text(k->reason);
-        printf("\"},");
+        if (k->bf16_gemm) {
+            printf("\",\"bf16_gemm\":\"%s\",\"bf16_note\":null},", k->bf16_gemm);
+        } else {
+            printf("\",\"bf16_gemm\":null,\"bf16_note\":\"");
+            put_json_text(k->bf16_note);
+            printf("\"},");
+        }
     }
     if (data_path) {
         printf("\"data\":\"");

@@ -1183,17 +1183,23 @@ void nllmd_device_health_json(const nllmd_device_t *v, json_t *o)
  * o["kernels"]; other devices get nothing. */
 void nllmd_device_kernels_json(const nllmd_device_t *v, json_t *o)
 {
+    json_t *prec = json_array();
+    for (int p = 0; p < NLLM_PREC_COUNT; p++)
+        if ((v->precisions >> p) & 1u)
+            json_array_append_new(prec, json_string(nllm_precision_name((nllm_precision_t)p)));
+    json_object_set_new(o, "precisions", prec);
     if (strcmp(v->kind, "cpu") != 0)
         return;
     const nllm_cpu_kernels_t *k = nllm_cpu_kernels();
     json_object_set_new(
         o, "kernels",
-        json_pack("{s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:s,s:s}", "cpu_isa",
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:s,s:s,s:o,s:o}", "cpu_isa",
                   nllm_isa_name(k->cpu_isa), "cpu_features", k->cpu_features, "blas", k->blas,
                   "blas_core", k->blas_core, "blas_isa", nllm_isa_name(k->blas_isa),
                   "blas_check_passed", k->blas_ok, "large_gemm", k->large_gemm, "large_isa",
-                  nllm_isa_name(k->large_isa), "small_gemm", k->small_gemm, "reason",
-                  k->reason));
+                  nllm_isa_name(k->large_isa), "small_gemm", k->small_gemm, "reason", k->reason,
+                  "bf16_gemm", k->bf16_gemm ? json_string(k->bf16_gemm) : json_null(),
+                  "bf16_note", k->bf16_note ? json_string(k->bf16_note) : json_null()));
 }
 
 /* Job j's run on device k ended with a device fault (e->rc == NLLM_EDEVICE),
@@ -1561,6 +1567,8 @@ static int check_precision(nllmd_t *d, const char *name, const nllm_job_config_t
     if (!lacking)
         return 0; /* no device of that name (nllmd_job_create refuses it) */
     nllm_backend_t probe = {.name = lacking->name, .precisions = lacking->precisions};
+    if (!is_gpu(lacking))
+        (void)nllm_cpu_precisions(&probe.precision_note);
     int rc = nllm_backend_set_precision(&probe, cfg->precision, err);
     return rc < 0 ? nllm_err_prefix(err, "job %s: ", name) : 0;
 }

@@ -150,7 +150,8 @@ void nllmd_schedule(nllmd_t *d);
 int nllmd_device_reset(nllmd_t *d, const char *name, json_t **res, nllm_err_t *err);
 /* A device's health as JSON members: healthy, fault, fault_job, fault_time, faults. */
 void nllmd_device_health_json(const nllmd_device_t *v, json_t *o);
-/* A CPU device's kernels (cpu_kernels.h) as o["kernels"]; other devices get nothing. */
+/* A device's precisions as o["precisions"] (["fp32", "bf16"]), and a CPU
+ * device's kernels (cpu_kernels.h) as o["kernels"]. */
 void nllmd_device_kernels_json(const nllmd_device_t *v, json_t *o);
 /* Names of the jobs running on device k (a JSON array), in job-list order. */
 json_t *nllmd_device_jobs_json(nllmd_t *d, int k);

@@ -360,8 +360,8 @@ static int read_config_file(nllmd_opts_t *o, const char *path, int required, nll
 }
 
 /* d->devices from --devices (default: every GPU, else cpu). Each device's
- * precisions are what its backend implements (kernels/cpu: fp32 only;
- * kernels/cuda: fp32, tf32, bf16), known here without creating one, so
+ * precisions are what its backend implements (kernels/cpu: fp32, and bf16
+ * on CPUs with AMX; kernels/cuda: fp32, tf32, bf16), known here without creating one, so
  * that start and resume can refuse a precision its device lacks; the job
  * thread's nllm_backend_set_precision still has the last word. */
 static int setup_devices(nllmd_t *d, nllm_err_t *err)
@@ -389,7 +389,7 @@ static int setup_devices(nllmd_t *d, nllm_err_t *err)
         if (strcmp(t, "cpu") == 0) {
             snprintf(v->name, sizeof v->name, "cpu");
             snprintf(v->kind, sizeof v->kind, "cpu");
-            v->precisions = 1u << NLLM_PREC_FP32;
+            v->precisions = nllm_cpu_precisions(NULL);
         } else if (strncmp(t, "cuda:", 5) == 0) {
             char *end;
             long id = strtol(t + 5, &end, 10);

@@ -208,10 +208,13 @@ int nllm_backend_set_precision(nllm_backend_t *be, nllm_precision_t p, nllm_err_
         char list[64];
         unsigned mask = be->precisions;
         return nllm_err_set(err, NLLM_EINVAL,
-                            "device %s implements precision %s%s, not %s: use --precision %s "
-                            "or a CUDA device",
+                            "device %s implements precision %s%s, not %s%s%s%s: use --precision "
+                            "%s or a CUDA device",
                             be->name, nllm_precision_list(mask, list, sizeof list),
-                            (mask & (mask - 1)) ? "" : " only", prec_names[p], prec_names[0]);
+                            (mask & (mask - 1)) ? "" : " only", prec_names[p],
+                            be->precision_note ? " (" : "",
+                            be->precision_note ? be->precision_note : "",
+                            be->precision_note ? ")" : "", prec_names[0]);
     }
     be->precision = p;
     return 0;

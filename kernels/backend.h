@@ -27,7 +27,7 @@ typedef struct nllm_backend nllm_backend_t;
  *   fp32  full float32 products (the reference; CPU and GPU agree)
  *   tf32  tensor-core products with TF32 operands (10-bit mantissa)
  *   bf16  tensor-core products with bfloat16 operands (7-bit mantissa),
- *         float32 accumulation */
+ *         float32 accumulation (on the CPU: AMX tiles, cpu/bf16_gemm.h) */
 typedef enum { NLLM_PREC_FP32 = 0, NLLM_PREC_TF32 = 1, NLLM_PREC_BF16 = 2 } nllm_precision_t;
 #define NLLM_PREC_COUNT 3
 
@@ -104,6 +104,7 @@ struct nllm_backend {
     void *impl;
     unsigned precisions;        /* supported: bit 1 << NLLM_PREC_* */
     nllm_precision_t precision; /* in use (nllm_backend_set_precision) */
+    const char *precision_note; /* why one is missing, or NULL (static text) */
     /* Device memory this backend holds now and has held at most (its
      * allocations, scratch and library workspaces), in bytes; both stay 0
      * on a backend that does not count (the CPU). Read by the owning
@@ -260,6 +261,11 @@ struct nllm_backend {
 
 /* Backend constructors. threads <= 0: the library default. */
 int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err);
+/* What a CPU backend implements on this machine, known without creating
+ * one: fp32, plus bf16 where the CPU's AMX tiles run it (cpu/bf16_gemm.h).
+ * *note (may be NULL) gets why bf16 is missing ("bf16 on the CPU needs
+ * AMX-BF16: this CPU has no AMX-BF16"), or NULL. */
+unsigned nllm_cpu_precisions(const char **note);
 /* CUDA backend (only where built with CUDA; else returns NLLM_EDEVICE). */
 int nllm_cuda_backend_create(int device, nllm_backend_t **out, nllm_err_t *err);
 int nllm_cuda_available(void);

@@ -11,9 +11,10 @@ replies (also generate/verify from the thread pool) to a client that
 half-closed (shutdown(SHUT_WR)) before they were ready, then EOF,
 a refused resume of a completed job without more epochs (conflict, nothing
 touched) and one with --epochs that trains on, precision (a job started
-with --precision fp32 shows it in status; bf16 or tf32 on the cpu is
-refused by start, resume and `nllmd run`, naming the job, the device and
-fp32, leaving nothing behind, the daemon still serving), SIGKILL then
+with --precision fp32 shows it in status; hello lists the cpu's
+precisions; tf32 on the cpu is refused by start, resume and `nllmd run`,
+naming the job, the device and fp32, leaving nothing behind, the daemon
+still serving), SIGKILL then
 restart (job `interrupted`, checkpoints verify, resumes, checkpoint files
 no row names removed, a token cache temp file removed), a kill between a
 first epoch_1 save and its row commit (the restart records the file),
@@ -484,11 +485,16 @@ def run(tmp):
     rc, _, err = d.ctl("resume", "ref", "epoch_99", ok=False)
     check(rc == 1, "resume from a missing checkpoint refused")
 
-    # --- precision: the cpu implements fp32 only; refused before anything exists ---
-    rc, _, err = d.ctl("start", "half", "--data", data, "--device", "cpu", "--precision", "bf16",
+    # --- precision: the cpu implements fp32 (and bf16 with AMX, see
+    # test_cpu_bf16.py), never tf32; refused before anything exists ---
+    cpu = d.ctl("hello")[1]["devices"][0]
+    check(cpu["precisions"] == (["fp32", "bf16"] if cpu["kernels"]["bf16_gemm"] else ["fp32"]),
+          "hello: the cpu's precisions %s follow its bf16 kernels (%s)"
+          % (cpu["precisions"], cpu["kernels"]["bf16_gemm"] or cpu["kernels"]["bf16_note"]))
+    rc, _, err = d.ctl("start", "half", "--data", data, "--device", "cpu", "--precision", "tf32",
                        *SMALL, ok=False)
     check(rc == 1 and "job half" in err and "device cpu" in err and "fp32" in err and
-          "bf16" in err, "start --device cpu --precision bf16 refused: %s" % err.strip())
+          "tf32" in err, "start --device cpu --precision tf32 refused: %s" % err.strip())
     check(d.ctl("status", "half", ok=False)[0] == 1 and
           not os.path.exists(os.path.join(d.state, "jobs", "half")) and
           "half" not in {j["name"] for j in d.ctl("list")[1]["jobs"]},
@@ -499,10 +505,10 @@ def run(tmp):
     check(d.ctl("hello")[0] == 0, "daemon still serving after refused precisions")
     before = d.status("ref")
     events = d.ctl("events", "ref")[1]["events"]
-    rc, _, err = d.ctl("resume", "ref", "--epochs", "9", "--precision", "bf16", ok=False)
+    rc, _, err = d.ctl("resume", "ref", "--epochs", "9", "--precision", "tf32", ok=False)
     st = d.status("ref")
     check(rc == 1 and "job ref" in err and "device cpu" in err and "fp32" in err,
-          "resume --precision bf16 on the cpu refused: %s" % err.strip())
+          "resume --precision tf32 on the cpu refused: %s" % err.strip())
     check(st["state"] == before["state"] and st["attempt"] == before["attempt"] and
           st["num_epochs"] == before["num_epochs"] and st["precision"] == "fp32" and
           d.ctl("events", "ref")[1]["events"] == events,
@@ -510,11 +516,11 @@ def run(tmp):
           % (st["state"], st["attempt"], st["precision"]))
     run_state = os.path.join(tmp, "run-state")
     r = subprocess.run([NLLMD, "run", "--state-dir", run_state, "oneshot", "--data", data,
-                        "--devices", "cpu", "--precision", "bf16"] + SMALL,
+                        "--devices", "cpu", "--precision", "tf32"] + SMALL,
                        capture_output=True, text=True, timeout=120)
     check(r.returncode == 1 and "job oneshot" in r.stderr and "device cpu" in r.stderr and
           "fp32" in r.stderr and not os.path.exists(os.path.join(run_state, "jobs", "oneshot")),
-          "nllmd run --precision bf16 on the cpu refused, exit 1: %s" % r.stderr.strip())
+          "nllmd run --precision tf32 on the cpu refused, exit 1: %s" % r.stderr.strip())
     oneshot_resume(tmp, data)
     message_timeouts(tmp, d.sock)
     state_folder_lock(tmp, d, data)

@@ -4,7 +4,10 @@
  * small_gemm.c, which reads the weights in place; the large ones (output
  * head, weight gradients) go to OpenBLAS (CBLAS), or to nllm's own packed
  * GEMM (gemm.c) where OpenBLAS's kernels sit below the CPU's instruction
- * set (cpu_kernels.c decides, once per process). The fused element-wise kernels are plain C
+ * set (cpu_kernels.c decides, once per process). In precision bf16 every
+ * product runs on the AMX tiles instead (bf16_gemm.c; offered only where
+ * they run), with the weights' packing kept until the parameters change.
+ * The fused element-wise kernels are plain C
  * loops written so the compiler vectorises them, split across the backend's
  * worker threads where the work is large enough. "Device" memory is host
  * memory. Results depend only on the inputs and the thread count (every
@@ -13,11 +16,13 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "backend.h"
+#include "bf16_gemm.h"
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
 #include "gemm.h"
@@ -34,6 +39,8 @@ typedef struct {
     int threads;
     nllm_pool_t *pool;
     nllm_gemm_ws_t *gemm_ws; /* NULL when the BLAS runs the large products */
+    nllm_bf16_ws_t *bf16_ws; /* precision bf16's packing buffers */
+    nllm_err_t sticky;       /* the first failed op's error, for sync */
 } cpu_impl_t;
 
 static nllm_pool_t *pool_of(nllm_backend_t *be)
@@ -96,8 +103,12 @@ static void cpu_download(nllm_backend_t *be, void *dst, const void *src, size_t 
 
 static int cpu_sync(nllm_backend_t *be, nllm_err_t *err)
 {
-    (void)err;
     be->n_syncs++;
+    const cpu_impl_t *impl = be->impl;
+    if (impl->sticky.code < 0) {
+        *err = impl->sticky;
+        return impl->sticky.code;
+    }
     return 0;
 }
 
@@ -109,6 +120,7 @@ static void cpu_destroy(nllm_backend_t *be)
     if (impl) {
         nllm_pool_destroy(impl->pool);
         nllm_gemm_ws_destroy(impl->gemm_ws);
+        nllm_bf16_ws_destroy(impl->bf16_ws);
         free(impl);
     }
     free(be);
@@ -128,6 +140,17 @@ static void cpu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, i
                 C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return;
     }
+    cpu_impl_t *impl = be->impl;
+    if (be->precision == NLLM_PREC_BF16) { /* every product, whatever its shape */
+        if (nllm_gemm_bf16(impl->pool, impl->bf16_ws, transA, transB, M, N, K, alpha, A, lda, B,
+                           ldb, beta, C, ldc) < 0 &&
+            impl->sticky.code == 0)
+            nllm_err_set(&impl->sticky, NLLM_ENOMEM,
+                         "device cpu: out of memory for the bf16 packing buffers of a %d x %d x "
+                         "%d product",
+                         M, N, K);
+        return;
+    }
     /* Few rows (the per-time-step products): OpenBLAS would re-pack all of B
      * on every call, so multiply in place instead. */
     if (!transA && nllm_small_gemm_use(M)) {
@@ -135,7 +158,6 @@ static void cpu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, i
         return;
     }
     /* The BLAS's kernels sit below the CPU's level (cpu_kernels.h). */
-    cpu_impl_t *impl = be->impl;
     if (impl->gemm_ws) {
         nllm_gemm(impl->pool, impl->gemm_ws, transA, transB, M, N, K, alpha, A, lda, B, ldb,
                   beta, C, ldc);
@@ -144,6 +166,21 @@ static void cpu_gemm(nllm_backend_t *be, int transA, int transB, int M, int N, i
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
                 transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
                 ldc);
+}
+
+/* precision bf16 keeps the packed weights until the parameters change */
+static void cpu_params_bind(nllm_backend_t *be, const float *w, int64_t n)
+{
+    cpu_impl_t *impl = be->impl;
+    if (impl->bf16_ws)
+        nllm_bf16_ws_params(impl->bf16_ws, w, n);
+}
+
+static void cpu_params_changed(nllm_backend_t *be)
+{
+    cpu_impl_t *impl = be->impl;
+    if (impl->bf16_ws)
+        nllm_bf16_ws_params_changed(impl->bf16_ws);
 }
 
 /* ---- embedding ------------------------------------------------------- */
@@ -588,6 +625,28 @@ static void cpu_adam(nllm_backend_t *be, float *p, float *m, float *v, const flo
 
 /* ---- construction ---------------------------------------------------- */
 
+static char g_prec_note[200];
+static unsigned g_prec_mask;
+static pthread_once_t g_prec_once = PTHREAD_ONCE_INIT;
+
+static void prec_decide(void)
+{
+    const char *why = NULL;
+    g_prec_mask = 1u << NLLM_PREC_FP32;
+    if (nllm_bf16_gemm_usable(&why))
+        g_prec_mask |= 1u << NLLM_PREC_BF16;
+    else
+        snprintf(g_prec_note, sizeof g_prec_note, "bf16 on the CPU needs AMX-BF16: %s", why);
+}
+
+unsigned nllm_cpu_precisions(const char **note)
+{
+    pthread_once(&g_prec_once, prec_decide);
+    if (note)
+        *note = g_prec_note[0] ? g_prec_note : NULL;
+    return g_prec_mask;
+}
+
 int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err)
 {
     *out = NULL;
@@ -607,7 +666,11 @@ int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err)
     int rc = nllm_pool_create(threads, &impl->pool, err);
     if (rc == 0 && nllm_cpu_kernels_use_own())
         rc = nllm_gemm_ws_create(threads, &impl->gemm_ws, err);
+    unsigned precisions = nllm_cpu_precisions(&be->precision_note);
+    if (rc == 0 && (precisions >> NLLM_PREC_BF16) & 1u)
+        rc = nllm_bf16_ws_create(&impl->bf16_ws, err);
     if (rc < 0) {
+        nllm_gemm_ws_destroy(impl->gemm_ws);
         nllm_pool_destroy(impl->pool);
         free(be);
         free(impl);
@@ -615,7 +678,7 @@ int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err)
     }
     be->name = "cpu";
     be->impl = impl;
-    be->precisions = 1u << NLLM_PREC_FP32;
+    be->precisions = precisions;
     be->precision = NLLM_PREC_FP32;
     be->alloc = cpu_alloc;
     be->free = cpu_free;
@@ -627,6 +690,8 @@ int nllm_cpu_backend_create(int threads, nllm_backend_t **out, nllm_err_t *err)
     be->sync = cpu_sync;
     be->destroy = cpu_destroy;
     be->gemm = cpu_gemm;
+    be->params_bind = cpu_params_bind;
+    be->params_changed = cpu_params_changed;
     be->embedding_forward = cpu_embedding_forward;
     be->embedding_backward = cpu_embedding_backward;
     be->bias_relu_dropout_forward = cpu_bias_relu_dropout_forward;

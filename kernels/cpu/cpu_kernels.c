@@ -18,6 +18,7 @@
 #include <cpuid.h>
 #endif
 
+#include "bf16_gemm.h"
 #include "gemm.h"
 #include "small_gemm.h"
 
@@ -332,6 +333,7 @@ static void decide(void)
         k->large_isa = variant_level(own);
     }
     k->small_gemm = nllm_small_gemm_isa();
+    k->bf16_gemm = nllm_bf16_gemm_usable(&k->bf16_note) ? "amx-bf16" : NULL;
     nllm_gemm_ws_destroy(g_check_ws);
     g_check_ws = NULL;
 }
@@ -351,6 +353,10 @@ void nllm_cpu_kernels_describe(char *buf, unsigned size)
 {
     const nllm_cpu_kernels_t *k = nllm_cpu_kernels();
     snprintf(buf, size,
-             "CPU kernels: large products on %s (%s), small products on %s; CPU level %s (%s)",
-             k->large_gemm, k->reason, k->small_gemm, nllm_isa_name(k->cpu_isa), k->cpu_features);
+             "CPU kernels: large products on %s (%s), small products on %s; %s%s%s; CPU level "
+             "%s (%s)",
+             k->large_gemm, k->reason, k->small_gemm,
+             k->bf16_gemm ? "bf16 products on amx-bf16 tiles" : "no bf16 (",
+             k->bf16_gemm ? "" : k->bf16_note, k->bf16_gemm ? "" : ")",
+             nllm_isa_name(k->cpu_isa), k->cpu_features);
 }

@@ -36,6 +36,8 @@ typedef struct {
     char large_gemm[32];    /* "openblas" / "blas", or "nllm-avx512" ... */
     nllm_isa_t large_isa;   /* the level the large products run at */
     const char *small_gemm; /* small_gemm.h's variant */
+    const char *bf16_gemm;  /* precision bf16's products: "amx-bf16", or NULL */
+    const char *bf16_note;  /* why there is none (bf16_gemm.h), or NULL */
     int blas_ok;            /* the BLAS passed the reference check */
     char reason[200];       /* why large_gemm was chosen */
 } nllm_cpu_kernels_t;
@@ -51,7 +53,8 @@ const char *nllm_isa_name(nllm_isa_t isa);
 
 /* One line for logs: "CPU kernels: large products on nllm-avx512 (OpenBLAS
  * runs Haswell kernels (avx2), below this CPU's avx512), small products on
- * avx512; CPU level avx512 (sse3 avx fma ...)". */
+ * avx512; bf16 products on amx-bf16 tiles; CPU level avx512 (sse3 avx fma
+ * ...)" (or "no bf16 (this CPU has no AMX-BF16)"). */
 void nllm_cpu_kernels_describe(char *buf, unsigned size);
 
 #endif /* NLLM_CPU_KERNELS_H */
