@@ -1,7 +1,10 @@
 /* gemm_bench.c -- nllm-gemm-bench: the CPU's large-product kernels side by
  * side on the model's product shapes: OpenBLAS (whatever kernels it runs:
  * set OPENBLAS_CORETYPE before the run to choose) and each of nllm's packed
- * GEMM variants this CPU runs (kernels/cpu/gemm.c), alternating, repeated,
+ * GEMM variants this CPU runs (kernels/cpu/gemm.c), and where the CPU has
+ * AMX-BF16 the bf16 products of precision bf16 (kernels/cpu/bf16_gemm.c:
+ * "bf16-amx" packs both operands at every call, "bf16-amx-kept" keeps B's
+ * packing, as the CPU backend does for the weights), alternating, repeated,
  * medians. Prints one JSON line per (shape, kernel): GFLOP/s by wall clock
  * and by the process's CPU time (which other load on the machine does not
  * inflate, for one thread), and the largest difference from OpenBLAS's
@@ -17,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpu/bf16_gemm.h"
 #include "cpu/cpu_kernels.h"
 #include "cpu/cpu_pool.h"
 #include "cpu/gemm.h"
@@ -103,13 +107,16 @@ int main(int argc, char **argv)
     openblas_set_num_threads(threads);
     nllm_pool_t *pool = NULL;
     nllm_gemm_ws_t *ws = NULL;
+    nllm_bf16_ws_t *bws = NULL;
     nllm_err_t err;
-    if (nllm_pool_create(threads, &pool, &err) < 0 || nllm_gemm_ws_create(threads, &ws, &err) < 0) {
+    if (nllm_pool_create(threads, &pool, &err) < 0 || nllm_gemm_ws_create(threads, &ws, &err) < 0 ||
+        nllm_bf16_ws_create(&bws, &err) < 0) {
         fprintf(stderr, "nllm-gemm-bench: %s\n", err.msg);
         return 1;
     }
-    static const char *const names[] = {"blas", "avx512", "avx2", "avx"};
-    int nk = 4;
+    static const char *const names[] = {"blas", "avx512", "avx2", "avx", "bf16-amx",
+                                        "bf16-amx-kept"};
+    int nk = 6;
     for (int si = 0; si < nshapes; si++) {
         const shape_t *s = &shapes[si];
         size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, nc = (size_t)s->M * s->N;
@@ -127,10 +134,11 @@ int main(int argc, char **argv)
         int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
         double flop = 2.0 * s->M * s->N * s->K;
         int reps = (int)(4e9 / flop) + 1; /* calls per timing: about 4 GFLOP */
-        double wall[4][64], cpu[4][64], maxdiff[4] = {0};
-        int usable[4] = {1, 0, 0, 0};
-        for (int v = 1; v < nk; v++)
+        double wall[6][64], cpu[6][64], maxdiff[6] = {0};
+        int usable[6] = {1, 0, 0, 0, 0, 0};
+        for (int v = 1; v < 4; v++)
             usable[v] = nllm_gemm_force_isa(names[v]) == 0;
+        usable[4] = usable[5] = nllm_bf16_gemm_usable(NULL);
         cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans,
                     s->tb ? CblasTrans : CblasNoTrans, s->M, s->N, s->K, 1.0f, A, lda, B, ldb,
                     0.0f, R, s->N);
@@ -139,17 +147,24 @@ int main(int argc, char **argv)
             for (int v = 0; v < nk; v++) {
                 if (!usable[v])
                     continue;
-                if (v)
+                if (v && v < 4)
                     nllm_gemm_force_isa(names[v]);
+                /* "kept": B is the parameters; packed at the first call */
+                nllm_bf16_ws_params(bws, v == 5 ? B : NULL, (int64_t)nb);
                 double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
                 for (int i = 0; i < reps; i++) {
                     if (v == 0)
                         cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans,
                                     s->tb ? CblasTrans : CblasNoTrans, s->M, s->N, s->K, 1.0f,
                                     A, lda, B, ldb, 0.0f, C, s->N);
-                    else
+                    else if (v < 4)
                         nllm_gemm(pool, ws, s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb,
                                   0.0f, C, s->N);
+                    else if (nllm_gemm_bf16(pool, bws, s->ta, s->tb, s->M, s->N, s->K, 1.0f, A,
+                                            lda, B, ldb, 0.0f, C, s->N) < 0) {
+                        fprintf(stderr, "nllm-gemm-bench: out of memory\n");
+                        return 1;
+                    }
                 }
                 wall[v][r] = flop * reps / (now(CLOCK_MONOTONIC) - w0) / 1e9;
                 cpu[v][r] = flop * reps / (now(CLOCK_PROCESS_CPUTIME_ID) - c0) / 1e9;
@@ -180,6 +195,7 @@ int main(int argc, char **argv)
         free(R);
     }
     nllm_gemm_force_isa(NULL);
+    nllm_bf16_ws_destroy(bws);
     nllm_gemm_ws_destroy(ws);
     nllm_pool_destroy(pool);
     return 0;

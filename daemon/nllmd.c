@@ -873,7 +873,12 @@ static int run_oneshot_rank(nllmd_t *d, int argc, char **argv, const char *tmpdi
     snprintf(owner, sizeof owner, "nllmd run %s", name);
     if (setup_devices(d, &err) < 0 || open_state(d, owner, &err) < 0) {
         fprintf(stderr, "nllmd run: %s\n", err.msg);
-        return 1;
+        rc = 1;
+        share_decision(&shared, rc, NULL); /* the other ranks end too */
+        d->shutting_down = 1;
+        finish_if_idle(d);
+        loop_finish(d);
+        goto out;
     }
     /* every rank: the kernel choice's reference check runs now, before
      * the job starts, not inside its first step */

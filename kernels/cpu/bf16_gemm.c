@@ -203,14 +203,40 @@ static inline __m512i row32(const float *src, int n)
     return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
 }
 
+/* v[i] lane j -> v[j] lane i, for 16 vectors of 16 32-bit lanes */
+static inline void transpose16(__m512i v[16])
+{
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    /* each 128-bit lane now holds a 4 x 4 block of the result */
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(v[i], v[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(v[i], v[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(v[i + 8], v[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(v[i + 8], v[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        v[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+        v[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        v[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+
 /* strips [s0, s1) of op(A): block (s, kb) at ap + (s * nk + kb) * BF_BLOCK,
  * element (r, kk) of it at r * BF_TK + kk */
 static void pack_a(void *arg, int64_t s0, int64_t s1)
 {
     const bf_args_t *g = arg;
-    const __m512i rowstep = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(BF_TK / 2));
     for (int64_t s = s0; s < s1; s++) {
         uint16_t *dst = g->ap + (size_t)s * g->nk * BF_BLOCK;
         int i0 = (int)s * BF_TR, rows = g->M - i0 < BF_TR ? g->M - i0 : BF_TR;
@@ -224,17 +250,21 @@ static void pack_a(void *arg, int64_t s0, int64_t s1)
                                                         g->K - k0)
                                                 : _mm512_setzero_si512());
             } else { /* A is (K, M): row k of A holds op(A)'s column k */
+                /* pair p of the block: lane r holds row r's values k0+2p,
+                 * k0+2p+1; transposed, vector r is row r's 16 pairs */
                 __mmask16 m = lanes(rows);
-                for (int kk = 0; kk < BF_TK; kk += 2) {
-                    int k = k0 + kk;
-                    __m512i d = k < g->K ? pair16(g->A + (size_t)k * g->lda + i0,
-                                                  k + 1 < g->K ? g->A + (size_t)(k + 1) * g->lda + i0
-                                                               : NULL,
-                                                  m)
-                                         : _mm512_setzero_si512();
-                    /* lane r to row r's pair kk / 2 */
-                    _mm512_i32scatter_epi32((void *)(blk + kk), rowstep, d, 4);
+                __m512i v[16];
+                for (int p = 0; p < BF_TK / 2; p++) {
+                    int k = k0 + 2 * p;
+                    v[p] = k < g->K ? pair16(g->A + (size_t)k * g->lda + i0,
+                                             k + 1 < g->K ? g->A + (size_t)(k + 1) * g->lda + i0
+                                                          : NULL,
+                                             m)
+                                    : _mm512_setzero_si512();
                 }
+                transpose16(v);
+                for (int r = 0; r < BF_TR; r++)
+                    _mm512_store_si512((void *)(blk + r * BF_TK), v[r]);
             }
         }
     }
