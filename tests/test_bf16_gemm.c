@@ -4,7 +4,8 @@
  * Everywhere: bf16 rounding (ties to even, NaN, infinities, overflow), the
  * reference, and what the CPU backend offers -- bf16 exactly where the AMX
  * product runs, else a refusal that says why. Where AMX runs: shapes across
- * every tile edge (1..2 strips per task, ragged M, N and K), all four
+ * every tile edge (1..2 strips per task, ragged M, N and K, deep products
+ * summed in several passes), all four
  * transpose cases, row strides wider than the rows, beta 0 over NaN, and
  * C's padding untouched; results within float summation error of the
  * reference, bit-identical for 1, 2 and 3 pool threads and across calls;
@@ -241,6 +242,9 @@ static void test_shapes(void)
     run_case(g_pools, ws, 0, 1, 16, 512, 512, 0, 1.0f, 0.0f);
     run_case(g_pools, ws, 0, 0, 64, 512, 1536, 0, 1.0f, 1.0f);
     run_case(g_pools, ws, 1, 0, 512, 256, 630, 0, 1.0f, 1.0f);
+    /* deep products go in passes (BF_PASS): several, the last one partial */
+    run_case(g_pools, ws, 1, 0, 40, 50, 2500, 0, 1.0f, 0.5f);
+    run_case(g_pools, ws, 0, 0, 33, 17, 2080, 2, -1.0f, 0.0f);
     printf("     %d shapes x 3 thread counts, and the model's\n", n);
     nllm_bf16_ws_destroy(ws);
 }

@@ -6,7 +6,8 @@
  * 16 columns). Both are zero-padded to whole blocks, so the edges of the
  * product run the same code as its middle. A task is a 32 x 32 block of C
  * (2 x 2 accumulator tiles, fewer at the bottom and right edges): it adds
- * the blocks' products over k in order, then writes alpha * sum + beta * C.
+ * the blocks' products over k in order, then writes alpha * sum + beta * C
+ * (deep products: over the k blocks of one pass, see BF_PASS).
  * The pool's threads take whole tasks, so no element's sum depends on the
  * thread count. Every participant loads the tile configuration when it
  * starts its share and releases the tiles when it ends.
@@ -48,9 +49,19 @@ typedef struct {
 
 #define BF_KEPT_MAX 64 /* the seed model uses 2 per weight matrix: 30 */
 
+/* Products deeper than BF_PASS_MIN k blocks (the weight gradients: k runs
+ * over every position of a chunk) go in passes of BF_PASS blocks, whose
+ * parts of op(A) and op(B) stay in L2; C's sums wait in a float buffer
+ * between passes (tile stores and loads are exact). Shallower ones take
+ * one pass: their op(B) fits L2 whole. */
+#define BF_PASS 16
+#define BF_PASS_MIN 64
+
 struct nllm_bf16_ws {
     uint16_t *a, *b; /* packed op(A), op(B) */
     size_t acap, bcap;
+    float *acc; /* sums between passes */
+    size_t acccap;
     const float *w; /* the parameters, [w, w + wn) */
     int64_t wn;
     uint64_t gen; /* bumped when they change */
@@ -88,6 +99,7 @@ void nllm_bf16_ws_destroy(nllm_bf16_ws_t *ws)
     if (!ws)
         return;
     nllm_bf16_ws_params(ws, NULL, 0);
+    free(ws->acc);
     free(ws->a);
     free(ws->b);
     free(ws);
@@ -104,6 +116,19 @@ static int grow(uint16_t **buf, size_t *cap, size_t need)
     free(*buf);
     *buf = p;
     *cap = n;
+    return 0;
+}
+
+static int grow_f(float **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, need * sizeof(float)) != 0)
+        return -1;
+    free(*buf);
+    *buf = p;
+    *cap = need;
     return 0;
 }
 
@@ -154,6 +179,8 @@ typedef struct {
     const float *A, *B;
     float *C;
     uint16_t *ap, *bp;
+    int kb0, kb1; /* the k blocks of this pass */
+    float *acc;   /* C's sums between passes: block (s, u) at (s * ns + u) * 256 */
 } bf_args_t;
 
 /* ---- the tiles --------------------------------------------------------- */
@@ -240,7 +267,7 @@ static void pack_a(void *arg, int64_t s0, int64_t s1)
     for (int64_t s = s0; s < s1; s++) {
         uint16_t *dst = g->ap + (size_t)s * g->nk * BF_BLOCK;
         int i0 = (int)s * BF_TR, rows = g->M - i0 < BF_TR ? g->M - i0 : BF_TR;
-        for (int kb = 0; kb < g->nk; kb++) {
+        for (int kb = g->kb0; kb < g->kb1; kb++) {
             uint16_t *blk = dst + (size_t)kb * BF_BLOCK;
             int k0 = kb * BF_TK;
             if (!g->transA) {
@@ -281,7 +308,7 @@ static void pack_b(void *arg, int64_t t0, int64_t t1)
     for (int64_t t = t0; t < t1; t++) {
         uint16_t *dst = g->bp + (size_t)t * g->nk * BF_BLOCK;
         int j0 = (int)t * BF_TR, cols = g->N - j0 < BF_TR ? g->N - j0 : BF_TR;
-        for (int kb = 0; kb < g->nk; kb++) {
+        for (int kb = g->kb0; kb < g->kb1; kb++) {
             uint16_t *blk = dst + (size_t)kb * BF_BLOCK;
             int k0 = kb * BF_TK;
             if (g->transB) { /* B is (N, K): row c of B is op(B)'s column c */
@@ -340,15 +367,14 @@ static void put_block(const bf_args_t *g, const float *acc, int i0, int j0)
 {
     int rows = g->M - i0 < BF_TR ? g->M - i0 : BF_TR;
     int cols = g->N - j0 < BF_TR ? g->N - j0 : BF_TR;
+    __mmask16 m = lanes(cols);
+    __m512 alpha = _mm512_set1_ps(g->alpha), beta = _mm512_set1_ps(g->beta);
     for (int r = 0; r < rows; r++) {
         float *c = g->C + (size_t)(i0 + r) * g->ldc + j0;
-        const float *a = acc + r * BF_TR;
-        if (g->beta == 0.0f)
-            for (int j = 0; j < cols; j++)
-                c[j] = g->alpha * a[j];
-        else
-            for (int j = 0; j < cols; j++)
-                c[j] = g->alpha * a[j] + g->beta * c[j];
+        __m512 v = _mm512_mul_ps(alpha, _mm512_load_ps(acc + r * BF_TR));
+        if (g->beta != 0.0f) /* alpha * a + beta * c, rounded twice as the reference does */
+            v = _mm512_add_ps(v, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(m, c)));
+        _mm512_mask_storeu_ps(c, m, v);
     }
 }
 
@@ -365,12 +391,26 @@ static void run_tasks(void *arg, int64_t t0, int64_t t1)
     for (int64_t t = t0; t < t1; t++) {
         int s = (int)(t / nb) * 2, u = (int)(t % nb) * 2;
         int two_m = s + 1 < g->ms, two_n = u + 1 < g->ns;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+        float *acc0 = g->acc + ((size_t)s * g->ns + u) * (BF_TR * BF_TR);
+        float *acc1 = acc0 + BF_TR * BF_TR;                        /* (s, u + 1) */
+        float *acc2 = acc0 + (size_t)g->ns * BF_TR * BF_TR;        /* (s + 1, u) */
+        float *acc3 = acc2 + BF_TR * BF_TR;                        /* (s + 1, u + 1) */
+        if (g->kb0 == 0) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+        } else { /* the sums of the earlier passes, exactly as they were */
+            _tile_loadd(0, acc0, 64);
+            if (two_n)
+                _tile_loadd(1, acc1, 64);
+            if (two_m)
+                _tile_loadd(2, acc2, 64);
+            if (two_m && two_n)
+                _tile_loadd(3, acc3, 64);
+        }
         if (two_m && two_n) {
-            for (int kb = 0; kb < g->nk; kb++) {
+            for (int kb = g->kb0; kb < g->kb1; kb++) {
                 _tile_loadd(4, BF_A(s, kb), 64);
                 _tile_loadd(6, BF_B(u, kb), 64);
                 _tile_loadd(5, BF_A(s + 1, kb), 64);
@@ -381,7 +421,7 @@ static void run_tasks(void *arg, int64_t t0, int64_t t1)
                 _tile_dpbf16ps(3, 5, 7);
             }
         } else if (two_m) {
-            for (int kb = 0; kb < g->nk; kb++) {
+            for (int kb = g->kb0; kb < g->kb1; kb++) {
                 _tile_loadd(4, BF_A(s, kb), 64);
                 _tile_loadd(6, BF_B(u, kb), 64);
                 _tile_loadd(5, BF_A(s + 1, kb), 64);
@@ -389,7 +429,7 @@ static void run_tasks(void *arg, int64_t t0, int64_t t1)
                 _tile_dpbf16ps(2, 5, 6);
             }
         } else if (two_n) {
-            for (int kb = 0; kb < g->nk; kb++) {
+            for (int kb = g->kb0; kb < g->kb1; kb++) {
                 _tile_loadd(4, BF_A(s, kb), 64);
                 _tile_loadd(6, BF_B(u, kb), 64);
                 _tile_loadd(7, BF_B(u + 1, kb), 64);
@@ -397,11 +437,21 @@ static void run_tasks(void *arg, int64_t t0, int64_t t1)
                 _tile_dpbf16ps(1, 4, 7);
             }
         } else {
-            for (int kb = 0; kb < g->nk; kb++) {
+            for (int kb = g->kb0; kb < g->kb1; kb++) {
                 _tile_loadd(4, BF_A(s, kb), 64);
                 _tile_loadd(6, BF_B(u, kb), 64);
                 _tile_dpbf16ps(0, 4, 6);
             }
+        }
+        if (g->kb1 < g->nk) { /* more passes follow: keep the sums */
+            _tile_stored(0, acc0, 64);
+            if (two_n)
+                _tile_stored(1, acc1, 64);
+            if (two_m)
+                _tile_stored(2, acc2, 64);
+            if (two_m && two_n)
+                _tile_stored(3, acc3, 64);
+            continue;
         }
         _tile_stored(0, acc, 64);
         put_block(g, acc, s * BF_TR, u * BF_TR);
@@ -433,7 +483,7 @@ int nllm_gemm_bf16(nllm_pool_t *pool, nllm_bf16_ws_t *ws, int transA, int transB
 {
     bf_args_t g = {transA, transB, M, N, K, lda, ldb, ldc, (K + BF_TK - 1) / BF_TK,
                    (M + BF_TR - 1) / BF_TR, (N + BF_TR - 1) / BF_TR, alpha, beta, A, B, C,
-                   NULL, NULL};
+                   NULL, NULL, 0, 0, NULL};
     size_t bsize = (size_t)g.ns * g.nk * BF_BLOCK;
     if (grow(&ws->a, &ws->acap, (size_t)g.ms * g.nk * BF_BLOCK) < 0)
         return NLLM_ENOMEM;
@@ -451,21 +501,31 @@ int nllm_gemm_bf16(nllm_pool_t *pool, nllm_bf16_ws_t *ws, int transA, int transB
             *kept = (bf_kept_t){B, transB, N, K, ldb, 0, NULL, 0};
         }
     }
-    int64_t kpad = (int64_t)g.nk * BF_TK;
-    nllm_pool_for(pool, pack_a, &g, g.ms, (int64_t)g.ms * BF_TR * kpad / 4);
-    if (kept && kept->gen == ws->gen) {
+    int have_b = kept && kept->gen == ws->gen;
+    if (have_b)
         g.bp = kept->buf;
-    } else {
-        if (kept ? grow(&kept->buf, &kept->cap, bsize) < 0 : grow(&ws->b, &ws->bcap, bsize) < 0)
-            return NLLM_ENOMEM;
+    else if (kept ? grow(&kept->buf, &kept->cap, bsize) < 0 : grow(&ws->b, &ws->bcap, bsize) < 0)
+        return NLLM_ENOMEM;
+    else
         g.bp = kept ? kept->buf : ws->b;
-        nllm_pool_for(pool, pack_b, &g, g.ns, (int64_t)g.ns * BF_TR * kpad / 4);
-        if (kept)
-            kept->gen = ws->gen;
-    }
+    int pass = g.nk > BF_PASS_MIN ? BF_PASS : g.nk;
+    if (pass < g.nk && grow_f(&ws->acc, &ws->acccap, (size_t)g.ms * g.ns * BF_TR * BF_TR) < 0)
+        return NLLM_ENOMEM;
+    g.acc = ws->acc;
+    /* passes of BF_PASS k blocks: each packs its part of the operands and
+     * multiplies it while it is in cache */
     int64_t tasks = (int64_t)((g.ms + 1) / 2) * ((g.ns + 1) / 2);
-    /* work in multiply-adds, as the pool's other callers count it */
-    nllm_pool_for(pool, run_tasks, &g, tasks, (int64_t)M * N * kpad / 16);
+    for (g.kb0 = 0; g.kb0 < g.nk; g.kb0 = g.kb1) {
+        g.kb1 = g.kb0 + pass < g.nk ? g.kb0 + pass : g.nk;
+        int64_t kc = (int64_t)(g.kb1 - g.kb0) * BF_TK;
+        nllm_pool_for(pool, pack_a, &g, g.ms, (int64_t)g.ms * BF_TR * kc / 4);
+        if (!have_b)
+            nllm_pool_for(pool, pack_b, &g, g.ns, (int64_t)g.ns * BF_TR * kc / 4);
+        /* work in multiply-adds, as the pool's other callers count it */
+        nllm_pool_for(pool, run_tasks, &g, tasks, (int64_t)M * N * kc / 16);
+    }
+    if (kept)
+        kept->gen = ws->gen;
     return 0;
 }
 
