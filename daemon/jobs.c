@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "collective.h"
 #include "cpu/cpu_kernels.h"
 #include "cuda/cuda_backend.h"
 #include "curves_job.h"
@@ -1423,9 +1424,14 @@ static void handle_event(nllmd_t *d, nllmd_ev_t *e)
         j->last_ckpt_time = wall_now();
         j->ckpt_bytes = e->size;
         pthread_mutex_unlock(&j->mu);
+        /* ranks above 0 of `nllmd run` save into a private scratch folder
+         * (removed when they exit): say so, it is not a second checkpoint */
         nllmd_job_event(j, "checkpoint", "saved %s (epoch %lld, step %lld, %.1f MB, xxh64 %s, "
-                        "weights %s)", nm, (long long)e->ck_epoch, (long long)e->ck_step,
-                        (double)e->size / 1e6, sum, wh);
+                        "weights %s)%s", nm, (long long)e->ck_epoch, (long long)e->ck_step,
+                        (double)e->size / 1e6, sum, wh,
+                        d->oneshot && nllm_coll_rank() > 0
+                            ? " in this rank's scratch folder (rank 0 keeps the job's)"
+                            : "");
         json_t *p = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s,s:I}", "name", j->name, "checkpoint", nm,
                               "kind", nllm_ckpt_kind_name(e->ckind), "epoch",
                               (json_int_t)e->ck_epoch, "step", (json_int_t)e->ck_step, "path",
