@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
-scripts/deps.sh --test
+scripts/deps.sh --test --torch  # PyTorch: the parity tests and the baseline's own checks
 
 jobs=$(nproc)
 passed=0; failed=0; skipped=0

@@ -300,6 +300,13 @@ def test_torch_bench():
     check(rc == 0 and r["device"] == "cpu" and r["precision"] == "fp32" and r["graph"] is False
           and len(r["step_ms"]) == 3 and r["tokens_per_s"] > 0 and r["config"]["batch"] == 4,
           "CPU JSON line: device, precision, graph, timings")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = tb.main(tiny + ["--precision", "bf16"])
+    r = json.loads(out.getvalue())
+    check(rc == 0 and r["device"] == "cpu" and r["precision"] == "bf16" and
+          r["autocast"] == "bfloat16" and 0 < r["final_loss"] < 10 and r["tokens_per_s"] > 0,
+          "CPU bf16 (autocast): %s, loss %s" % (r["precision"], r["final_loss"]))
 
     # the CUDA path's control flow on the CPU
     for prec in ("fp32", "bf16"):
