@@ -249,16 +249,25 @@ static void test_shapes(void)
     nllm_bf16_ws_destroy(ws);
 }
 
-/* cpu_gemm in precision bf16: the bf16 product for small and large M (the
- * fp32 path sends M <= 64 to small_gemm.c) */
-static void test_backend_gemm(void)
+/* a 2-thread cpu backend in precision bf16, or NULL (a failed check) */
+static nllm_backend_t *bf16_backend(void)
 {
     nllm_backend_t *be = NULL;
     nllm_err_t err;
     CHECK(nllm_cpu_backend_create(2, &be, &err) == 0, "cpu backend: %s", err.msg);
+    if (be)
+        CHECK(nllm_backend_set_precision(be, NLLM_PREC_BF16, &err) == 0, "bf16: %s", err.msg);
+    return be;
+}
+
+/* cpu_gemm in precision bf16: the bf16 product for small and large M (the
+ * fp32 path sends M <= 64 to small_gemm.c) */
+static void test_backend_gemm(void)
+{
+    nllm_err_t err;
+    nllm_backend_t *be = bf16_backend();
     if (!be)
         return;
-    CHECK(nllm_backend_set_precision(be, NLLM_PREC_BF16, &err) == 0, "bf16: %s", err.msg);
     static const int Ms[] = {4, 200};
     for (int m = 0; m < 2; m++) {
         int M = Ms[m], N = 40, K = 72;
@@ -293,12 +302,10 @@ static void test_backend_gemm(void)
  * (same bits as packing anew) until params_changed, then redone */
 static void test_kept_weights(void)
 {
-    nllm_backend_t *be = NULL;
     nllm_err_t err;
-    CHECK(nllm_cpu_backend_create(2, &be, &err) == 0, "cpu backend: %s", err.msg);
+    nllm_backend_t *be = bf16_backend();
     if (!be)
         return;
-    CHECK(nllm_backend_set_precision(be, NLLM_PREC_BF16, &err) == 0, "bf16: %s", err.msg);
     int M = 24, N = 50, K = 80;
     for (int tb = 0; tb < 2; tb++) {
         prob_t p = prob_make(0, tb, M, N, K, 3, 1.0f, 0.0f, 7 + (uint64_t)tb);
