@@ -186,7 +186,7 @@ typedef struct {
 /* ---- the tiles --------------------------------------------------------- */
 
 #ifdef __clang__
-#pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))), apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw")

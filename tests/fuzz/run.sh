@@ -82,7 +82,7 @@ python3 -c 'import sys; d = open(sys.argv[1], "rb").read(); nl = chr(10); open(s
 srcs=(kernels/nllm_err.c kernels/backend.c kernels/model.c kernels/coll_single.c
       kernels/cpu/cpu_backend.c
       kernels/cpu/cpu_pool.c kernels/cpu/small_gemm.c
-      kernels/cpu/gemm.c kernels/cpu/cpu_kernels.c kernels/cpu/philox.c
+      kernels/cpu/gemm.c kernels/cpu/bf16_gemm.c kernels/cpu/cpu_kernels.c kernels/cpu/philox.c
       kernels/comm.c kernels/comm_threads.c kernels/comm_mpi.c
       daemon/store/fsutil.c daemon/store/safetensors.c daemon/store/catalog.c
       daemon/engine/data.c daemon/engine/config.c daemon/engine/trainer.c
