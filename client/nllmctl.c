@@ -1395,13 +1395,13 @@ static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
     if (json_array_size(devs)) {
         printf("devices:\n");
         table_t t;
-        table_init(&t, 5);
-        table_row(&t, "  NAME", "KIND", "JOBS", "MEM_FREE", "MEM_TOTAL");
+        table_init(&t, 6);
+        table_row(&t, "  NAME", "KIND", "PRECISIONS", "JOBS", "MEM_FREE", "MEM_TOTAL");
         size_t i;
         const json_t *d;
         json_array_foreach(devs, i, d)
         {
-            char nm[128], fr[32] = "-", to[32] = "-", jobs[512];
+            char nm[128], fr[32] = "-", to[32] = "-", jobs[512], prec[64];
             double x;
             const json_t *ja = json_object_get(d, "jobs");
             if (!json_is_array(ja)) /* a daemon older than jobs_per_device */
@@ -1409,21 +1409,36 @@ static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
             else if (!join_names(ja, NULL, jobs, sizeof jobs))
                 snprintf(jobs, sizeof jobs, "-");
             snprintf(nm, sizeof nm, "  %s", nllm_j_str(d, "name", "?"));
+            /* a daemon older than the precisions list shows "-" */
+            const json_t *pa = json_object_get(d, "precisions"), *pv;
+            size_t pi, pn = 0;
+            snprintf(prec, sizeof prec, "-");
+            if (json_is_array(pa))
+                json_array_foreach(pa, pi, pv) if (json_is_string(pv) && pn < sizeof prec)
+                    pn += (size_t)snprintf(prec + pn, sizeof prec - pn, "%s%s", pn ? "," : "",
+                                           json_string_value(pv));
             if (nllm_j_num(d, "memory_free", &x) && x > 0)
                 nllm_fmt_size(x, fr, sizeof fr);
             if (nllm_j_num(d, "memory_total", &x) && x > 0)
                 nllm_fmt_size(x, to, sizeof to);
-            table_row(&t, nm, nllm_j_str(d, "kind", "-"), jobs, fr, to);
+            table_row(&t, nm, nllm_j_str(d, "kind", "-"), prec, jobs, fr, to);
         }
         table_print(&t);
         json_array_foreach(devs, i, d)
         {
             const json_t *k = json_object_get(d, "kernels");
-            if (json_is_object(k))
-                printf("%s kernels: large products on %s, small on %s (CPU %s, BLAS %s: %s)\n",
-                       nllm_j_str(d, "name", "?"), nllm_j_str(k, "large_gemm", "?"),
-                       nllm_j_str(k, "small_gemm", "?"), nllm_j_str(k, "cpu_isa", "?"),
-                       nllm_j_str(k, "blas_core", "?"), nllm_j_str(k, "reason", "?"));
+            if (!json_is_object(k))
+                continue;
+            printf("%s kernels: large products on %s, small on %s (CPU %s, BLAS %s: %s)\n",
+                   nllm_j_str(d, "name", "?"), nllm_j_str(k, "large_gemm", "?"),
+                   nllm_j_str(k, "small_gemm", "?"), nllm_j_str(k, "cpu_isa", "?"),
+                   nllm_j_str(k, "blas_core", "?"), nllm_j_str(k, "reason", "?"));
+            const char *bf = nllm_j_str(k, "bf16_gemm", NULL);
+            const char *why = nllm_j_str(k, "bf16_note", NULL);
+            if (bf)
+                printf("%s bf16: products on %s tiles\n", nllm_j_str(d, "name", "?"), bf);
+            else if (why)
+                printf("%s bf16: none (%s)\n", nllm_j_str(d, "name", "?"), why);
         }
         json_array_foreach(devs, i, d)
         {

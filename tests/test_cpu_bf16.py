@@ -2,7 +2,8 @@
 """test_cpu_bf16.py -- precision bf16 on the cpu (AMX tiles, kernels/cpu/
 bf16_gemm.c) end to end: the real nllmd driven by the real nllmctl.
 
-Everywhere: hello lists the cpu's precisions, and they follow its kernels
+Everywhere: hello lists the cpu's precisions (JSON, and nllmctl's text:
+the PRECISIONS column, a "cpu bf16:" line), and they follow its kernels
 (bf16 exactly where bf16_gemm is reported). A cpu without bf16 (a CPU
 without AMX-BF16, or NLLM_CPU_BF16=off, as here): `start --precision bf16`
 and `nllmd run --precision bf16` are refused, the message naming the job,
@@ -22,6 +23,7 @@ CPU with AMX-BF16:
 Usage: test_cpu_bf16.py BUILD_DIR   (meson passes it).
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -52,6 +54,9 @@ def refusals(tmp, job):
     check(cpu["precisions"] == ["fp32"] and cpu["kernels"]["bf16_gemm"] is None and
           "NLLM_CPU_BF16=off" in note, "hello without bf16: %s, note %s"
           % (cpu["precisions"], note))
+    text = d.ctl("hello", json_out=False).out
+    check(re.search(r"^  cpu +cpu +fp32 ", text, re.M) and "cpu bf16: none (%s)" % note in text,
+          "nllmctl hello (text) shows fp32 only and why there is no bf16:\n%s" % text)
     rc, _, err = d.ctl("start", "b", "--device", "cpu", "--precision", "bf16", *job, ok=False)
     check(rc == 1 and "job b" in err and "device cpu" in err and "fp32 only" in err and
           note in err, "start --precision bf16 refused, saying why: %s" % err.strip())
@@ -81,6 +86,11 @@ def run(tmp):
     check(cpu["precisions"] == (["fp32", "bf16"] if k["bf16_gemm"] else ["fp32"]),
           "hello: the cpu's precisions %s follow its kernels (bf16_gemm %s, note %s)"
           % (cpu["precisions"], k["bf16_gemm"], k["bf16_note"]))
+    text = d.ctl("hello", json_out=False).out
+    if k["bf16_gemm"]:
+        check(re.search(r"^  cpu +cpu +fp32,bf16 ", text, re.M) and
+              "cpu bf16: products on amx-bf16 tiles" in text,
+              "nllmctl hello (text) shows fp32,bf16 and the tiles:\n%s" % text)
     if not k["bf16_gemm"]:
         print("no bf16 on this CPU (%s): the refusals are what can be tested" % k["bf16_note"])
         check(d.shutdown() == 0, "shutdown")
