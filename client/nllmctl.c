@@ -1396,7 +1396,7 @@ static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
         printf("devices:\n");
         table_t t;
         table_init(&t, 6);
-        table_row(&t, "  NAME", "KIND", "PRECISIONS", "JOBS", "MEM_FREE", "MEM_TOTAL");
+        table_row(&t, "  NAME", "KIND", "JOBS", "MEM_FREE", "MEM_TOTAL", "PRECISIONS");
         size_t i;
         const json_t *d;
         json_array_foreach(devs, i, d)
@@ -1421,7 +1421,7 @@ static int cmd_hello(global_t *g, const cmd_t *c, int argc, char **argv)
                 nllm_fmt_size(x, fr, sizeof fr);
             if (nllm_j_num(d, "memory_total", &x) && x > 0)
                 nllm_fmt_size(x, to, sizeof to);
-            table_row(&t, nm, nllm_j_str(d, "kind", "-"), prec, jobs, fr, to);
+            table_row(&t, nm, nllm_j_str(d, "kind", "-"), jobs, fr, to, prec);
         }
         table_print(&t);
         json_array_foreach(devs, i, d)
