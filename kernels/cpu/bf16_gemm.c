@@ -391,10 +391,14 @@ static void run_tasks(void *arg, int64_t t0, int64_t t1)
     for (int64_t t = t0; t < t1; t++) {
         int s = (int)(t / nb) * 2, u = (int)(t % nb) * 2;
         int two_m = s + 1 < g->ms, two_n = u + 1 < g->ns;
-        float *acc0 = g->acc + ((size_t)s * g->ns + u) * (BF_TR * BF_TR);
-        float *acc1 = acc0 + BF_TR * BF_TR;                        /* (s, u + 1) */
-        float *acc2 = acc0 + (size_t)g->ns * BF_TR * BF_TR;        /* (s + 1, u) */
-        float *acc3 = acc2 + BF_TR * BF_TR;                        /* (s + 1, u + 1) */
+        /* the sums between passes (no buffer in a single pass) */
+        float *acc0 = NULL, *acc1 = NULL, *acc2 = NULL, *acc3 = NULL;
+        if (g->acc) {
+            acc0 = g->acc + ((size_t)s * g->ns + u) * (BF_TR * BF_TR);
+            acc1 = acc0 + BF_TR * BF_TR;                 /* (s, u + 1) */
+            acc2 = acc0 + (size_t)g->ns * BF_TR * BF_TR; /* (s + 1, u) */
+            acc3 = acc2 + BF_TR * BF_TR;                 /* (s + 1, u + 1) */
+        }
         if (g->kb0 == 0) {
             _tile_zero(0);
             _tile_zero(1);
@@ -511,7 +515,7 @@ int nllm_gemm_bf16(nllm_pool_t *pool, nllm_bf16_ws_t *ws, int transA, int transB
     int pass = g.nk > BF_PASS_MIN ? BF_PASS : g.nk;
     if (pass < g.nk && grow_f(&ws->acc, &ws->acccap, (size_t)g.ms * g.ns * BF_TR * BF_TR) < 0)
         return NLLM_ENOMEM;
-    g.acc = ws->acc;
+    g.acc = pass < g.nk ? ws->acc : NULL;
     /* passes of BF_PASS k blocks: each packs its part of the operands and
      * multiplies it while it is in cache */
     int64_t tasks = (int64_t)((g.ms + 1) / 2) * ((g.ns + 1) / 2);
