@@ -44,7 +44,7 @@ typedef struct {
     int transB, N, K, ldb;
     uint64_t gen;
     uint16_t *buf;
-    size_t cap;
+    size_t cap; /* bytes */
 } bf_kept_t;
 
 #define BF_KEPT_MAX 64 /* the seed model uses 2 per weight matrix: 30 */
@@ -59,9 +59,8 @@ typedef struct {
 
 struct nllm_bf16_ws {
     uint16_t *a, *b; /* packed op(A), op(B) */
-    size_t acap, bcap;
-    float *acc; /* sums between passes */
-    size_t acccap;
+    float *acc;      /* sums between passes */
+    size_t acap, bcap, acccap; /* bytes */
     const float *w; /* the parameters, [w, w + wn) */
     int64_t wn;
     uint64_t gen; /* bumped when they change */
@@ -105,30 +104,20 @@ void nllm_bf16_ws_destroy(nllm_bf16_ws_t *ws)
     free(ws);
 }
 
-static int grow(uint16_t **buf, size_t *cap, size_t need)
+/* *buf holds at least need bytes (64-byte aligned; a quarter more than
+ * asked when it grows, for the next larger product), its old content
+ * dropped; -1 when it cannot grow (*buf kept) */
+static int grow(void **buf, size_t *cap, size_t need)
 {
     if (need <= *cap)
         return 0;
     size_t n = need + need / 4;
     void *p = NULL;
-    if (posix_memalign(&p, 64, n * sizeof(uint16_t)) != 0)
+    if (posix_memalign(&p, 64, n) != 0)
         return -1;
     free(*buf);
     *buf = p;
     *cap = n;
-    return 0;
-}
-
-static int grow_f(float **buf, size_t *cap, size_t need)
-{
-    if (need <= *cap)
-        return 0;
-    void *p = NULL;
-    if (posix_memalign(&p, 64, need * sizeof(float)) != 0)
-        return -1;
-    free(*buf);
-    *buf = p;
-    *cap = need;
     return 0;
 }
 
@@ -488,8 +477,8 @@ int nllm_gemm_bf16(nllm_pool_t *pool, nllm_bf16_ws_t *ws, int transA, int transB
     bf_args_t g = {transA, transB, M, N, K, lda, ldb, ldc, (K + BF_TK - 1) / BF_TK,
                    (M + BF_TR - 1) / BF_TR, (N + BF_TR - 1) / BF_TR, alpha, beta, A, B, C,
                    NULL, NULL, 0, 0, NULL};
-    size_t bsize = (size_t)g.ns * g.nk * BF_BLOCK;
-    if (grow(&ws->a, &ws->acap, (size_t)g.ms * g.nk * BF_BLOCK) < 0)
+    size_t bsize = (size_t)g.ns * g.nk * BF_BLOCK * sizeof(uint16_t);
+    if (grow((void **)&ws->a, &ws->acap, (size_t)g.ms * g.nk * BF_BLOCK * sizeof(uint16_t)) < 0)
         return NLLM_ENOMEM;
     g.ap = ws->a;
     /* B inside the parameters: its packing is kept until they change */
@@ -508,12 +497,14 @@ int nllm_gemm_bf16(nllm_pool_t *pool, nllm_bf16_ws_t *ws, int transA, int transB
     int have_b = kept && kept->gen == ws->gen;
     if (have_b)
         g.bp = kept->buf;
-    else if (kept ? grow(&kept->buf, &kept->cap, bsize) < 0 : grow(&ws->b, &ws->bcap, bsize) < 0)
+    else if (kept ? grow((void **)&kept->buf, &kept->cap, bsize) < 0
+                  : grow((void **)&ws->b, &ws->bcap, bsize) < 0)
         return NLLM_ENOMEM;
     else
         g.bp = kept ? kept->buf : ws->b;
     int pass = g.nk > BF_PASS_MIN ? BF_PASS : g.nk;
-    if (pass < g.nk && grow_f(&ws->acc, &ws->acccap, (size_t)g.ms * g.ns * BF_TR * BF_TR) < 0)
+    if (pass < g.nk &&
+        grow((void **)&ws->acc, &ws->acccap, (size_t)g.ms * g.ns * BF_TR * BF_TR * sizeof(float)) < 0)
         return NLLM_ENOMEM;
     g.acc = pass < g.nk ? ws->acc : NULL;
     /* passes of BF_PASS k blocks: each packs its part of the operands and
