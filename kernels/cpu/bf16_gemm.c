@@ -24,7 +24,6 @@
 #include <string.h>
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <errno.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -33,6 +32,8 @@
 #else
 #define BF_HAVE_AMX 0
 #endif
+
+#include "cpu_kernels.h"
 
 #define BF_TR 16 /* tile rows */
 #define BF_TK 32 /* bf16 values per tile row (64 bytes) */
@@ -540,21 +541,12 @@ static void decide(void)
         snprintf(g_why, sizeof g_why, "turned off by NLLM_CPU_BF16=off");
         return;
     }
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1) || __get_cpuid_max(0, NULL) < 7) {
+    unsigned amx = nllm__cpu_amx();
+    if (!(amx & NLLM_AMX_TILE) || !(amx & NLLM_AMX_BF16)) {
         snprintf(g_why, sizeof g_why, "this CPU has no AMX-BF16");
         return;
     }
-    unsigned d7;
-    __cpuid_count(7, 0, a, b, c, d7);
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    (void)hi;
-    if (!((d7 >> 22) & 1) || !((d7 >> 24) & 1)) {
-        snprintf(g_why, sizeof g_why, "this CPU has no AMX-BF16");
-        return;
-    }
-    if ((lo & 0x60000u) != 0x60000u) {
+    if (!(amx & NLLM_AMX_OS)) {
         snprintf(g_why, sizeof g_why, "the OS does not enable the AMX tile state (XCR0)");
         return;
     }

@@ -69,6 +69,20 @@ static unsigned long long xgetbv0(void)
     return ((unsigned long long)hi << 32) | lo;
 }
 
+unsigned nllm__cpu_amx(void)
+{
+    unsigned a, b, c, d, d7 = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    int osxsave = (c >> 27) & 1;
+    if (__get_cpuid_max(0, NULL) >= 7)
+        __cpuid_count(7, 0, a, b, c, d7);
+    unsigned amx = ((d7 >> 24) & 1 ? NLLM_AMX_TILE : 0) | ((d7 >> 22) & 1 ? NLLM_AMX_BF16 : 0);
+    if (osxsave && (xgetbv0() & 0x60000) == 0x60000) /* XTILECFG, XTILEDATA */
+        amx |= NLLM_AMX_OS;
+    return amx;
+}
+
 static nllm_isa_t detect_cpu(char *features, size_t size)
 {
     unsigned a, b, c, d;
@@ -79,12 +93,14 @@ static nllm_isa_t detect_cpu(char *features, size_t size)
     unsigned long long xcr0 = osxsave ? xgetbv0() : 0;
     int os_ymm = (xcr0 & 0x6) == 0x6;             /* SSE and AVX state */
     int os_zmm = os_ymm && (xcr0 & 0xe0) == 0xe0; /* opmask, ZMM0-15 high, ZMM16-31 */
-    int os_amx = (xcr0 & 0x60000) == 0x60000;     /* XTILECFG, XTILEDATA */
+    unsigned amx = nllm__cpu_amx();
+    int os_amx = (amx & NLLM_AMX_OS) != 0;
     unsigned b7 = 0, d7 = 0;
     if (__get_cpuid_max(0, NULL) >= 7)
         __cpuid_count(7, 0, a, b7, c, d7);
     int avx2 = (b7 >> 5) & 1, f512 = (b7 >> 16) & 1, dq = (b7 >> 17) & 1, bw = (b7 >> 30) & 1,
-        vl = (b7 >> 31) & 1, amx_bf16 = (d7 >> 22) & 1, amx_tile = (d7 >> 24) & 1;
+        vl = (b7 >> 31) & 1, amx_bf16 = (amx & NLLM_AMX_BF16) != 0,
+        amx_tile = (amx & NLLM_AMX_TILE) != 0;
     avx = avx && os_ymm;
     fma = fma && os_ymm;
     avx2 = avx2 && os_ymm;
@@ -108,6 +124,11 @@ static nllm_isa_t detect_cpu(char *features, size_t size)
     return sse3 ? NLLM_ISA_SSE3 : NLLM_ISA_BASE;
 }
 #else
+unsigned nllm__cpu_amx(void)
+{
+    return 0;
+}
+
 static nllm_isa_t detect_cpu(char *features, size_t size)
 {
     snprintf(features, size, "not x86");

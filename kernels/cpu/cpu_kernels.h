@@ -42,6 +42,12 @@ typedef struct {
     char reason[200];       /* why large_gemm was chosen */
 } nllm_cpu_kernels_t;
 
+/* The CPU's AMX as cpuid and XCR0 report it: NLLM_AMX_* bits (0 where not
+ * x86). Decides nothing, so bf16_gemm.c may ask while the choice below is
+ * being made. */
+enum { NLLM_AMX_TILE = 1, NLLM_AMX_BF16 = 2, NLLM_AMX_OS = 4 /* tile state enabled */ };
+unsigned nllm__cpu_amx(void);
+
 /* The choice, made once per process (thread-safe). */
 const nllm_cpu_kernels_t *nllm_cpu_kernels(void);
 
