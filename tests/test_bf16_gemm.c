@@ -20,10 +20,9 @@
 #include "backend.h"
 #include "bf16_gemm.h"
 #include "cpu_pool.h"
+#include "gemm_prob.h"
 #include "nllm_math.h"
 #include "testutil.h"
-
-#define PAD_VALUE 12345.0f
 
 static float from_bits(uint32_t u)
 {
@@ -101,54 +100,6 @@ static void test_backend_offer(void)
     CHECK(rc == NLLM_EINVAL && strstr(err.msg, "not tf32") && be->precision != NLLM_PREC_TF32,
           "tf32 refused: %s", err.msg);
     be->destroy(be);
-}
-
-typedef struct {
-    int ta, tb, M, N, K, lda, ldb, ldc;
-    float alpha, beta;
-    float *A, *B, *C0;
-    size_t na, nb, nc;
-} prob_t;
-
-static void fill(float *x, size_t n, uint64_t seed)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)nllm_rng_normal(seed, 5, i);
-}
-
-static prob_t prob_make(int ta, int tb, int M, int N, int K, int pad, float alpha, float beta,
-                        uint64_t seed)
-{
-    prob_t p = {ta, tb, M, N, K, (ta ? M : K) + pad, (tb ? K : N) + pad, N + pad, alpha, beta,
-                NULL, NULL, NULL, 0, 0, 0};
-    int arows = ta ? K : M, aw = ta ? M : K, brows = tb ? N : K, bw = tb ? K : N;
-    /* the last row ends at the last element: ASan sees an over-read */
-    p.na = (size_t)(arows - 1) * p.lda + aw;
-    p.nb = (size_t)(brows - 1) * p.ldb + bw;
-    p.nc = (size_t)M * p.ldc;
-    p.A = malloc(sizeof(float) * p.na);
-    p.B = malloc(sizeof(float) * p.nb);
-    p.C0 = malloc(sizeof(float) * p.nc);
-    if (!p.A || !p.B || !p.C0)
-        abort();
-    fill(p.A, p.na, seed);
-    fill(p.B, p.nb, seed + 1);
-    fill(p.C0, p.nc, seed + 2);
-    for (int i = 0; i < M; i++)
-        for (int j = N; j < p.ldc; j++)
-            p.C0[(size_t)i * p.ldc + j] = PAD_VALUE;
-    if (beta == 0.0f)
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++)
-                p.C0[(size_t)i * p.ldc + j] = NAN;
-    return p;
-}
-
-static void prob_free(prob_t *p)
-{
-    free(p->A);
-    free(p->B);
-    free(p->C0);
 }
 
 /* |C - ref| within float summation error of the rounded products:

@@ -19,62 +19,12 @@
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
 #include "gemm.h"
+#include "gemm_prob.h"
 #include "nllm_math.h"
 #include "testutil.h"
 
-#define PAD_VALUE 12345.0f
-
 static const char *const variants[] = {"avx512", "avx2", "avx"};
 #define NVARIANTS ((int)(sizeof variants / sizeof variants[0]))
-
-typedef struct {
-    int ta, tb, M, N, K, lda, ldb, ldc;
-    float alpha, beta;
-    float *A, *B, *C, *C0;
-    size_t na, nb, nc;
-} prob_t;
-
-static void fill(float *x, size_t n, uint64_t seed)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)nllm_rng_normal(seed, 3, i);
-}
-
-static prob_t prob_make(int ta, int tb, int M, int N, int K, int pad, float alpha, float beta,
-                        uint64_t seed)
-{
-    prob_t p = {ta, tb, M, N, K, (ta ? M : K) + pad, (tb ? K : N) + pad, N + pad, alpha, beta,
-                NULL, NULL, NULL, NULL, 0, 0, 0};
-    int arows = ta ? K : M, aw = ta ? M : K, brows = tb ? N : K, bw = tb ? K : N;
-    p.na = arows ? (size_t)(arows - 1) * p.lda + aw : 1;
-    p.nb = brows ? (size_t)(brows - 1) * p.ldb + bw : 1;
-    p.nc = (size_t)M * p.ldc;
-    p.A = malloc(sizeof(float) * p.na);
-    p.B = malloc(sizeof(float) * p.nb);
-    p.C = malloc(sizeof(float) * p.nc);
-    p.C0 = malloc(sizeof(float) * p.nc);
-    if (!p.A || !p.B || !p.C || !p.C0)
-        abort();
-    fill(p.A, p.na, seed);
-    fill(p.B, p.nb, seed + 1);
-    fill(p.C0, p.nc, seed + 2);
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < p.ldc; j++)
-            if (j >= N)
-                p.C0[(size_t)i * p.ldc + j] = PAD_VALUE;
-            else if (beta == 0.0f)
-                p.C0[(size_t)i * p.ldc + j] = NAN; /* must be ignored */
-    memcpy(p.C, p.C0, sizeof(float) * p.nc);
-    return p;
-}
-
-static void prob_free(prob_t *p)
-{
-    free(p->A);
-    free(p->B);
-    free(p->C);
-    free(p->C0);
-}
 
 /* The largest |C - reference| relative to sum |alpha a b| + |beta c|;
  * counts changed padding. */
