@@ -327,16 +327,7 @@ def run_cpu(a):
     for i in range(a.warmup + a.steps):
         window = torch.randint(1, a.vocab, (a.batch, a.seq_len))
         t0 = time.perf_counter()
-        if a.precision == "bf16":
-            with amp():
-                out = lm_loss(model(window[:, :-1]), window[:, 1:])
-            opt.zero_grad(set_to_none=False)
-            out.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), a.max_norm)
-            opt.step()
-            loss = float(out)
-        else:
-            loss, _ = train_step(model, opt, window, a.max_norm)
+        loss, _ = train_step(model, opt, window, a.max_norm, amp)
         dt = time.perf_counter() - t0
         if i >= a.warmup:
             times.append(dt)

@@ -6,6 +6,7 @@ identical to kernels/nllm_math.h (so "philox" dropout masks equal nllm's bit
 for bit), the loss/accuracy of model.md and one Adam training step. Used by
 bench/torch_bench.py (speed baseline) and tests/parity.py (reference values).
 """
+import contextlib
 import math
 
 import numpy as np
@@ -220,11 +221,13 @@ def make_adam(model, lr=1e-4, weight_decay=0.0):
                             weight_decay=weight_decay, foreach=False)
 
 
-def train_step(model, opt, window, max_norm):
-    """One step on windows [B, S]: forward, backward, clip by global norm, Adam.
+def train_step(model, opt, window, max_norm, amp=contextlib.nullcontext):
+    """One step on windows [B, S]: forward, backward, clip by global norm, Adam;
+    the forward and the loss inside amp() (e.g. an autocast context factory).
     Returns (loss, grad_norm before clipping) as Python floats."""
-    logits = model(window[:, :-1])
-    loss = lm_loss(logits, window[:, 1:])
+    with amp():
+        logits = model(window[:, :-1])
+        loss = lm_loss(logits, window[:, 1:])
     opt.zero_grad(set_to_none=False)
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
